@@ -1,0 +1,108 @@
+"""tunelab's one entry point: `tunelab run | models | config`.
+
+A user's mistake prints one line naming the problem and exits 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from tunelab.errors import TunelabError
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except TunelabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    """Offline always; library chatter off so a user sees tunelab's own lines."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunelab", description="Fine-tune language models with evidence.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="fine-tune a model and show the before/after gain",
+                         description="Fine-tune from a YAML config plus key=value overrides "
+                                     "(e.g. train.learning_rate=1e-4 data.train=my.jsonl).")
+    run.add_argument("config", nargs="?", help="YAML config file (optional if every key is given as key=value)")
+    run.add_argument("overrides", nargs="*", help="key=value settings applied over the file")
+    run.set_defaults(handler=_cmd_run)
+
+    models = sub.add_parser("models", help="list the bundled models")
+    models.set_defaults(handler=_cmd_models)
+
+    options = sub.add_parser("options", help="list every config key with its default and meaning")
+    options.set_defaults(handler=_cmd_options)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tunelab.config import load_config
+
+    config_path, overrides = args.config, list(args.overrides)
+    if config_path and "=" in config_path and not config_path.endswith((".yaml", ".yml")):
+        config_path, overrides = None, [config_path, *overrides]
+    config = load_config(config_path, overrides)
+
+    from tunelab.cli_output import ConsoleProgress, print_summary
+    from tunelab.train.run import run
+
+    progress = ConsoleProgress()
+    try:
+        result = run(config, on_event=progress)
+    finally:
+        progress.close()
+    print_summary(result.run_dir, result.summary)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from tunelab.models import list_models
+
+    rows = list_models()
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['kind']:<9}  {r['description']} [{r['state']}]")
+    print("\nAny local Hugging Face checkpoint directory works too: model=/path/to/checkpoint")
+    return 0
+
+
+def _cmd_options(args: argparse.Namespace) -> int:
+    from tunelab.config import describe_options
+
+    rows = describe_options()
+    width = max(len(key) for key, _, _ in rows)
+    for key, default, help_text in rows:
+        print(f"{key:<{width}}  {default:<16}  {help_text}")
+    return 0
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

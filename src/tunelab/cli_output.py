@@ -1,0 +1,78 @@
+"""How a run looks in a terminal: a progress bar fed by events, then the before/after table."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from tunelab.train.report import comparison_rows
+from tunelab.train.events import Event
+
+
+class ConsoleProgress:
+    """Listens to a run's events and draws them on stderr."""
+
+    def __init__(self, stream: Any = sys.stderr):
+        self.stream = stream
+        self.bar: tqdm | None = None
+
+    def __call__(self, event: Event) -> None:
+        kind = event["type"]
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler:
+            handler(event)
+
+    def say(self, text: str) -> None:
+        (self.bar.write if self.bar else lambda t: print(t, file=self.stream))(text)
+
+    def _on_run_started(self, e: Event) -> None:
+        self.say(f"run dir {e['run_dir']}  ({e['train_rows']} train rows, {e['eval_rows']} held-out rows)")
+
+    def _on_warning(self, e: Event) -> None:
+        self.say(f"warning: {e['message']}")
+
+    def _on_evaluating(self, e: Event) -> None:
+        self.say(f"evaluating {e['which']} training on the held-out set ...")
+
+    def _on_model_ready(self, e: Event) -> None:
+        share = 100 * e["trainable_params"] / e["total_params"]
+        self.say(f"training {e['trainable_params']:,} of {e['total_params']:,} parameters ({share:.2f}%)")
+
+    def _on_train_started(self, e: Event) -> None:
+        self.bar = tqdm(total=e["max_steps"], initial=e["start_step"], desc="train", unit="step",
+                        file=self.stream, dynamic_ncols=True)
+
+    def _on_step(self, e: Event) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(e["step"] - self.bar.n)
+        loss = "-" if e["loss"] is None else f"{e['loss']:.3f}"
+        self.bar.set_postfix_str(f"loss {loss}, {e['tokens_per_second']:.0f} tok/s", refresh=False)
+
+    def _on_train_finished(self, e: Event) -> None:
+        self.close()
+
+    def _on_eval(self, e: Event) -> None:
+        self.say(f"step {e['step']}: eval loss {e['eval_loss']:.4f} (perplexity {e['perplexity']:.2f})")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    rows = [("metric", "before", "after", "change"), *comparison_rows(summary)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    print()
+    for n, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    t = summary["train"]
+    print(f"\ntrained {summary['trainable_params']:,} parameters for {t['steps']} steps in {t['seconds']:.0f} s "
+          f"({t['tokens_per_second']:.0f} tokens/s)")
+    print(f"run directory: {run_dir}  (report.md, summary.json, model/)")

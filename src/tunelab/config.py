@@ -1,0 +1,246 @@
+"""The run config: one typed, validated model. YAML file plus `key=value` overrides.
+
+Every option's type, default, range and help text lives here; the CLI and the error messages come
+from it. Paths inside a YAML file are relative to that file; overrides are relative to the cwd.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunelab.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    train: Path = Field(description="Training data file (JSONL, CSV, Parquet) or datasets directory.")
+    eval: Path | None = Field(None, description="Held-out file; if absent, a seeded split of train.")
+    eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out when eval is absent.")
+    format: Literal["auto", "text", "prompt_completion", "messages"] = Field(
+        "auto", description="Row schema; auto detects it from the first row's fields.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Map our field names to yours, e.g. prompt: question.")
+    leakage_threshold: float = Field(
+        0.0, ge=0, le=1, description="Largest share of eval rows allowed to overlap train before a run stops.")
+
+
+class TrainConfig(Section):
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, ge=-1, description="Optimizer steps to run; -1 means use epochs.")
+    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_length: int = Field(512, ge=8, description="Tokens per example; longer rows are cut from the end.")
+    seed: int = Field(42, description="Seed for data order, initialisation and sampling.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up the rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warmup.")
+    eval_steps: int = Field(0, ge=0, description="Validate every N steps; 0 means once per epoch.")
+    logging_steps: int = Field(5, ge=1, description="Log train loss every N steps.")
+    save_steps: int = Field(0, ge=0, description="Checkpoint every N steps; 0 means only at the end.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the best is kept as well).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "auto", description="auto: bf16 on a CUDA device that has it, else fp32.")
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1, description="Rank of the LoRA update.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or all-linear.")
+
+
+class EvalConfig(Section):
+    max_new_tokens: int = Field(64, ge=1, description="Tokens generated per held-out prompt.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    max_examples: int = Field(200, ge=0, description="Held-out rows scored by generation; 0 means all.")
+    generate: bool = Field(True, description="Score greedy generations (exact match, token F1).")
+
+
+class RunConfig(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name, used in output_dir.")
+    model: str = Field("smollm2-135m-instruct", description="A bundled alias (tunelab models) or a local HF dir.")
+    task: str = Field("sft", description="Training paradigm: sft (prompt/completion, chat) or causal_lm (text).")
+    method: str = Field("lora", description="Fine-tuning strategy: lora or full.")
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output_dir: Path | None = Field(None, description="Run directory; default runs/<name>-<timestamp>.")
+    trust_remote_code: bool = Field(False, description="Allow a local model dir to run its own code.")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from tunelab.tasks import TASKS
+
+        return _one_of("task", value, sorted(TASKS))
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from tunelab.methods import METHODS
+
+        return _one_of("method", value, sorted(METHODS))
+
+    @model_validator(mode="after")
+    def _data_fits_task(self) -> RunConfig:
+        if self.task == "causal_lm" and self.data.format not in ("auto", "text"):
+            raise ValueError(f'task "causal_lm" trains on raw text; data.format "{self.data.format}" needs task "sft"')
+        return self
+
+
+def _one_of(key: str, value: str, allowed: list[str]) -> str:
+    if value in allowed:
+        return value
+    raise ValueError(f'expected one of {"|".join(allowed)}, got "{value}"{_suggest(value, allowed)}')
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base_dir: Path | None = None) -> RunConfig:
+    """Read a YAML config (optional), apply `key=value` overrides, and validate everything."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+        _anchor_paths(raw, Path(path).resolve().parent)
+    for item in overrides:
+        _apply_override(raw, item)
+    return validate_config(raw)
+
+
+def validate_config(raw: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, raw)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top, got {type(data).__name__}")
+    return data
+
+
+def _anchor_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make data paths written in a YAML file relative to that file, not to the cwd."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    for key in ("train", "eval"):
+        value = data.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            data[key] = str(base / value)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f'override "{item}": expected key=value, e.g. train.learning_rate=1e-4')
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f'override "{item}": "{part}" is not a section')
+        node = child
+    node[parts[-1]] = value
+
+
+def _explain(err: ValidationError, raw: dict[str, Any]) -> str:
+    """Turn pydantic's report into lines that name the key, the value given and what is allowed."""
+    lines = []
+    for problem in err.errors():
+        loc = [str(p) for p in problem["loc"]]
+        key = ".".join(loc)
+        if problem["type"] == "extra_forbidden":
+            lines.append(f'config: unknown key "{key}"{_suggest(loc[-1], _known_keys(loc[:-1]))}')
+            continue
+        if problem["type"] == "missing":
+            lines.append(f'config: "{key}" is required ({_field_help(loc)})')
+            continue
+        given = _lookup(raw, loc)
+        msg = problem["msg"].removeprefix("Value error, ")
+        shown = f', got "{given}"' if given is not _MISSING and "got" not in msg else ""
+        lines.append(f"config: {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+_MISSING = object()
+
+
+def _lookup(raw: Any, loc: list[str]) -> Any:
+    for part in loc:
+        if not isinstance(raw, dict) or part not in raw:
+            return _MISSING
+        raw = raw[part]
+    return raw
+
+
+def _section_model(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(part)
+        sub = getattr(field, "annotation", None) if field else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return None
+        model = sub
+    return model
+
+
+def _known_keys(loc: list[str]) -> list[str]:
+    model = _section_model(loc)
+    return list(model.model_fields) if model else []
+
+
+def _field_help(loc: list[str]) -> str:
+    model = _section_model(loc[:-1])
+    field = model.model_fields.get(loc[-1]) if model else None
+    return (field.description or "no default") if field else "no default"
+
+
+def describe_options() -> list[tuple[str, str, str]]:
+    """Every option as (key, default, help), for `tunelab run --help-config` and the docs."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            rows.append((prefix + name, default, field.description or ""))
+
+    walk(RunConfig, "")
+    return rows
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

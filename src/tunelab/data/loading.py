@@ -1,0 +1,92 @@
+"""Load a data file into validated rows for a run, with its fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.data.formats import FORMATS, Problem, Row, detect_format, read_rows, validate_row
+from tunelab.errors import DataError
+
+MAX_SHOWN = 5
+
+
+@dataclass
+class Dataset:
+    path: Path
+    format: str
+    rows: list[dict[str, Any]]
+    lines: list[int]
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.path), "format": self.format, "rows": len(self.rows), "sha256": fingerprint(self.path)}
+
+
+def load_dataset(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> Dataset:
+    """Read and validate every row; any invalid row stops the load with file:line:field for each problem."""
+    path = Path(path)
+    records = list(read_rows(path, columns))
+    problems = [r for r in records if isinstance(r, Problem)]
+    rows = [r for r in records if isinstance(r, Row)]
+    if not records:
+        raise DataError(f"{path}: no rows; expected one JSON object per line")
+    if fmt == "auto":
+        fmt = _detect(path, rows)
+    elif fmt not in FORMATS:
+        raise DataError(f'{path}: unknown format "{fmt}"; expected one of {"|".join(FORMATS)}')
+    for row in rows:
+        problems.extend(validate_row(row, fmt))
+    if problems:
+        raise DataError(_problem_report(path, problems, len(records)))
+    return Dataset(path, fmt, [r.fields for r in rows], [r.line for r in rows])
+
+
+def _detect(path: Path, rows: list[Row]) -> str:
+    if not rows:
+        raise DataError(f"{path}: no readable rows")
+    fmt = detect_format(rows[0].fields)
+    if fmt is None:
+        keys = ", ".join(sorted(rows[0].fields)) or "none"
+        raise DataError(
+            f"{path}:{rows[0].line}: cannot tell the format from fields [{keys}]; expected text, prompt+completion "
+            f"or messages (or map yours with data.columns.prompt=YOUR_FIELD)")
+    return fmt
+
+
+def _problem_report(path: Path, problems: list[Problem], total: int) -> str:
+    problems.sort(key=lambda p: p.line)
+    shown = [p.render(path) for p in problems[:MAX_SHOWN]]
+    more = len(problems) - len(shown)
+    tail = f"\n... and {more} more problem(s)" if more else ""
+    return ("\n".join(shown) + tail +
+            f"\n{len(problems)} problem(s) in {total} row(s); `tunelab data check {path}` lists them all")
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 of the file's bytes (of every file, in order, for a directory)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+    for file in files:
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def split_rows(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """A seeded train/held-out split of one dataset (at least one row on each side)."""
+    n = len(dataset.rows)
+    if n < 2:
+        raise DataError(f"{dataset.path}: {n} row(s) cannot be split into train and held-out; give data.eval")
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_eval = min(n - 1, max(1, round(n * fraction)))
+    held, kept = sorted(order[:n_eval]), sorted(order[n_eval:])
+
+    def pick(idx: list[int]) -> Dataset:
+        return Dataset(dataset.path, dataset.format, [dataset.rows[i] for i in idx], [dataset.lines[i] for i in idx])
+
+    return pick(kept), pick(held)

@@ -1,0 +1,1 @@
+"""Evaluation: held-out loss, generation metrics, and the before/after comparison."""

@@ -1,0 +1,33 @@
+"""Batched greedy generation with left padding."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
+             batch_size: int = 16, max_prompt_tokens: int = 2048) -> list[str]:
+    """Greedy answers for token-id prompts; prompts are sorted by length so batches pad little."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: list[str] = [""] * len(prompts)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            batch = [prompts[i][-max_prompt_tokens:] for i in chunk]
+            width = max(len(p) for p in batch)
+            input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)
+            attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
+            out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+            for row, i in enumerate(chunk):
+                answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+    finally:
+        model.train(was_training)
+    return answers

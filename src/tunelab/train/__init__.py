@@ -1,0 +1,1 @@
+"""The run: trainer wiring, progress events, checkpoints and the run directory."""

@@ -1,0 +1,156 @@
+"""One run, top to bottom: config -> data -> model + method -> task trainer -> eval -> run directory.
+
+`run(config)` is the single function a CLI, a job worker or a test calls; progress goes out as events.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.config import RunConfig
+from tunelab.data import Dataset, load_dataset, split_rows
+from tunelab.errors import DataError, TunelabError
+from tunelab.eval.evaluate import HeldOut, Scores, score
+from tunelab.methods import count_params, get_method
+from tunelab.models import resolve_model
+from tunelab.tasks import Task, get_task
+from tunelab.tasks.base import Encoded
+from tunelab.train.events import Events, Listener
+from tunelab.train.report import write_report
+from tunelab.train.rundir import MetricsLog, choose_run_dir, write_json, write_run_header
+from tunelab.train.trainer import Progress, build_trainer
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def run(config: RunConfig, on_event: Listener | None = None) -> RunResult:
+    events = Events(on_event)
+    task = get_task(config.task)
+    train_data, eval_data = load_data(config, task)
+    model_path = resolve_model(config.model)
+    run_dir = choose_run_dir(config)
+    _refuse_finished(run_dir)
+    write_run_header(run_dir, config, {"train": train_data.describe(), "eval": eval_data.describe(),
+                                       "eval_is_split_of_train": config.data.eval is None})
+    events.emit("run_started", run_dir=str(run_dir), model=str(model_path), train_rows=len(train_data.rows),
+                eval_rows=len(eval_data.rows))
+
+    torch.manual_seed(config.train.seed)
+    tokenizer, model = load_model(model_path, config)
+    train = encode(task, train_data, tokenizer, config.train.max_length, events)
+    held_out = held_out_set(task, eval_data, tokenizer, config, events)
+
+    events.emit("evaluating", which="before")
+    before = score(model, tokenizer, held_out, config.eval)
+    model = get_method(config.method).apply(model, config)
+    trainable, total = count_params(model)
+    events.emit("model_ready", trainable_params=trainable, total_params=total)
+
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    progress = Progress(events, metrics, held_out.encoded, held_out.pad_id, config.train.eval_steps,
+                        config.eval.batch_size)
+    trainer = build_trainer(model, config, train, held_out.pad_id, run_dir / "checkpoints", progress)
+    started = time.monotonic()
+    output = trainer.train()
+    seconds = time.monotonic() - started
+    tokens = int(trainer.state.num_input_tokens_seen)
+
+    events.emit("evaluating", which="after")
+    after = score(model, tokenizer, held_out, config.eval)
+    get_method(config.method).save(model, run_dir / "model")
+    tokenizer.save_pretrained(run_dir / "model")
+
+    summary = {
+        "before": before.metrics, "after": after.metrics,
+        "train": {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_second": round(tokens / seconds, 2),
+                  "steps": trainer.state.global_step, "final_train_loss": output.training_loss},
+        "trainable_params": trainable, "total_params": total,
+        "model": config.model, "method": config.method, "task": config.task,
+    }
+    write_json(run_dir / "summary.json", summary)
+    write_samples(run_dir, before, after)
+    write_report(run_dir, summary)
+    events.emit("run_finished", run_dir=str(run_dir), summary=summary)
+    return RunResult(run_dir, summary)
+
+
+def load_data(config: RunConfig, task: Task) -> tuple[Dataset, Dataset]:
+    data = config.data
+    train = load_dataset(data.train, data.format, data.columns)
+    _check_format(train, task)
+    if data.eval is None:
+        return split_rows(train, data.eval_fraction, config.train.seed)
+    held = load_dataset(data.eval, train.format, data.columns)
+    return train, held
+
+
+def _check_format(dataset: Dataset, task: Task) -> None:
+    if dataset.format not in task.formats:
+        raise DataError(f'{dataset.path}: rows are "{dataset.format}" but task "{task.name}" expects '
+                        f'{" or ".join(task.formats)}; set task= to match the data')
+
+
+def _refuse_finished(run_dir: Path) -> None:
+    if (run_dir / "summary.json").exists():
+        raise TunelabError(f"{run_dir}: already holds a finished run; choose another output_dir")
+
+
+def load_model(path: Path, config: RunConfig) -> tuple[Any, torch.nn.Module]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    remote = config.trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=remote)
+    return tokenizer, model
+
+
+def encode(task: Task, dataset: Dataset, tokenizer: Any, max_length: int, events: Events) -> list[Encoded]:
+    """Encode every row; rows left with nothing to learn after truncation are reported, then skipped."""
+    encoded, empty, cut = [], [], 0
+    for row, line in zip(dataset.rows, dataset.lines):
+        example = task.encode(row, dataset.format, tokenizer, max_length)
+        cut += example.truncated
+        if example.supervised == 0:
+            empty.append(line)
+            continue
+        encoded.append(example)
+    if cut:
+        events.emit("warning", message=f"{dataset.path}: {cut} row(s) longer than train.max_length={max_length} "
+                                       "tokens were cut from the end")
+    if empty:
+        events.emit("warning", message=f"{dataset.path}: skipped {len(empty)} row(s) with no supervised token "
+                                       f"within train.max_length={max_length} (lines {_lines(empty)})")
+    if not encoded:
+        raise DataError(f"{dataset.path}: no row has a supervised token within train.max_length={max_length}")
+    return encoded
+
+
+def _lines(lines: list[int]) -> str:
+    return ", ".join(map(str, lines[:10])) + (", ..." if len(lines) > 10 else "")
+
+
+def held_out_set(task: Task, dataset: Dataset, tokenizer: Any, config: RunConfig, events: Events) -> HeldOut:
+    encoded = encode(task, dataset, tokenizer, config.train.max_length, events)
+    rows = dataset.rows[: config.eval.max_examples or None]
+    cases = [task.generation_case(row, dataset.format, tokenizer) for row in rows] if task.generative else []
+    return HeldOut(encoded, [c for c in cases if c is not None], tokenizer.pad_token_id)
+
+
+def write_samples(run_dir: Path, before: Scores, after: Scores) -> None:
+    import json
+
+    with open(run_dir / "samples.jsonl", "w", encoding="utf-8") as handle:
+        for b, a in zip(before.samples, after.samples):
+            handle.write(json.dumps({"prompt": b["prompt"], "reference": b["reference"],
+                                     "before": b["output"], "after": a["output"]}) + "\n")

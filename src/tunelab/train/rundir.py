@@ -1,0 +1,71 @@
+"""The run directory: the unit everything else reads. Every file is written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import RunConfig, dump_config
+
+TRACKED = ("tunelab", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "safetensors")
+
+
+def choose_run_dir(config: RunConfig) -> Path:
+    if config.output_dir is not None:
+        return Path(config.output_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.name}-{stamp}"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temp file beside the target, fsync, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in TRACKED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def write_run_header(run_dir: Path, config: RunConfig, data: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", dump_config(config))
+    write_json(run_dir / "versions.json", versions())
+    write_json(run_dir / "data.json", data)
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, appended and flushed as training goes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()

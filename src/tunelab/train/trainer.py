@@ -1,0 +1,137 @@
+"""Wire a transformers Trainer to a task's batches, with callbacks for validation, metrics and events.
+
+The training loop, optimizer, schedule, gradient accumulation and checkpoint format are Trainer's;
+tunelab adds token-weighted validation, metrics.jsonl and progress events.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+from tunelab.config import RunConfig
+from tunelab.eval.loss import heldout_loss
+from tunelab.tasks.base import Encoded
+from tunelab.train.collate import Collator
+from tunelab.train.events import Events
+from tunelab.train.rundir import MetricsLog
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, examples: list[Encoded]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return {"input_ids": self.examples[i].input_ids, "labels": self.examples[i].labels}
+
+
+def precision_flags(precision: str) -> dict[str, bool]:
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}
+
+
+def training_args(config: RunConfig, checkpoint_dir: Path) -> TrainingArguments:
+    t = config.train
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        gradient_checkpointing=t.gradient_checkpointing,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **precision_flags(t.precision),
+    )
+
+
+class Progress(TrainerCallback):
+    """Turns Trainer's state into metrics.jsonl rows and progress events; validates on schedule."""
+
+    def __init__(self, events: Events, metrics: MetricsLog, held_out: list[Encoded], pad_id: int,
+                 eval_steps: int, eval_batch_size: int):
+        self.events, self.metrics = events, metrics
+        self.held_out, self.pad_id = held_out, pad_id
+        self.eval_steps, self.eval_batch_size = eval_steps, eval_batch_size
+        self.started = time.monotonic()
+        self.tokens_at_start = 0
+        self.last_loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+        self.tokens_at_start = state.num_input_tokens_seen
+        self.events.emit("train_started", max_steps=state.max_steps, start_step=state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.events.emit("train_finished", step=state.global_step)
+
+    def tokens_per_second(self, state) -> float:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return (state.num_input_tokens_seen - self.tokens_at_start) / elapsed
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.events.emit("step", step=state.global_step, max_steps=state.max_steps, loss=self.last_loss,
+                         tokens_per_second=self.tokens_per_second(state))
+        if self.eval_steps and state.global_step % self.eval_steps == 0:
+            self.validate(state, model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if not self.eval_steps:
+            self.validate(state, model)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        self.last_loss = float(logs["loss"])
+        self.metrics.append({
+            "step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "train_loss": self.last_loss,
+            "learning_rate": logs.get("learning_rate"), "grad_norm": _num(logs.get("grad_norm")),
+            "tokens_seen": int(state.num_input_tokens_seen), "tokens_per_second": round(self.tokens_per_second(state), 2),
+        })
+
+    def validate(self, state, model) -> None:
+        if not self.held_out or model is None:
+            return
+        result = heldout_loss(model, self.held_out, self.pad_id, self.eval_batch_size)
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **result}
+        self.metrics.append(record)
+        self.events.emit("eval", **record)
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def build_trainer(model: torch.nn.Module, config: RunConfig, train: list[Encoded], pad_id: int,
+                  checkpoint_dir: Path, progress: Progress) -> Trainer:
+    trainer = Trainer(
+        model=model,
+        args=training_args(config, checkpoint_dir),
+        train_dataset=ListDataset(train),
+        data_collator=Collator(pad_id),
+        callbacks=[progress],
+    )
+    trainer.remove_callback(PrinterCallback)  # progress goes out as events, not printed dicts
+    return trainer

@@ -1,0 +1,58 @@
+"""Shared fixtures: the tiny random model, small data files, and a quiet, offline environment."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    from tunelab.models import resolve_model
+
+    return resolve_model("tiny-random-llama")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def chat_rows() -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"Say the number {i}."},
+                          {"role": "assistant", "content": f"The number is {i}."}]} for i in range(24)]
+
+
+@pytest.fixture
+def tiny_config(tmp_path, chat_rows):
+    """A validated config for a seconds-long run of the tiny model on chat data."""
+    from tunelab.config import load_config
+
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows[:20])
+    held = write_jsonl(tmp_path / "eval.jsonl", chat_rows[20:])
+
+    def make(*overrides: str):
+        return load_config(None, [f"data.train={train}", f"data.eval={held}", "model=tiny-random-llama",
+                                  f"output_dir={tmp_path / 'run'}", "train.batch_size=4", "train.max_steps=4",
+                                  "train.max_length=64", "eval.max_new_tokens=8", *overrides])
+
+    return make
