@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the bundled models")
     models.set_defaults(handler=_cmd_models)
 
+    from tunelab.data.cli import add_data_commands
+    from tunelab.eval.cli import add_eval_commands
+
+    add_data_commands(sub)
+    add_eval_commands(sub)
+
     options = sub.add_parser("options", help="list every config key with its default and meaning")
     options.set_defaults(handler=_cmd_options)
     return parser
