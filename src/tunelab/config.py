@@ -35,7 +35,8 @@ class DataConfig(Section):
 class TrainConfig(Section):
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = Field(-1, ge=-1, description="Optimizer steps to run; -1 means use epochs.")
-    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
+    learning_rate: float | None = Field(
+        None, gt=0, lt=1, description="Peak learning rate; default: the method's own (lora 1e-3, full 2e-5).")
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_length: int = Field(512, ge=8, description="Tokens per example; longer rows are cut from the end.")
@@ -93,6 +94,14 @@ class RunConfig(Section):
         from tunelab.methods import METHODS
 
         return _one_of("method", value, sorted(METHODS))
+
+    @model_validator(mode="after")
+    def _method_default_rate(self) -> RunConfig:
+        from tunelab.methods import METHODS
+
+        if self.train.learning_rate is None:
+            self.train.learning_rate = METHODS[self.method].default_learning_rate
+        return self
 
     @model_validator(mode="after")
     def _data_fits_task(self) -> RunConfig:
