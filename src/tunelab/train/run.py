@@ -112,7 +112,7 @@ def load_model(path: Path, config: RunConfig) -> tuple[Any, torch.nn.Module]:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=remote)
-    return tokenizer, model
+    return tokenizer, model.to("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def encode(task: Task, dataset: Dataset, tokenizer: Any, max_length: int, events: Events) -> list[Encoded]:
