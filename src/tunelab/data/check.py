@@ -73,7 +73,7 @@ def check_file(path: Path, tokenizer: Any, fmt: str = "auto", columns: dict[str,
     report.tokens = [n for n, _ in lengths]
     if checked.format == "classification":
         report.labels = Counter(r.fields["label"] for r in checked.rows)
-    report.rejected = _rejected(checked, problems)
+    report.rejected = reject_entries(checked, problems)
     return report
 
 
@@ -85,7 +85,8 @@ def duplicate_problems(rows: list[Row], fmt: str, threshold: float) -> list[Prob
                     f"(Jaccard {t.similarity:.2f} >= {threshold})", "near_duplicate") for t in twins]
 
 
-def _rejected(checked: Validated, problems: list[Problem]) -> dict[int, dict[str, Any]]:
+def reject_entries(checked: Validated, problems: list[Problem]) -> dict[int, dict[str, Any]]:
+    """One rejects-file record per problem line: its reasons and the row (or the raw line) as read."""
     fields = {r.line: r.fields for r in [*checked.rows, *checked.invalid]}
     out: dict[int, dict[str, Any]] = {}
     for p in problems:
