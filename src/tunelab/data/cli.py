@@ -173,7 +173,8 @@ def _add_synth(cmds: argparse._SubParsersAction) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from tunelab.data.synth import SynthOptions, make_teacher, synthesize
+    from tunelab.data.synth import SynthOptions, synthesize
+    from tunelab.data.teachers import make_teacher
 
     teacher = make_teacher(args.teacher, args.base_url, args.api_key_env)
     options = SynthOptions(n=args.n, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
