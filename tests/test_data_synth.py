@@ -151,7 +151,7 @@ def test_bundled_teacher_expands_five_seeds(tmp_path):
     seeds = write_jsonl(tmp_path / "seeds.jsonl", SEEDS)
     out = tmp_path / "out.jsonl"
     result = synthesize(seeds, LocalTeacher("smollm2-135m-instruct"), out,
-                        SynthOptions(n=3, max_new_tokens=24, seed=0, max_rounds=3))
+                        SynthOptions(n=3, max_new_tokens=16, shots=2, seed=0, max_rounds=3))
     assert result.kept == 3
     rows = load_dataset(out)
     texts = [row_text(r, "prompt_completion") for r in [*SEEDS, *rows.rows]]
