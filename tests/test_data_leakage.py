@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from conftest import EXAMPLES, write_jsonl
 from tunelab.cli import main
 from tunelab.data import load_dataset
-from tunelab.data.leakage import find_leaks
+from tunelab.data.leakage import Leak, LeakReport, find_leaks, refuse_leaks
 from tunelab.errors import LeakageError
 from tunelab.tasks import get_task
 from tunelab.train.run import load_data, run
@@ -82,3 +83,13 @@ def test_leakage_cli_exit_codes(tmp_path, capsys):
     assert main(["data", "leakage", str(train_path), str(held_path), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert [x["held_line"] for x in report["leaks"]] == [61, 62, 63] and report["share"] == 0.0476
+
+
+def test_suggested_threshold_lets_the_same_data_through():
+    report = LeakReport(Path("t.jsonl"), Path("e.jsonl"), held_rows=23, threshold=0.5,
+                        leaks=[Leak(held_line=4, train_line=9, kind="near", similarity=0.61)])
+    with pytest.raises(LeakageError, match=r"1 of 23 held-out rows \(4.3%\)") as caught:
+        refuse_leaks(report, 0.0)
+    assert "e.jsonl:4 repeats t.jsonl:9 (near, Jaccard 0.61)" in str(caught.value)
+    assert "data.leakage_threshold=0.05" in str(caught.value)
+    refuse_leaks(report, 0.05)

@@ -133,6 +133,8 @@ def _add_leakage(cmds: argparse._SubParsersAction) -> None:
     p.add_argument("train", type=Path, help="training file")
     p.add_argument("held_out", type=Path, help="eval or test file")
     p.add_argument("--format", default="auto", choices=["auto", *FORMATS], help="row schema (default: detect)")
+    p.add_argument("--column", action="append", default=[], metavar="OURS=THEIRS",
+                   help="map a field name, e.g. --column prompt=question (repeatable)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="Jaccard for near-copies")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=_cmd_leakage)
@@ -142,8 +144,9 @@ def _cmd_leakage(args: argparse.Namespace) -> int:
     from tunelab.data.leakage import find_leaks
     from tunelab.data.loading import load_dataset
 
-    train = load_dataset(args.train, args.format)
-    held = load_dataset(args.held_out, train.format)
+    columns = _columns(args.column)
+    train = load_dataset(args.train, args.format, columns)
+    held = load_dataset(args.held_out, train.format, columns)
     report = find_leaks(train, held, args.threshold)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,4 +81,4 @@ def refuse_leaks(report: LeakReport, max_share: float) -> None:
         f"(exact or Jaccard >= {report.threshold}); allowed: {max_share:.1%}\n" + "\n".join(shown) +
         (f"\n... and {more} more" if more else "") +
         "\nremove them (`tunelab data prepare` splits without leaks), or allow this share with "
-        f"data.leakage_threshold={report.share:.2f}, or turn the check off with data.leakage_check=false")
+        f"data.leakage_threshold={math.ceil(report.share * 100) / 100:.2f}, or turn the check off with data.leakage_check=false")
