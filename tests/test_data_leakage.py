@@ -93,3 +93,10 @@ def test_suggested_threshold_lets_the_same_data_through():
     assert "e.jsonl:4 repeats t.jsonl:9 (near, Jaccard 0.61)" in str(caught.value)
     assert "data.leakage_threshold=0.05" in str(caught.value)
     refuse_leaks(report, 0.05)
+
+
+def test_config_default_matches_the_measured_threshold():
+    from tunelab.config import DataConfig
+    from tunelab.data.dedup import DEFAULT_THRESHOLD
+
+    assert DataConfig.model_fields["near_dup_threshold"].default == DEFAULT_THRESHOLD
