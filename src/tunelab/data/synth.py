@@ -74,7 +74,7 @@ def synthesize(seed_file: Path, teacher: Teacher, output: Path, options: SynthOp
         need = options.n - result.kept
         if need <= 0:
             break
-        drafts = draft_rows(seeds, teacher, need + max(2, need // 2), options, rng, options.seed + round_no)
+        drafts = draft_rows(seeds, teacher, need + max(2, need // 2), options, rng, options.seed + 2 * round_no)
         result.attempts += len(drafts)
         _keep(drafts, seeds, held, result, options)
     result.rows, result.provenance = result.rows[:options.n], result.provenance[:options.n]
