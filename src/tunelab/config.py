@@ -24,12 +24,15 @@ class DataConfig(Section):
     train: Path = Field(description="Training data file (JSONL, CSV, Parquet) or datasets directory.")
     eval: Path | None = Field(None, description="Held-out file; if absent, a seeded split of train.")
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out when eval is absent.")
-    format: Literal["auto", "text", "prompt_completion", "messages"] = Field(
-        "auto", description="Row schema; auto detects it from the first row's fields.")
+    format: Literal["auto", "text", "prompt_completion", "messages", "classification", "preference"] = Field(
+        "auto", description="Row schema; auto detects it from the rows' fields.")
     columns: dict[str, str] = Field(
         default_factory=dict, description="Map our field names to yours, e.g. prompt: question.")
     leakage_threshold: float = Field(
         0.0, ge=0, le=1, description="Largest share of eval rows allowed to overlap train before a run stops.")
+    leakage_check: bool = Field(True, description="Check eval rows against train for copies before training.")
+    near_dup_threshold: float = Field(
+        0.5, gt=0, le=1, description="Jaccard similarity (word 2-grams) at which two rows count as near-copies.")
 
 
 class TrainConfig(Section):

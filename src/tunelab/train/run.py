@@ -84,12 +84,17 @@ def run(config: RunConfig, on_event: Listener | None = None) -> RunResult:
 
 
 def load_data(config: RunConfig, task: Task) -> tuple[Dataset, Dataset]:
+    from tunelab.data.leakage import find_leaks, refuse_leaks
+
     data = config.data
     train = load_dataset(data.train, data.format, data.columns)
     _check_format(train, task)
     if data.eval is None:
-        return split_rows(train, data.eval_fraction, config.train.seed)
-    held = load_dataset(data.eval, train.format, data.columns)
+        train, held = split_rows(train, data.eval_fraction, config.train.seed)
+    else:
+        held = load_dataset(data.eval, train.format, data.columns)
+    if data.leakage_check:
+        refuse_leaks(find_leaks(train, held, data.near_dup_threshold), data.leakage_threshold)
     return train, held
 
 
