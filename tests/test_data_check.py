@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_jsonl
+from tests.conftest import write_jsonl
 from tunelab.cli import main
 from tunelab.data.check import check_file
 

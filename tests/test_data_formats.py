@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import write_jsonl
+from tests.conftest import write_jsonl
 from tunelab.data import load_dataset, validate_file
 from tunelab.data.formats import Row, detect_format, validate_row
 from tunelab.errors import DataError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, write_jsonl
+from tests.conftest import EXAMPLES, write_jsonl
 from tunelab.cli import main
 from tunelab.data import load_dataset
 from tunelab.data.leakage import Leak, LeakReport, find_leaks, refuse_leaks

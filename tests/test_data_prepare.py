@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import write_jsonl
+from tests.conftest import write_jsonl
 from tunelab.cli import main
 from tunelab.data.clean import clean_text
 from tunelab.data.prepare import PrepareOptions, prepare

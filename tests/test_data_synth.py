@@ -9,7 +9,7 @@ from itertools import count
 
 import pytest
 
-from conftest import EXAMPLES, write_jsonl
+from tests.conftest import EXAMPLES, write_jsonl
 from tunelab.cli import main
 from tunelab.data import load_dataset
 from tunelab.data.dedup import find_duplicates, row_text
