@@ -8,7 +8,6 @@ from tests.conftest import write_jsonl
 from tunelab.data import load_dataset, validate_file
 from tunelab.data.formats import Row, detect_format, validate_row
 from tunelab.errors import DataError
-from tunelab.tasks import get_task
 from tunelab.train.run import load_data
 
 TURN = [{"role": "user", "content": "Pick a colour."}]
@@ -79,5 +78,5 @@ def test_run_refuses_rows_its_task_cannot_train_on(tmp_path, tiny_config):
     rows = [{"text": f"review {i}", "label": i % 2} for i in range(6)]
     train = write_jsonl(tmp_path / "cls.jsonl", rows)
     config = tiny_config(f"data.train={train}", "data.eval=null")
-    with pytest.raises(DataError, match='rows are "classification" but task "sft" expects'):
-        load_data(config, get_task("sft"))
+    with pytest.raises(DataError, match='no task trains on "classification" rows yet'):
+        load_data(config)

@@ -12,7 +12,6 @@ from tunelab.cli import main
 from tunelab.data import load_dataset
 from tunelab.data.leakage import Leak, LeakReport, find_leaks, refuse_leaks
 from tunelab.errors import LeakageError
-from tunelab.tasks import get_task
 from tunelab.train.run import load_data, run
 
 
@@ -61,14 +60,13 @@ def test_run_refuses_planted_leaks_and_says_how_to_override(tmp_path, tiny_confi
 
 def test_threshold_and_switch_let_a_known_overlap_through(tmp_path, tiny_config):
     held_path, train_path = planted(tmp_path)
-    task = get_task("sft")
     allowed = tiny_config(f"data.train={train_path}", f"data.eval={held_path}", "data.leakage_threshold=0.05")
-    assert [len(d.rows) for d in load_data(allowed, task)] == [240, 63]
+    assert [len(d.rows) for d in load_data(allowed)] == [240, 63]
     off = tiny_config(f"data.train={train_path}", f"data.eval={held_path}", "data.leakage_check=false")
-    assert [len(d.rows) for d in load_data(off, task)] == [240, 63]
+    assert [len(d.rows) for d in load_data(off)] == [240, 63]
     strict = tiny_config(f"data.train={train_path}", f"data.eval={held_path}", "data.leakage_threshold=0.04")
     with pytest.raises(LeakageError):
-        load_data(strict, task)
+        load_data(strict)
 
 
 def test_run_passes_on_clean_data(tiny_config):

@@ -68,7 +68,7 @@ def test_model_path_that_does_not_exist(capsys, good, tmp_path):
 
 def test_data_that_does_not_fit_the_task(capsys, tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", [{"text": "plain text"}] * 3)
-    line = one_line_error(*run_cli(capsys, "run", QUICKSTART, f"data.train={path}"))
+    line = one_line_error(*run_cli(capsys, "run", QUICKSTART, f"data.train={path}", "task=sft"))
     assert 'rows are "text" but task "sft" expects' in line
 
 

@@ -98,3 +98,15 @@ def test_finished_run_directory_is_not_overwritten(tiny_config):
     run(tiny_config("train.max_steps=1"))
     with pytest.raises(TunelabError, match="already holds a finished run"):
         run(tiny_config("train.max_steps=1"))
+
+
+def test_task_auto_trains_text_rows_as_causal_lm(tiny_config, tmp_path):
+    import tests.conftest as c
+
+    text = c.write_jsonl(tmp_path / "text.jsonl", [{"text": f"Story number {i} begins here."} for i in range(12)])
+    config = tiny_config(f"data.train={text}", "train.max_steps=2")
+    config.data.eval = None
+    result = run(config)
+    assert result.summary["task"] == "causal_lm"
+    assert set(result.summary["after"]) == {"eval_loss", "perplexity"}  # no generation metrics for raw text
+    assert "task: causal_lm" in (result.run_dir / "config.yaml").read_text()

@@ -75,7 +75,8 @@ class EvalConfig(Section):
 class RunConfig(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name, used in output_dir.")
     model: str = Field("smollm2-135m-instruct", description="A bundled alias (tunelab models) or a local HF dir.")
-    task: str = Field("sft", description="Training paradigm: sft (prompt/completion, chat) or causal_lm (text).")
+    task: str = Field("auto", description="Training paradigm: sft (prompt/completion, chat), causal_lm (text), "
+                                         "or auto: chosen from the data's format.")
     method: str = Field("lora", description="Fine-tuning strategy: lora or full.")
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -89,7 +90,7 @@ class RunConfig(Section):
     def _known_task(cls, value: str) -> str:
         from tunelab.tasks import TASKS
 
-        return _one_of("task", value, sorted(TASKS))
+        return _one_of("task", value, ["auto", *sorted(TASKS)])
 
     @field_validator("method")
     @classmethod

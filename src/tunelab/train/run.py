@@ -18,7 +18,7 @@ from tunelab.errors import DataError, TunelabError
 from tunelab.eval.evaluate import HeldOut, Scores, score
 from tunelab.methods import count_params, get_method
 from tunelab.models import resolve_model
-from tunelab.tasks import Task, get_task
+from tunelab.tasks import TASKS, Task, get_task, task_for_format
 from tunelab.tasks.base import Encoded
 from tunelab.train.events import Events, Listener
 from tunelab.train.report import write_report
@@ -34,8 +34,8 @@ class RunResult:
 
 def run(config: RunConfig, on_event: Listener | None = None) -> RunResult:
     events = Events(on_event)
+    train_data, eval_data = load_data(config)
     task = get_task(config.task)
-    train_data, eval_data = load_data(config, task)
     model_path = resolve_model(config.model)
     run_dir = choose_run_dir(config)
     _refuse_finished(run_dir)
@@ -83,12 +83,12 @@ def run(config: RunConfig, on_event: Listener | None = None) -> RunResult:
     return RunResult(run_dir, summary)
 
 
-def load_data(config: RunConfig, task: Task) -> tuple[Dataset, Dataset]:
+def load_data(config: RunConfig) -> tuple[Dataset, Dataset]:
     from tunelab.data.leakage import find_leaks, refuse_leaks
 
     data = config.data
     train = load_dataset(data.train, data.format, data.columns)
-    _check_format(train, task)
+    choose_task(config, train)
     if data.eval is None:
         train, held = split_rows(train, data.eval_fraction, config.train.seed)
     else:
@@ -98,10 +98,19 @@ def load_data(config: RunConfig, task: Task) -> tuple[Dataset, Dataset]:
     return train, held
 
 
-def _check_format(dataset: Dataset, task: Task) -> None:
+def choose_task(config: RunConfig, dataset: Dataset) -> Task:
+    """The configured task, or for task=auto the one that trains on the data's format (written back)."""
+    if config.task == "auto":
+        name = task_for_format(dataset.format)
+        if name is None:
+            raise DataError(f'{dataset.path}: no task trains on "{dataset.format}" rows yet; '
+                            f'tasks: {", ".join(sorted(TASKS))}')
+        config.task = name
+    task = get_task(config.task)
     if dataset.format not in task.formats:
         raise DataError(f'{dataset.path}: rows are "{dataset.format}" but task "{task.name}" expects '
                         f'{" or ".join(task.formats)}; set task= to match the data')
+    return task
 
 
 def _refuse_finished(run_dir: Path) -> None:
