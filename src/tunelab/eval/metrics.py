@@ -6,6 +6,7 @@ in [0, 1]. `perplexity` comes from the held-out loss, which every evaluation com
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import re
@@ -155,8 +156,9 @@ def check_metric_name(name: str) -> str:
     """Config-time check: a registered name, or module:function (imported when the run starts)."""
     if name in METRICS or re.fullmatch(r"[\w.]+:\w+", name):
         return name
-    known = "|".join(sorted(METRICS))
-    raise ValueError(f'unknown metric "{name}"; expected one of {known} or module:function')
+    close = difflib.get_close_matches(name, list(METRICS), n=1, cutoff=0.6)
+    hint = f' (did you mean "{close[0]}"?)' if close else ""
+    raise ValueError(f'expected one of {"|".join(sorted(METRICS))} or module:function, got "{name}"{hint}')
 
 
 def resolve_metric(name: str) -> Metric:
