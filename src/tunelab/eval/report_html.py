@@ -17,7 +17,7 @@ h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #dde
 .verdict{background:#f3f6fb;border-left:4px solid #3d6fb6;padding:10px 16px}.verdict li{margin:4px 0}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccd;padding:4px 10px;text-align:right;vertical-align:top}
 td:first-child,th:first-child{text-align:left}th{background:#eef1f6}
-table.samples td{text-align:left;max-width:260px;overflow-wrap:anywhere;font-size:13px}
+table.samples td,table.samples th{text-align:left;max-width:260px;overflow-wrap:anywhere;font-size:13px}
 .plots img{max-width:100%;border:1px solid #e3e6ec;margin:6px 0}.muted{color:#667}
 """
 
@@ -28,6 +28,9 @@ window.addEventListener('load',function(){var i=Array.prototype.slice.call(docum
 document.documentElement.dataset.images=i.filter(function(x){return x.complete&&x.naturalWidth>0}).length+'/'+i.length;
 document.documentElement.dataset.rendered='yes'});
 """
+
+
+EMPTY = "(empty answer)"
 
 
 def _figure(width: float = 7.0, height: float = 3.4) -> tuple[Any, Any]:
@@ -47,7 +50,7 @@ def curves_png(run_dir: Path) -> str | None:
     from matplotlib import pyplot
 
     fig, ax = _figure()
-    for curve, label, style in ((train, "train loss", "-"), (held, "held-out loss", "o-")):
+    for curve, label, style in ((train, "train loss", ".-"), (held, "held-out loss", "o-")):
         if curve:
             ax.plot([s for s, _ in curve], [v for _, v in curve], style, label=label)
     ax.set_xlabel("step")
@@ -71,8 +74,9 @@ def scores_png(summary: dict[str, Any]) -> str | None:
     fig, ax = _figure(height=3.0)
     width = 0.8 / len(columns)
     for i, (label, values) in enumerate(columns):
-        ax.bar([n + i * width for n in range(len(names))], [100 * values.get(k, 0.0) for k in names], width,
-               label=label)
+        bars = ax.bar([n + i * width for n in range(len(names))], [100 * values.get(k, 0.0) for k in names], width,
+                      label=label)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
     ax.set_xticks([n + width for n in range(len(names))], [describe(k).label for k in names])
     ax.set_ylabel("% of held-out rows")
     ax.set_ylim(0, 100)
@@ -93,8 +97,8 @@ def html_table(rows: list[Row], css: str = "") -> str:
 def samples_table(samples: list[dict[str, Any]]) -> str:
     shots = any(s.get("few_shot") is not None for s in samples)
     header = ("prompt", "reference", "base (zero-shot)", *(("base (few-shot)",) if shots else ()), "tuned")
-    rows = [(s["prompt"], s["reference"], s["before"], *((s.get("few_shot") or "",) if shots else ()), s["after"])
-            for s in samples]
+    rows = [(s["prompt"], s["reference"], s["before"] or EMPTY, *((s.get("few_shot") or EMPTY,) if shots else ()),
+             s["after"] or EMPTY) for s in samples]
     return html_table([header, *rows], "samples")
 
 
