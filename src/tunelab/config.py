@@ -88,6 +88,8 @@ class EvalConfig(Section):
     train_sample: int = Field(32, ge=0, description="Train rows scored beside held-out ones to diagnose fit; 0 skips.")
     forgetting_probe: bool = Field(True, description="Measure general ability (shipped text and questions) "
                                                      "before and after.")
+    forgetting_questions: bool = Field(True, description="Also ask the probe's general questions (a generation "
+                                                         "pass before and after); off: perplexity only.")
     forgetting_threshold: float = Field(
         0.1, gt=0, description="Flag forgetting when probe perplexity rises by more than this share, or probe "
                                "accuracy falls by more than this many (x100) points.")

@@ -46,7 +46,7 @@ def before_training(model: torch.nn.Module, tokenizer: Any, task: Any, train_row
         out.few_shot, out.few_shot_shots = score(model, tokenizer, shots, config.eval), mean_shots(shots)
     if config.eval.forgetting_probe:
         events.emit("evaluating", which="probe", what="general ability (forgetting probe)")
-        out.probe_before = forgetting.measure(model, tokenizer, config.eval.batch_size)
+        out.probe_before = forgetting.measure(model, tokenizer, config.eval.batch_size, config.eval.forgetting_questions)
     if train_sample is not None and train_sample.encoded:
         out.train_before = heldout_loss(model, train_sample.encoded, train_sample.pad_id, config.eval.batch_size)
     return out
@@ -76,7 +76,7 @@ def after_training(model: torch.nn.Module, tokenizer: Any, base: Baselines, befo
         entries["few_shot"] = {**base.few_shot.metrics, "k": config.eval.few_shot_k, "mean_shots": base.few_shot_shots}
     if base.probe_before is not None:
         events.emit("evaluating", which="probe", what="general ability after training (forgetting probe)")
-        probe_after = forgetting.measure(model, tokenizer, config.eval.batch_size)
+        probe_after = forgetting.measure(model, tokenizer, config.eval.batch_size, config.eval.forgetting_questions)
         entries["forgetting"] = forgetting.compare(base.probe_before, probe_after, config.eval.forgetting_threshold)
     train_after: dict[str, float] = {}
     if base.train_sample is not None and base.train_sample.encoded:

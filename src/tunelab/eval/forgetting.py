@@ -69,9 +69,11 @@ def answered(output: str, answers: list[str]) -> bool:
     return any(re.search(rf"(?<=\s){re.escape(normalize(a))}(?=\s)", said) for a in answers)
 
 
-def measure(model: torch.nn.Module, tokenizer: Any, batch_size: int = 8) -> dict[str, Any]:
-    """General-text perplexity and general-question accuracy of a model, with its answers."""
+def measure(model: torch.nn.Module, tokenizer: Any, batch_size: int = 8, questions: bool = True) -> dict[str, Any]:
+    """General-text perplexity and (when asked) general-question accuracy of a model, with its answers."""
     loss = heldout_loss(model, text_windows(probe_texts(), tokenizer), tokenizer.pad_token_id, batch_size)
+    if not questions:
+        return {"perplexity": loss["perplexity"], "accuracy": None, "questions": 0, "answers": []}
     questions = probe_questions()
     outputs = generate(model, tokenizer, [question_prompt(tokenizer, q["question"]) for q in questions],
                        max_new_tokens=12, batch_size=batch_size)
@@ -83,8 +85,8 @@ def measure(model: torch.nn.Module, tokenizer: Any, batch_size: int = 8) -> dict
 def compare(before: dict[str, Any], after: dict[str, Any], threshold: float) -> dict[str, Any]:
     """The change in general ability; flagged when perplexity rises or accuracy falls beyond threshold."""
     ppl_change = after["perplexity"] / before["perplexity"] - 1
-    acc_change = after["accuracy"] - before["accuracy"]
-    flagged = ppl_change > threshold or -acc_change > threshold
+    acc_change = after["accuracy"] - before["accuracy"] if after["questions"] else None
+    flagged = ppl_change > threshold or (acc_change is not None and -acc_change > threshold)
     remedies = ["mix general text into training: data.replay_fraction=0.2",
                 "a lower learning rate (train.learning_rate)", "a lighter method (method=lora, smaller lora.r)"]
     return {"perplexity_before": before["perplexity"], "perplexity_after": after["perplexity"],

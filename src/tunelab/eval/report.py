@@ -77,9 +77,10 @@ def forgetting_sentence(summary: dict[str, Any]) -> str | None:
     f = summary.get("forgetting")
     if not f:
         return None
-    shown = (f"general-text perplexity {f['perplexity_before']:.2f} → {f['perplexity_after']:.2f} "
-             f"({100 * f['perplexity_change']:+.1f}%), general questions {100 * f['accuracy_before']:.0f}% → "
-             f"{100 * f['accuracy_after']:.0f}%")
+    shown = f"general-text perplexity {f['perplexity_before']:.2f} → {f['perplexity_after']:.2f} " \
+            f"({100 * f['perplexity_change']:+.1f}%)"
+    if f["questions"]:
+        shown += f", general questions {100 * f['accuracy_before']:.0f}% → {100 * f['accuracy_after']:.0f}%"
     if f["flagged"]:
         return f"Forgetting beyond the {100 * f['threshold']:.0f}% threshold: {shown}. Try: {'; '.join(f['remedies'])}."
     return f"No forgetting beyond the {100 * f['threshold']:.0f}% threshold: {shown}."
@@ -116,10 +117,12 @@ def forgetting_rows(summary: dict[str, Any]) -> list[Row]:
     f = summary.get("forgetting")
     if not f:
         return []
-    return [("general-text perplexity", f"{f['perplexity_before']:.3f}", f"{f['perplexity_after']:.3f}",
-             f"{100 * f['perplexity_change']:+.1f}%"),
-            (f"general questions ({f['questions']})", f"{100 * f['accuracy_before']:.0f}%",
-             f"{100 * f['accuracy_after']:.0f}%", f"{100 * f['accuracy_change']:+.0f} pts")]
+    rows = [("general-text perplexity", f"{f['perplexity_before']:.3f}", f"{f['perplexity_after']:.3f}",
+             f"{100 * f['perplexity_change']:+.1f}%")]
+    if f["questions"]:
+        rows.append((f"general questions ({f['questions']})", f"{100 * f['accuracy_before']:.0f}%",
+                     f"{100 * f['accuracy_after']:.0f}%", f"{100 * f['accuracy_change']:+.0f} pts"))
+    return rows
 
 
 def confusion_rows(run_dir: Path, summary: dict[str, Any]) -> list[Row]:
