@@ -97,3 +97,19 @@ def test_rules_on_made_up_curves():
 def test_eval_loss_rising_while_train_loss_also_rises_is_not_overfitting():
     both_rise = [(4, 1.0), (8, 1.2), (12, 1.5)]
     assert diagnose(Evidence(both_rise, [(4, 1.0), (8, 1.2), (12, 1.5)]))["verdict"] == "good fit"
+
+
+def test_early_stopping_on_a_generation_metric(tmp_path, code_words):
+    result = quick_run(tmp_path, code_words, "eval.generate=true", "eval.max_new_tokens=4", "train.max_steps=4",
+                       "train.eval_steps=2", "train.early_stopping_patience=5", "train.best_metric=token_f1")
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    validated = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in validated] == [2, 4] and all(0.0 <= r["token_f1"] <= 1.0 for r in validated)
+    assert result.summary["early_stopping"]["metric"] == "token_f1"
+
+
+def test_a_generation_metric_without_generations_is_refused(tmp_path, code_words):
+    from tunelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match='train.best_metric: "exact_match" is scored on generations'):
+        quick_run(tmp_path, code_words, "train.early_stopping_patience=2", "train.best_metric=exact_match")

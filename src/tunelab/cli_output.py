@@ -69,6 +69,11 @@ def print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     print_table([comparison_header(summary), *comparison_rows(summary)])
     for line in verdict(summary):
         print(f"- {line}")
+    if "repeat" in summary:
+        from tunelab.eval.repeat import interval_rows
+
+        print(f"\nover seeds {summary['repeat']['seeds']} (the table above shows means):")
+        print_table([("", "metric", "mean", "95% interval"), *interval_rows(summary)])
     t = summary["train"]
     print(f"\ntrained {summary['trainable_params']:,} parameters for {t['steps']} steps in {t['seconds']:.0f} s "
           f"({t['tokens_per_second']:.0f} tokens/s)")

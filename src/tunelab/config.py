@@ -42,6 +42,8 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_length: int = Field(512, ge=8, description="Tokens per example; longer rows are cut from the end.")
     seed: int = Field(42, description="Seed for data order, initialisation and sampling.")
+    seeds: list[int] | None = Field(None, min_length=2, description="Run once per seed (e.g. [1,2,3]) and report "
+                                                                    "each metric's mean and 95% interval.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up the rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(

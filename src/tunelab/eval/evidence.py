@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from tunelab.errors import ConfigError
 from tunelab.eval import forgetting
 from tunelab.eval.baselines import context_length, few_shot_held_out, mean_shots
 from tunelab.eval.diagnosis import Evidence, diagnose, read_curves
@@ -57,6 +58,9 @@ def early_stopping(config: Any, tokenizer: Any, held_out: HeldOut) -> BestWeight
     t = config.train
     if not t.early_stopping_patience:
         return None
+    if t.best_metric not in ("eval_loss", "perplexity") and not (held_out.cases and config.eval.generate):
+        raise ConfigError(f'train.best_metric: "{t.best_metric}" is scored on generations, but this run generates '
+                          'none (task without generation, or eval.generate=false); use eval_loss')
 
     def measure(model: torch.nn.Module) -> dict[str, float]:
         answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], config.eval.max_new_tokens,

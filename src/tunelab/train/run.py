@@ -36,6 +36,10 @@ class RunResult:
 
 
 def run(config: RunConfig, on_event: Listener | None = None) -> RunResult:
+    if config.train.seeds:
+        from tunelab.eval.repeat import run_repeated
+
+        return run_repeated(config, on_event)
     events = Events(on_event)
     task = get_task(config.task)
     train_data, eval_data = load_data(config, task)
