@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.eval.diagnosis import read_curves
-from tunelab.eval.metrics import describe
+from tunelab.eval.metrics import METRICS, describe
 from tunelab.eval.report import (Row, comparison_header, comparison_rows, confusion_rows, escape, forgetting_rows,
                                  leakage, png_base64, training_line, verdict)
 
@@ -56,10 +56,32 @@ def curves_png(run_dir: Path) -> str | None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    lines, labels = ax.get_legend_handles_labels()
+    scored = metric_curves(run_dir)
+    if scored:  # generation metrics watched during validation (early stopping on one of them)
+        right = ax.twinx()
+        for name, curve in scored.items():
+            right.plot([s for s, _ in curve], [100 * v for _, v in curve], "s--", label=describe(name).label)
+        right.set_ylabel("% (validation)")
+        right.set_ylim(0, 100)
+        more = right.get_legend_handles_labels()
+        lines, labels = lines + more[0], labels + more[1]
+    ax.legend(lines, labels)
     encoded = png_base64(fig)
     pyplot.close(fig)
     return encoded
+
+
+def metric_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Percentage metrics logged at validations, by name, as (step, value)."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        record = json.loads(line)
+        for name, value in record.items():
+            if "eval_loss" in record and name in METRICS and describe(name).percent:
+                curves.setdefault(name, []).append((record["step"], float(value)))
+    return curves
 
 
 def scores_png(summary: dict[str, Any]) -> str | None:
@@ -69,15 +91,15 @@ def scores_png(summary: dict[str, Any]) -> str | None:
         return None
     from matplotlib import pyplot
 
-    few = summary.get("few_shot") or {}
-    columns = [("zero-shot", summary["before"]), ("few-shot", few), ("tuned", summary["after"])]
+    few = summary.get("few_shot")
+    columns = [("zero-shot", summary["before"]), *((("few-shot", few),) if few else ()), ("tuned", summary["after"])]
     fig, ax = _figure(height=3.0)
     width = 0.8 / len(columns)
     for i, (label, values) in enumerate(columns):
         bars = ax.bar([n + i * width for n in range(len(names))], [100 * values.get(k, 0.0) for k in names], width,
                       label=label)
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
-    ax.set_xticks([n + width for n in range(len(names))], [describe(k).label for k in names])
+    ax.set_xticks([n + width * (len(columns) - 1) / 2 for n in range(len(names))], [describe(k).label for k in names])
     ax.set_ylabel("% of held-out rows")
     ax.set_ylim(0, 100)
     ax.legend()
