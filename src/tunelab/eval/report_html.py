@@ -101,8 +101,8 @@ def scores_png(summary: dict[str, Any]) -> str | None:
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
     ax.set_xticks([n + width * (len(columns) - 1) / 2 for n in range(len(names))], [describe(k).label for k in names])
     ax.set_ylabel("% of held-out rows")
-    ax.set_ylim(0, 100)
-    ax.legend()
+    ax.set_ylim(0, 105)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(columns), frameon=False)  # never over a bar
     encoded = png_base64(fig)
     pyplot.close(fig)
     return encoded
