@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tunelab.train.report import comparison_rows
+from tunelab.eval.report import comparison_header, comparison_rows, verdict
 from tunelab.train.events import Event
 
 
@@ -35,7 +35,7 @@ class ConsoleProgress:
         self.say(f"warning: {e['message']}")
 
     def _on_evaluating(self, e: Event) -> None:
-        self.say(f"evaluating {e['which']} training on the held-out set ...")
+        self.say(f"evaluating {e.get('what') or e['which'] + ' training on the held-out set'} ...")
 
     def _on_model_ready(self, e: Event) -> None:
         share = 100 * e["trainable_params"] / e["total_params"]
@@ -65,14 +65,25 @@ class ConsoleProgress:
 
 
 def print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    rows = [("metric", "before", "after", "change"), *comparison_rows(summary)]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     print()
+    print_table([comparison_header(summary), *comparison_rows(summary)])
+    for line in verdict(summary):
+        print(f"- {line}")
+    if "repeat" in summary:
+        from tunelab.eval.repeat import interval_rows
+
+        print(f"\nover seeds {summary['repeat']['seeds']} (the table above shows means):")
+        print_table([("", "metric", "mean", "95% interval"), *interval_rows(summary)])
+    t = summary["train"]
+    print(f"\ntrained {summary['trainable_params']:,} parameters for {t['steps']} steps in {t['seconds']:.0f} s "
+          f"({t['tokens_per_second']:.0f} tokens/s)")
+    print(f"run directory: {run_dir}  (report.html, report.md, summary.json, model/)")
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """First column left-aligned, the rest right-aligned, a rule under the header."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
         if n == 0:
             print("  ".join("-" * w for w in widths))
-    t = summary["train"]
-    print(f"\ntrained {summary['trainable_params']:,} parameters for {t['steps']} steps in {t['seconds']:.0f} s "
-          f"({t['tokens_per_second']:.0f} tokens/s)")
-    print(f"run directory: {run_dir}  (report.md, summary.json, model/)")

@@ -33,6 +33,8 @@ class DataConfig(Section):
     leakage_check: bool = Field(True, description="Check eval rows against train for copies before training.")
     near_dup_threshold: float = Field(
         0.5, gt=0, le=1, description="Jaccard similarity (word 2-grams) at which two rows count as near-copies.")
+    replay_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Share of training examples drawn from shipped general text (against forgetting).")
 
 
 class TrainConfig(Section):
@@ -44,6 +46,8 @@ class TrainConfig(Section):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_length: int = Field(512, ge=8, description="Tokens per example; longer rows are cut from the end.")
     seed: int = Field(42, description="Seed for data order, initialisation and sampling.")
+    seeds: list[int] | None = Field(None, min_length=2, description="Run once per seed (e.g. [1,2,3]) and report "
+                                                                    "each metric's mean and 95% interval.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up the rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
@@ -55,6 +59,18 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "auto", description="auto: bf16 on a CUDA device that has it, else fp32.")
+    early_stopping_patience: int = Field(
+        0, ge=0, description="Stop after this many validations without a better best_metric; 0 means off. "
+                             "The best weights are restored for the final numbers.")
+    best_metric: str = Field("eval_loss", description="Validation metric early stopping watches: eval_loss, "
+                                                      "perplexity or a generation metric such as exact_match.")
+
+    @field_validator("best_metric")
+    @classmethod
+    def _known_best_metric(cls, value: str) -> str:
+        from tunelab.eval.metrics import check_metric_name
+
+        return value if value == "eval_loss" else check_metric_name(value)
 
 
 class LoraConfig(Section):
@@ -70,6 +86,27 @@ class EvalConfig(Section):
     batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
     max_examples: int = Field(200, ge=0, description="Held-out rows scored by generation; 0 means all.")
     generate: bool = Field(True, description="Score greedy generations (exact match, token F1).")
+    metrics: list[str] | None = Field(
+        None, description="Metrics to report: exact_match, token_f1, rouge_l, accuracy, macro_f1, json_valid, "
+                          "json_fields, perplexity or module:function; default: the task's own.")
+    few_shot_k: int = Field(3, ge=0, description="Examples from train shown in context for the few-shot baseline; "
+                                                 "0 skips it.")
+    train_sample: int = Field(32, ge=0, description="Train rows scored beside held-out ones to diagnose fit; 0 skips.")
+    forgetting_probe: bool = Field(True, description="Measure general ability (shipped text and questions) "
+                                                     "before and after.")
+    forgetting_questions: bool = Field(True, description="Also ask the probe's general questions (a generation "
+                                                         "pass before and after); off: perplexity only.")
+    forgetting_threshold: float = Field(
+        0.1, gt=0, description="Flag forgetting when probe perplexity rises by more than this share, or probe "
+                               "accuracy falls by more than this many (x100) points.")
+    report_examples: int = Field(10, ge=0, description="Held-out examples shown in the report.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str] | None) -> list[str] | None:
+        from tunelab.eval.metrics import check_metric_name
+
+        return None if value is None else [check_metric_name(name) for name in value]
 
 
 class RunConfig(Section):

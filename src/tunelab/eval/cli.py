@@ -1,9 +1,83 @@
-"""`tunelab eval ...`: re-evaluate a saved run or model on any data."""
+"""`tunelab eval RUN_DIR|MODEL --data FILE`: score a saved run's tuned model, or any model, on any data."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunelab.errors import ConfigError
 
 
 def add_eval_commands(sub: argparse._SubParsersAction) -> None:
-    del sub  # `tunelab eval` arrives with the evidence issue
+    cmd = sub.add_parser("eval", help="score a saved run or a model on a data file",
+                         description="Score a run directory's tuned model (with the run's task, method and eval "
+                                     "settings) or a model alias / HF directory on a data file.")
+    cmd.add_argument("target", help="a run directory (holding config.yaml and model/), a bundled alias or a HF dir")
+    cmd.add_argument("--data", required=True, help="JSONL/CSV/Parquet file to score")
+    cmd.add_argument("overrides", nargs="*",
+                     help="key=value settings right after the target, e.g. eval.metrics=[rouge_l] task=sft")
+    cmd.add_argument("--out", help="also write the scores as JSON here")
+    cmd.set_defaults(handler=_cmd_eval)
+
+
+def eval_config(target: str, overrides: list[str]) -> tuple[Any, Path | None]:
+    """The run's saved config for a run directory, else defaults for a bare model; overrides on top."""
+    from tunelab.config import _apply_override, validate_config
+
+    run_dir = Path(target)
+    if (run_dir / "config.yaml").is_file():
+        if not (run_dir / "model").is_dir():
+            raise ConfigError(f"{run_dir}: has no model/ directory; is the run finished?")
+        raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    else:
+        raw, run_dir = {"model": target, "data": {"train": "unused"}}, None
+    for item in overrides:
+        _apply_override(raw, item)
+    return validate_config(raw), run_dir
+
+
+def load_for_eval(config: Any, run_dir: Path | None) -> tuple[Any, Any]:
+    """Tokenizer and model: the base, with the run's trained weights when a run directory was given."""
+    from tunelab.methods import get_method
+    from tunelab.models import resolve_model
+    from tunelab.train.run import load_model
+
+    tokenizer, model = load_model(resolve_model(config.model), config)
+    if run_dir is not None:
+        model = get_method(config.method).load(model, run_dir / "model")
+    return tokenizer, model
+
+
+def evaluate_file(target: str, data: Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """Scores of the target on the data file, as the run would have scored its held-out set."""
+    from tunelab.data import load_dataset
+    from tunelab.eval.evaluate import score
+    from tunelab.tasks import get_task
+    from tunelab.train.events import Events
+    from tunelab.train.run import _check_format, held_out_set
+
+    config, run_dir = eval_config(target, list(overrides))
+    task = get_task(config.task)
+    dataset = load_dataset(data, config.data.format, config.data.columns)
+    _check_format(dataset, task)
+    tokenizer, model = load_for_eval(config, run_dir)
+    held_out = held_out_set(task, dataset, tokenizer, config, Events(None))
+    scores = score(model, tokenizer, held_out, config.eval)
+    return {"target": str(target), "data": str(data), "rows": len(dataset.rows), "metrics": scores.metrics}
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from tunelab.cli_output import print_table
+    from tunelab.eval.report import fmt
+    from tunelab.eval.metrics import describe
+
+    result = evaluate_file(args.target, Path(args.data), args.overrides)
+    print_table([("metric", "value"), *((describe(k).label, fmt(k, v)) for k, v in result["metrics"].items())])
+    print(f"\n{result['rows']} rows of {args.data} scored with {args.target}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0

@@ -1,4 +1,4 @@
-"""Score a model on held-out rows: loss and perplexity, plus generation metrics for generative tasks."""
+"""Score a model on held-out rows: loss and perplexity, plus the configured generation metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from tunelab.eval.generate import generate
 from tunelab.eval.loss import heldout_loss
-from tunelab.eval.metrics import exact_match, token_f1
+from tunelab.eval.metrics import generation_scores
 from tunelab.tasks.base import Encoded, GenerationCase
 
 
@@ -20,6 +20,7 @@ class HeldOut:
     encoded: list[Encoded]
     cases: list[GenerationCase]
     pad_id: int
+    metrics: list[str] = field(default_factory=lambda: ["exact_match", "token_f1"])
 
 
 @dataclass
@@ -28,16 +29,21 @@ class Scores:
     samples: list[dict[str, str]] = field(default_factory=list)
 
 
+def metric_names(config: Any, task: Any) -> list[str]:
+    """The config's eval.metrics, else the task's defaults."""
+    return list(config.eval.metrics if config.eval.metrics is not None else task.default_metrics)
+
+
 def score(model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, eval_cfg: Any) -> Scores:
-    metrics = heldout_loss(model, held_out.encoded, held_out.pad_id, batch_size=eval_cfg.batch_size)
+    """Loss metrics over the encoded rows (when any), generation metrics over the cases (when asked)."""
+    metrics = heldout_loss(model, held_out.encoded, held_out.pad_id, batch_size=eval_cfg.batch_size) \
+        if held_out.encoded else {}
     samples: list[dict[str, str]] = []
     if held_out.cases and eval_cfg.generate:
         answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], eval_cfg.max_new_tokens,
                            batch_size=eval_cfg.batch_size)
         refs = [c.reference for c in held_out.cases]
-        n = len(answers)
-        metrics["exact_match"] = sum(exact_match(a, r) for a, r in zip(answers, refs)) / n
-        metrics["token_f1"] = sum(token_f1(a, r) for a, r in zip(answers, refs)) / n
+        metrics.update(generation_scores(held_out.metrics, answers, refs))
         samples = [{"prompt": c.prompt_text, "reference": c.reference, "output": a}
                    for c, a in zip(held_out.cases, answers)]
     return Scores(metrics, samples)

@@ -1,13 +1,45 @@
-"""Text metrics for generated answers against references."""
+"""Metrics by name: a registry the config's `eval.metrics` picks from, plus `module:function` user metrics.
+
+Every generation metric takes the list of answers and the list of references and returns one number
+in [0, 1]. `perplexity` comes from the held-out loss, which every evaluation computes anyway.
+"""
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import json
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from tunelab.errors import ConfigError
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+Corpus = Callable[[list[str], list[str]], float]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    label: str
+    compute: Corpus | None  # None: read from the held-out loss instead of from generations
+    percent: bool = True
+    higher_is_better: bool = True
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> Metric:
+    METRICS[metric.name] = metric
+    return metric
 
 
 def normalize(text: str) -> str:
@@ -34,3 +66,130 @@ def token_f1(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = common / len(pred), common / len(ref)
     return 2 * precision * recall / (precision + recall)
+
+
+@lru_cache(maxsize=1)
+def _rouge():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure (longest common subsequence of words), from Google's rouge-score."""
+    return _rouge().score(reference, prediction)["rougeL"].fmeasure
+
+
+def label_accuracy(prediction: str, reference: str) -> float:
+    """Classification accuracy: the normalised answer equals the normalised label."""
+    return float(normalize(prediction) == normalize(reference))
+
+
+def macro_f1(predictions: list[str], references: list[str]) -> float:
+    """Mean over the reference labels of each label's F1 (answers outside the labels count as wrong).
+
+    A ten-line formula; scikit-learn would bring scipy along for it.
+    """
+    preds, refs = [normalize(p) for p in predictions], [normalize(r) for r in references]
+    scores = []
+    for label in sorted(set(refs)):
+        tp = sum(p == label and r == label for p, r in zip(preds, refs))
+        fp = sum(p == label and r != label for p, r in zip(preds, refs))
+        fn = sum(p != label and r == label for p, r in zip(preds, refs))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def parse_json(text: str) -> Any:
+    """The answer as JSON, or None when it is not valid JSON."""
+    try:
+        return json.loads(text.strip())
+    except ValueError:
+        return None
+
+
+def json_valid(prediction: str, reference: str) -> float:
+    return float(parse_json(prediction) is not None)
+
+
+def json_fields(prediction: str, reference: str) -> float:
+    """Share of the reference object's fields that the answer reproduces exactly (0 if not an object)."""
+    want, got = parse_json(reference), parse_json(prediction)
+    if not isinstance(want, dict) or not want:
+        return exact_match(prediction, reference)
+    if not isinstance(got, dict):
+        return 0.0
+    return sum(key in got and got[key] == value for key, value in want.items()) / len(want)
+
+
+def mean_of(per_example: Callable[[str, str], float]) -> Corpus:
+    def corpus(predictions: list[str], references: list[str]) -> float:
+        if not predictions:
+            return 0.0
+        return sum(float(per_example(p, r)) for p, r in zip(predictions, references)) / len(predictions)
+
+    corpus.__name__ = getattr(per_example, "__name__", "metric")
+    return corpus
+
+
+for _metric in (
+    Metric("exact_match", "exact match", mean_of(exact_match)),
+    Metric("token_f1", "token F1", mean_of(token_f1)),
+    Metric("rouge_l", "ROUGE-L", mean_of(rouge_l)),
+    Metric("accuracy", "accuracy", mean_of(label_accuracy)),
+    Metric("macro_f1", "macro F1", macro_f1),
+    Metric("json_valid", "valid JSON", mean_of(json_valid)),
+    Metric("json_fields", "JSON fields", mean_of(json_fields)),
+    Metric("perplexity", "perplexity", None, percent=False, higher_is_better=False),
+):
+    register_metric(_metric)
+
+LOSS_ONLY = {"eval_loss": Metric("eval_loss", "eval loss", None, percent=False, higher_is_better=False)}
+
+
+def describe(name: str) -> Metric:
+    """The registered metric, or a plain description of a user metric or an unknown key."""
+    return METRICS.get(name) or LOSS_ONLY.get(name) or Metric(name, name, None, percent=False)
+
+
+def check_metric_name(name: str) -> str:
+    """Config-time check: a registered name, or module:function (imported when the run starts)."""
+    if name in METRICS or re.fullmatch(r"[\w.]+:\w+", name):
+        return name
+    close = difflib.get_close_matches(name, list(METRICS), n=1, cutoff=0.6)
+    hint = f' (did you mean "{close[0]}"?)' if close else ""
+    raise ValueError(f'expected one of {"|".join(sorted(METRICS))} or module:function, got "{name}"{hint}')
+
+
+def resolve_metric(name: str) -> Metric:
+    """The metric for a name; a `module:function` one is imported and averaged per example."""
+    if name in METRICS:
+        return METRICS[name]
+    module_name, _, attr = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f'eval.metrics: cannot load user metric "{name}": {err}') from None
+    if not callable(fn):
+        raise ConfigError(f'eval.metrics: "{name}" is not a function(prediction, reference) -> float')
+    return Metric(name, name, mean_of(fn), percent=False)
+
+
+def generation_scores(names: list[str], answers: list[str], references: list[str]) -> dict[str, float]:
+    """Every named generation metric over the answers; loss-based names are left to the caller."""
+    scores = {}
+    for name in names:
+        metric = resolve_metric(name)
+        if metric.compute is not None:
+            scores[name] = float(metric.compute(answers, references))
+    return scores
+
+
+def confusion(predictions: list[str], references: list[str]) -> tuple[list[str], list[list[int]]]:
+    """Labels (the references', then "other") and counts[reference][prediction], for classification."""
+    labels = sorted({normalize(r) for r in references})
+    index = {label: i for i, label in enumerate(labels)}
+    counts = [[0] * (len(labels) + 1) for _ in labels]
+    for p, r in zip(predictions, references):
+        counts[index[normalize(r)]][index.get(normalize(p), len(labels))] += 1
+    return labels + ["(other)"], counts

@@ -35,6 +35,7 @@ class Task(Protocol):
     name: str
     formats: tuple[str, ...]
     generative: bool
+    default_metrics: tuple[str, ...]  # reported when the config's eval.metrics is not set
 
     def encode(self, row: dict[str, Any], fmt: str, tokenizer: Any, max_length: int) -> Encoded: ...
 

@@ -11,6 +11,7 @@ class CausalLm:
     name = "causal_lm"
     formats = ("text",)
     generative = False
+    default_metrics = ("perplexity",)
 
     def encode(self, row: dict[str, Any], fmt: str, tokenizer: Any, max_length: int) -> Encoded:
         ids = tokenizer(row["text"], add_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]

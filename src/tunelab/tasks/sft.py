@@ -16,6 +16,7 @@ class Sft:
     name = "sft"
     formats = ("prompt_completion", "messages")
     generative = True
+    default_metrics = ("exact_match", "token_f1")
 
     def encode(self, row: dict[str, Any], fmt: str, tokenizer: Any, max_length: int) -> Encoded:
         if fmt == "prompt_completion":

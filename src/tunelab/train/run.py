@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +16,15 @@ import torch
 from tunelab.config import RunConfig
 from tunelab.data import Dataset, load_dataset, split_rows
 from tunelab.errors import DataError, TunelabError
-from tunelab.eval.evaluate import HeldOut, Scores, score
+from tunelab.eval import evidence
+from tunelab.eval.evaluate import HeldOut, Scores, metric_names, score
+from tunelab.eval.forgetting import replay_examples
 from tunelab.methods import count_params, get_method
 from tunelab.models import resolve_model
 from tunelab.tasks import TASKS, Task, get_task, task_for_format
 from tunelab.tasks.base import Encoded
 from tunelab.train.events import Events, Listener
-from tunelab.train.report import write_report
+from tunelab.eval.report import write_report
 from tunelab.train.rundir import MetricsLog, choose_run_dir, write_json, write_run_header
 from tunelab.train.trainer import Progress, build_trainer
 
@@ -33,6 +36,10 @@ class RunResult:
 
 
 def run(config: RunConfig, on_event: Listener | None = None) -> RunResult:
+    if config.train.seeds:
+        from tunelab.eval.repeat import run_repeated
+
+        return run_repeated(config, on_event)
     events = Events(on_event)
     train_data, eval_data = load_data(config)
     task = get_task(config.task)
@@ -47,25 +54,34 @@ def run(config: RunConfig, on_event: Listener | None = None) -> RunResult:
     torch.manual_seed(config.train.seed)
     tokenizer, model = load_model(model_path, config)
     train = encode(task, train_data, tokenizer, config.train.max_length, events)
+    train += replay_examples(config.data.replay_fraction, len(train), tokenizer, config.train.max_length,
+                             config.train.seed)
     held_out = held_out_set(task, eval_data, tokenizer, config, events)
 
     events.emit("evaluating", which="before")
     before = score(model, tokenizer, held_out, config.eval)
+    baselines = evidence.before_training(model, tokenizer, task, train_data.rows, eval_data.rows, eval_data.format,
+                                         held_out, train_sample(task, train_data, tokenizer, config), config, events)
     model = get_method(config.method).apply(model, config)
     trainable, total = count_params(model)
     events.emit("model_ready", trainable_params=trainable, total_params=total)
 
     metrics = MetricsLog(run_dir / "metrics.jsonl")
+    best = evidence.early_stopping(config, tokenizer, held_out)
     progress = Progress(events, metrics, held_out.encoded, held_out.pad_id, config.train.eval_steps,
-                        config.eval.batch_size)
+                        config.eval.batch_size, best=best)
     trainer = build_trainer(model, config, train, held_out.pad_id, run_dir / "checkpoints", progress)
     started = time.monotonic()
     output = trainer.train()
     seconds = time.monotonic() - started
     tokens = int(trainer.state.num_input_tokens_seen)
+    if best is not None:
+        best.restore(model)
 
     events.emit("evaluating", which="after")
     after = score(model, tokenizer, held_out, config.eval)
+    found = evidence.after_training(model, tokenizer, baselines, before, after, config, run_dir, best,
+                                    trainer.state.global_step, events)
     get_method(config.method).save(model, run_dir / "model")
     tokenizer.save_pretrained(run_dir / "model")
 
@@ -75,10 +91,11 @@ def run(config: RunConfig, on_event: Listener | None = None) -> RunResult:
                   "steps": trainer.state.global_step, "final_train_loss": output.training_loss},
         "trainable_params": trainable, "total_params": total,
         "model": config.model, "method": config.method, "task": config.task,
+        "metrics": metric_names(config, task), **found,
     }
     write_json(run_dir / "summary.json", summary)
-    write_samples(run_dir, before, after)
-    write_report(run_dir, summary)
+    write_samples(run_dir, before, after, baselines.few_shot)
+    write_report(run_dir, summary, config.eval.report_examples)
     events.emit("run_finished", run_dir=str(run_dir), summary=summary)
     return RunResult(run_dir, summary)
 
@@ -158,13 +175,24 @@ def held_out_set(task: Task, dataset: Dataset, tokenizer: Any, config: RunConfig
     encoded = encode(task, dataset, tokenizer, config.train.max_length, events)
     rows = dataset.rows[: config.eval.max_examples or None]
     cases = [task.generation_case(row, dataset.format, tokenizer) for row in rows] if task.generative else []
-    return HeldOut(encoded, [c for c in cases if c is not None], tokenizer.pad_token_id)
+    return HeldOut(encoded, [c for c in cases if c is not None], tokenizer.pad_token_id, metric_names(config, task))
 
 
-def write_samples(run_dir: Path, before: Scores, after: Scores) -> None:
+def train_sample(task: Task, dataset: Dataset, tokenizer: Any, config: RunConfig) -> HeldOut | None:
+    """A seeded sample of training rows, scored like held-out ones to compare fit on seen vs unseen rows."""
+    n = min(config.eval.train_sample, len(dataset.rows))
+    if not n:
+        return None
+    picked = sorted(random.Random(config.train.seed).sample(range(len(dataset.rows)), n))
+    subset = Dataset(dataset.path, dataset.format, [dataset.rows[i] for i in picked], [dataset.lines[i] for i in picked])
+    return held_out_set(task, subset, tokenizer, config, Events(None))
+
+
+def write_samples(run_dir: Path, before: Scores, after: Scores, few_shot: Scores | None = None) -> None:
     import json
 
+    shots = few_shot.samples if few_shot is not None else [{}] * len(before.samples)
     with open(run_dir / "samples.jsonl", "w", encoding="utf-8") as handle:
-        for b, a in zip(before.samples, after.samples):
-            handle.write(json.dumps({"prompt": b["prompt"], "reference": b["reference"],
-                                     "before": b["output"], "after": a["output"]}) + "\n")
+        for b, a, f in zip(before.samples, after.samples, shots):
+            handle.write(json.dumps({"prompt": b["prompt"], "reference": b["reference"], "before": b["output"],
+                                     "few_shot": f.get("output"), "after": a["output"]}) + "\n")

@@ -71,8 +71,9 @@ class Progress(TrainerCallback):
     """Turns Trainer's state into metrics.jsonl rows and progress events; validates on schedule."""
 
     def __init__(self, events: Events, metrics: MetricsLog, held_out: list[Encoded], pad_id: int,
-                 eval_steps: int, eval_batch_size: int):
+                 eval_steps: int, eval_batch_size: int, best: Any = None):
         self.events, self.metrics = events, metrics
+        self.best = best  # an eval.early_stopping.BestWeights, or None
         self.held_out, self.pad_id = held_out, pad_id
         self.eval_steps, self.eval_batch_size = eval_steps, eval_batch_size
         self.started = time.monotonic()
@@ -95,11 +96,11 @@ class Progress(TrainerCallback):
         self.events.emit("step", step=state.global_step, max_steps=state.max_steps, loss=self.last_loss,
                          tokens_per_second=self.tokens_per_second(state))
         if self.eval_steps and state.global_step % self.eval_steps == 0:
-            self.validate(state, model)
+            self.validate(state, model, control)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         if not self.eval_steps:
-            self.validate(state, model)
+            self.validate(state, model, control)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or "loss" not in logs:
@@ -111,13 +112,17 @@ class Progress(TrainerCallback):
             "tokens_seen": int(state.num_input_tokens_seen), "tokens_per_second": round(self.tokens_per_second(state), 2),
         })
 
-    def validate(self, state, model) -> None:
+    def validate(self, state, model, control=None) -> None:
         if not self.held_out or model is None:
             return
         result = heldout_loss(model, self.held_out, self.pad_id, self.eval_batch_size)
+        if self.best is not None:
+            result.update(self.best.extra(model, result))
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **result}
         self.metrics.append(record)
         self.events.emit("eval", **record)
+        if self.best is not None and self.best.observe(state.global_step, record, model) and control is not None:
+            control.should_training_stop = True
 
 
 def _num(value: Any) -> float | None:

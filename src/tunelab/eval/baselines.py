@@ -1,0 +1,74 @@
+"""The few-shot baseline: k training examples shown in context before each held-out prompt.
+
+Zero-shot is the untuned model on the bare prompt (the run's "before"); few-shot asks whether
+in-context examples alone get what tuning gets, on the same held-out rows with the same metrics.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from tunelab.eval.evaluate import HeldOut
+from tunelab.tasks.base import GenerationCase, Task
+
+Row = dict[str, Any]
+
+
+def _with_demos_prompt_completion(row: Row, demos: list[Row]) -> Row:
+    shown = "".join(d["prompt"] + d["completion"] + "\n\n" for d in demos)
+    return {**row, "prompt": shown + row["prompt"]}
+
+
+def _with_demos_messages(row: Row, demos: list[Row]) -> Row:
+    """Demo conversations become earlier turns; the held-out row's system message stays first."""
+    system = [m for m in row["messages"] if m["role"] == "system"]
+    shown = [{"role": m["role"], "content": m["content"]} for d in demos for m in d["messages"]
+             if m["role"] != "system"]
+    rest = [m for m in row["messages"] if m["role"] != "system"]
+    return {**row, "messages": system + shown + rest}
+
+
+WITH_DEMOS: dict[str, Callable[[Row, list[Row]], Row]] = {
+    "prompt_completion": _with_demos_prompt_completion,
+    "messages": _with_demos_messages,
+}
+
+
+def draw_demos(train_rows: list[Row], k: int, seed: int) -> list[Row]:
+    """k training rows, the same for every held-out prompt, drawn with the run's seed."""
+    return random.Random(seed).sample(train_rows, min(k, len(train_rows)))
+
+
+def few_shot_case(task: Task, row: Row, fmt: str, tokenizer: Any, demos: list[Row],
+                  budget: int) -> GenerationCase | None:
+    """The held-out case with as many demos as fit in `budget` prompt tokens (dropping from the end)."""
+    for n in range(len(demos), -1, -1):
+        case = task.generation_case(WITH_DEMOS[fmt](row, demos[:n]), fmt, tokenizer)
+        if case is None or len(case.prompt_ids) <= budget:
+            if case is not None:
+                case.meta["shots"] = n
+            return case
+    return None
+
+
+def few_shot_held_out(task: Task, train_rows: list[Row], eval_rows: list[Row], fmt: str, tokenizer: Any,
+                      held_out: HeldOut, config: Any, context_tokens: int) -> HeldOut | None:
+    """The held-out set's generation cases with k demos each; None when the task or format has none."""
+    k = config.eval.few_shot_k
+    if not k or not task.generative or fmt not in WITH_DEMOS or not held_out.cases:
+        return None
+    demos = draw_demos(train_rows, k, config.train.seed)
+    budget = context_tokens - config.eval.max_new_tokens
+    cases = [few_shot_case(task, row, fmt, tokenizer, demos, budget) for row in eval_rows]
+    return HeldOut([], [c for c in cases if c is not None], held_out.pad_id, held_out.metrics)
+
+
+def context_length(model: Any, cap: int = 2048) -> int:
+    """Tokens a prompt plus its answer may span: the model's window, capped where generation cuts prompts."""
+    return min(int(getattr(model.config, "max_position_embeddings", cap) or cap), cap)
+
+
+def mean_shots(held_out: HeldOut) -> float:
+    return sum(c.meta.get("shots", 0) for c in held_out.cases) / max(len(held_out.cases), 1)

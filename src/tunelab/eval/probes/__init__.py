@@ -1,0 +1,1 @@
+"""Shipped data for the forgetting probe and replay (see README.md here)."""

@@ -1,0 +1,83 @@
+"""Repeatability: the same config run once per seed in `train.seeds`, every metric as mean and 95% interval.
+
+Each seed's run is a normal run directory (`seed-N/` under the parent); the parent holds the
+aggregate summary.json and report.md.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from tunelab.train.rundir import choose_run_dir, write_atomic, write_json
+
+# Two-sided 95% Student t critical values by degrees of freedom (n - 1); a normal 1.96 beyond the table.
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       15: 2.131, 20: 2.086, 30: 2.042}
+SECTIONS = ("before", "after", "few_shot")
+
+
+def interval(values: list[float]) -> dict[str, float]:
+    """Mean and the 95% t-interval of the mean (zero width for a single value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return {"mean": mean, "low": mean, "high": mean, "n": len(values)}
+    df = len(values) - 1
+    t = T95.get(df) or next((T95[k] for k in sorted(T95) if k >= df), 1.96)
+    half = t * statistics.stdev(values) / math.sqrt(len(values))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
+
+
+def aggregate(summaries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{section: {metric: interval}} over the seeds' summaries, for every numeric metric all runs have."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for section in SECTIONS:
+        runs = [s.get(section) or {} for s in summaries]
+        names = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and all(k in r for r in runs)]
+        if names:
+            out[section] = {k: interval([float(r[k]) for r in runs]) for k in names}
+    return out
+
+
+def run_repeated(config: Any, on_event: Any = None) -> Any:
+    """One run per seed, then the parent directory's summary: means in before/after, intervals in `repeat`."""
+    from tunelab.train.run import RunResult, run
+
+    parent = choose_run_dir(config)
+    results = []
+    for seed in config.train.seeds:
+        one = config.model_copy(deep=True)
+        one.train.seeds, one.train.seed, one.output_dir = None, seed, parent / f"seed-{seed}"
+        results.append(run(one, on_event))
+    summaries = [r.summary for r in results]
+    stats = aggregate(summaries)
+    summary = {**summaries[0], **{section: {k: v["mean"] for k, v in stats[section].items()} for section in stats},
+               "repeat": {"seeds": list(config.train.seeds), "runs": [str(r.run_dir) for r in results],
+                          "intervals": stats, "diagnoses": [s["diagnosis"]["verdict"] for s in summaries]}}
+    summary["zero_shot"] = summary["before"]
+    write_json(parent / "summary.json", summary)
+    write_atomic(parent / "report.md", repeat_markdown(parent, summary))
+    return RunResult(parent, summary)
+
+
+def interval_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+    from tunelab.eval.report import fmt
+
+    rows = []
+    for section, metrics in summary["repeat"]["intervals"].items():
+        for name, iv in metrics.items():
+            rows.append((section, name, fmt(name, iv["mean"]), f"[{fmt(name, iv['low'])}, {fmt(name, iv['high'])}]"))
+    return rows
+
+
+def repeat_markdown(parent: Path, summary: dict[str, Any]) -> str:
+    from tunelab.eval.report import md_table
+
+    seeds = summary["repeat"]["seeds"]
+    lines = [f"# tunelab repeated run: {parent.name}", "",
+             f"The same config with seeds {seeds}; each run's own report is in its seed-N directory.", ""]
+    lines += md_table([("", "metric", "mean", "95% interval"), *interval_rows(summary)])
+    lines += ["", "Fit per seed: " + ", ".join(f"{s}: {d}" for s, d in zip(seeds, summary["repeat"]["diagnoses"]))]
+    return "\n".join(lines) + "\n"

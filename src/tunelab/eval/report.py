@@ -1,0 +1,204 @@
+"""The run's report: report.md and one self-contained report.html (plots inline, no network).
+
+Both open with the verdict (gain over zero-shot and few-shot, forgetting, fit), then the curves, the
+metrics table, the forgetting probe, a confusion matrix for classification and held-out examples.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from tunelab.eval.metrics import confusion, describe
+from tunelab.train.rundir import write_atomic
+
+Row = tuple[str, ...]
+
+
+def fmt(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if describe(name).percent else f"{value:.4f}"
+
+
+def delta(name: str, before: float, after: float) -> str:
+    diff = after - before
+    return f"{100 * diff:+.1f} pts" if describe(name).percent else f"{diff:+.4f}"
+
+
+def _few_shot_label(summary: dict[str, Any]) -> str:
+    few = summary.get("few_shot")
+    return f"{few['k']}-shot" if few else "few-shot"
+
+
+def comparison_header(summary: dict[str, Any]) -> Row:
+    return ("metric", "zero-shot", _few_shot_label(summary), "tuned", "change")
+
+
+def comparison_rows(summary: dict[str, Any]) -> list[Row]:
+    """(metric, zero-shot, few-shot, tuned, change over zero-shot) for every metric measured both times."""
+    before, after, few = summary["before"], summary["after"], summary.get("few_shot") or {}
+    return [(describe(k).label, fmt(k, before[k]), fmt(k, few.get(k)), fmt(k, after[k]), delta(k, before[k], after[k]))
+            for k in before if k in after]
+
+
+def headline_metric(summary: dict[str, Any]) -> str:
+    """The first configured generation metric that was measured, else perplexity."""
+    for name in summary.get("metrics", []):
+        if name != "perplexity" and name in summary["after"]:
+            return name
+    return "perplexity"
+
+
+def _better(name: str, a: float, b: float) -> bool:
+    return a > b if describe(name).higher_is_better else a < b
+
+
+def gain_sentence(summary: dict[str, Any]) -> str:
+    name = headline_metric(summary)
+    zero, tuned = summary["before"][name], summary["after"][name]
+    few = (summary.get("few_shot") or {}).get(name)
+    label = describe(name).label
+    shown = f"{label} {fmt(name, zero)} zero-shot" + (f", {fmt(name, few)} {_few_shot_label(summary)}" if few is not None
+                                                      else "") + f", {fmt(name, tuned)} tuned"
+    if not _better(name, tuned, zero):
+        return f"Tuning did not help: {shown}."
+    if few is not None and not _better(name, tuned, few):
+        return f"Tuning beat zero-shot but not the few-shot baseline: {shown}; in-context examples may suffice."
+    extra = f", {delta(name, few, tuned)} over few-shot" if few is not None else ""
+    return f"Tuning helped: {shown} ({delta(name, zero, tuned)} over zero-shot{extra})."
+
+
+def forgetting_sentence(summary: dict[str, Any]) -> str | None:
+    f = summary.get("forgetting")
+    if not f:
+        return None
+    shown = f"general-text perplexity {f['perplexity_before']:.2f} → {f['perplexity_after']:.2f} " \
+            f"({100 * f['perplexity_change']:+.1f}%)"
+    if f["questions"]:
+        shown += f", general questions {100 * f['accuracy_before']:.0f}% → {100 * f['accuracy_after']:.0f}%"
+    if f["flagged"]:
+        return f"Forgetting beyond the {100 * f['threshold']:.0f}% threshold: {shown}. Try: {'; '.join(f['remedies'])}."
+    return f"No forgetting beyond the {100 * f['threshold']:.0f}% threshold: {shown}."
+
+
+def fit_sentences(summary: dict[str, Any]) -> list[str]:
+    d = summary.get("diagnosis")
+    if not d:
+        return []
+    lines = [f"Fit: {d['verdict']}" + (": " + "; ".join(f["evidence"] for f in d["findings"]) if d["findings"]
+                                       else ".")]
+    if d["suggestions"]:
+        lines.append("Try: " + "; ".join(d["suggestions"]) + ".")
+    stop = summary.get("early_stopping")
+    if stop and stop.get("best_step") is not None:
+        how = f"stopped early at step {stop['stopped_early_at']}" if stop["stopped_early_at"] else "ran to the end"
+        lines.append(f"Early stopping on {stop['metric']}: {how}; the final numbers use the best weights, from "
+                     f"step {stop['best_step']} ({stop['metric']} {stop['best_value']:.4f}).")
+    return lines
+
+
+def verdict(summary: dict[str, Any]) -> list[str]:
+    return [s for s in (gain_sentence(summary), forgetting_sentence(summary), *fit_sentences(summary)) if s]
+
+
+def read_samples(run_dir: Path, n: int) -> list[dict[str, Any]]:
+    path = run_dir / "samples.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:n] if line.strip()]
+
+
+def forgetting_rows(summary: dict[str, Any]) -> list[Row]:
+    f = summary.get("forgetting")
+    if not f:
+        return []
+    rows = [("general-text perplexity", f"{f['perplexity_before']:.3f}", f"{f['perplexity_after']:.3f}",
+             f"{100 * f['perplexity_change']:+.1f}%")]
+    if f["questions"]:
+        rows.append((f"general questions ({f['questions']})", f"{100 * f['accuracy_before']:.0f}%",
+                     f"{100 * f['accuracy_after']:.0f}%", f"{100 * f['accuracy_change']:+.0f} pts"))
+    return rows
+
+
+def confusion_rows(run_dir: Path, summary: dict[str, Any]) -> list[Row]:
+    """Reference label by tuned answer counts, when a classification metric was asked for."""
+    if not {"accuracy", "macro_f1"} & set(summary.get("metrics", [])):
+        return []
+    samples = read_samples(run_dir, 10**9)
+    if not samples:
+        return []
+    labels, counts = confusion([s["after"] for s in samples], [s["reference"] for s in samples])
+    return [("reference \\ answer", *labels)] + [(label, *map(str, row)) for label, row in zip(labels, counts)]
+
+
+def leakage(run_dir: Path) -> Any:
+    path = run_dir / "data.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("leakage") if path.exists() else None
+
+
+def write_report(run_dir: Path, summary: dict[str, Any], n_samples: int = 10) -> None:
+    from tunelab.eval.report_html import render_html
+
+    samples = read_samples(run_dir, n_samples)
+    write_atomic(run_dir / "report.md", render_markdown(run_dir, summary, samples))
+    write_atomic(run_dir / "report.html", render_html(run_dir, summary, samples))
+
+
+def md_table(rows: list[Row]) -> list[str]:
+    if not rows:
+        return []
+    return [f"| {' | '.join(rows[0])} |", "|" + "---|" * len(rows[0])] + [f"| {' | '.join(r)} |" for r in rows[1:]]
+
+
+def render_markdown(run_dir: Path, summary: dict[str, Any], samples: list[dict[str, Any]]) -> str:
+    lines = [f"# tunelab run: {run_dir.name}", "", "## Verdict", ""] + [f"- {s}" for s in verdict(summary)]
+    lines += ["", training_line(summary), "", "## Held-out results", ""]
+    lines += md_table([comparison_header(summary), *comparison_rows(summary)])
+    if forgetting_rows(summary):
+        lines += ["", "## General ability (forgetting probe)", ""]
+        lines += md_table([("probe", "before", "after", "change"), *forgetting_rows(summary)])
+    if confusion_rows(run_dir, summary):
+        lines += ["", "## Confusion matrix (tuned)", ""] + md_table(confusion_rows(run_dir, summary))
+    if leakage(run_dir) is not None:
+        lines += ["", "## Leakage check", "", "```json", json.dumps(leakage(run_dir), indent=2), "```"]
+    lines += ["", "Loss curves and plots: see report.html."] + _md_samples(samples)
+    return "\n".join(lines) + "\n"
+
+
+def training_line(summary: dict[str, Any]) -> str:
+    t = summary["train"]
+    return (f"Model `{summary['model']}`, method `{summary['method']}`, task `{summary['task']}`; "
+            f"{summary['trainable_params']:,} of {summary['total_params']:,} parameters trained "
+            f"({100 * summary['trainable_params'] / summary['total_params']:.2f}%) for {t['steps']} steps in "
+            f"{t['seconds']:.0f} s, {t['tokens']:,} tokens ({t['tokens_per_second']:.0f} tokens/s).")
+
+
+def _md_samples(samples: list[dict[str, Any]]) -> list[str]:
+    out = ["", "## Held-out examples", ""] if samples else []
+    for s in samples:
+        out += [f"**Prompt:** {one_line(s['prompt'])}", "", f"- reference: `{one_line(s['reference'])}`",
+                f"- base (zero-shot): `{one_line(s['before'])}`"]
+        if s.get("few_shot") is not None:
+            out.append(f"- base (few-shot): `{one_line(s['few_shot'])}`")
+        out += [f"- tuned: `{one_line(s['after'])}`", ""]
+    return out
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split()).replace("`", "'")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def png_base64(figure: Any) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def escape(text: Any) -> str:
+    return html.escape(str(text), quote=True)

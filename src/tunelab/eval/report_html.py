@@ -1,0 +1,150 @@
+"""report.html: one file a person can open anywhere, plots as inline PNG (matplotlib, Agg), no network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunelab.eval.diagnosis import read_curves
+from tunelab.eval.metrics import METRICS, describe
+from tunelab.eval.report import (Row, comparison_header, comparison_rows, confusion_rows, escape, forgetting_rows,
+                                 leakage, png_base64, training_line, verdict)
+
+STYLE = """
+body{font:15px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#1d2330}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #dde;padding-bottom:4px}
+.verdict{background:#f3f6fb;border-left:4px solid #3d6fb6;padding:10px 16px}.verdict li{margin:4px 0}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccd;padding:4px 10px;text-align:right;vertical-align:top}
+td:first-child,th:first-child{text-align:left}th{background:#eef1f6}
+table.samples td,table.samples th{text-align:left;max-width:260px;overflow-wrap:anywhere;font-size:13px}
+.plots img{max-width:100%;border:1px solid #e3e6ec;margin:6px 0}.muted{color:#667}
+"""
+
+# Lets a headless browser (and the tests) see that every image decoded and no script or resource failed.
+SELF_CHECK = """
+window.addEventListener('error',function(){var d=document.documentElement.dataset;d.errors=String(Number(d.errors||0)+1)},true);
+window.addEventListener('load',function(){var i=Array.prototype.slice.call(document.images);
+document.documentElement.dataset.images=i.filter(function(x){return x.complete&&x.naturalWidth>0}).length+'/'+i.length;
+document.documentElement.dataset.rendered='yes'});
+"""
+
+
+EMPTY = "(empty answer)"
+
+
+def _figure(width: float = 7.0, height: float = 3.4) -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    return pyplot.subplots(figsize=(width, height))
+
+
+def curves_png(run_dir: Path) -> str | None:
+    """Train and held-out loss against step, from metrics.jsonl."""
+    train, held = read_curves(run_dir / "metrics.jsonl")
+    if not train and not held:
+        return None
+    from matplotlib import pyplot
+
+    fig, ax = _figure()
+    for curve, label, style in ((train, "train loss", ".-"), (held, "held-out loss", "o-")):
+        if curve:
+            ax.plot([s for s, _ in curve], [v for _, v in curve], style, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    lines, labels = ax.get_legend_handles_labels()
+    scored = metric_curves(run_dir)
+    if scored:  # generation metrics watched during validation (early stopping on one of them)
+        right = ax.twinx()
+        for name, curve in scored.items():
+            right.plot([s for s, _ in curve], [100 * v for _, v in curve], "s--", label=describe(name).label)
+        right.set_ylabel("% (validation)")
+        right.set_ylim(0, 100)
+        more = right.get_legend_handles_labels()
+        lines, labels = lines + more[0], labels + more[1]
+    ax.legend(lines, labels)
+    encoded = png_base64(fig)
+    pyplot.close(fig)
+    return encoded
+
+
+def metric_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Percentage metrics logged at validations, by name, as (step, value)."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+        record = json.loads(line)
+        for name, value in record.items():
+            if "eval_loss" in record and name in METRICS and describe(name).percent:
+                curves.setdefault(name, []).append((record["step"], float(value)))
+    return curves
+
+
+def scores_png(summary: dict[str, Any]) -> str | None:
+    """Zero-shot, few-shot and tuned side by side for every percentage metric."""
+    names = [k for k in summary["after"] if describe(k).percent and k in summary["before"]]
+    if not names:
+        return None
+    from matplotlib import pyplot
+
+    few = summary.get("few_shot")
+    columns = [("zero-shot", summary["before"]), *((("few-shot", few),) if few else ()), ("tuned", summary["after"])]
+    fig, ax = _figure(height=3.0)
+    width = 0.8 / len(columns)
+    for i, (label, values) in enumerate(columns):
+        bars = ax.bar([n + i * width for n in range(len(names))], [100 * values.get(k, 0.0) for k in names], width,
+                      label=label)
+        ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_xticks([n + width * (len(columns) - 1) / 2 for n in range(len(names))], [describe(k).label for k in names])
+    ax.set_ylabel("% of held-out rows")
+    ax.set_ylim(0, 105)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(columns), frameon=False)  # never over a bar
+    encoded = png_base64(fig)
+    pyplot.close(fig)
+    return encoded
+
+
+def html_table(rows: list[Row], css: str = "") -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def samples_table(samples: list[dict[str, Any]]) -> str:
+    shots = any(s.get("few_shot") is not None for s in samples)
+    header = ("prompt", "reference", "base (zero-shot)", *(("base (few-shot)",) if shots else ()), "tuned")
+    rows = [(s["prompt"], s["reference"], s["before"] or EMPTY, *((s.get("few_shot") or EMPTY,) if shots else ()),
+             s["after"] or EMPTY) for s in samples]
+    return html_table([header, *rows], "samples")
+
+
+def _section(title: str, body: str) -> str:
+    return f"<h2>{escape(title)}</h2>{body}" if body else ""
+
+
+def render_html(run_dir: Path, summary: dict[str, Any], samples: list[dict[str, Any]]) -> str:
+    plots = "".join(f'<img alt="{escape(alt)}" src="data:image/png;base64,{png}">'
+                    for alt, png in (("loss curves", curves_png(run_dir)), ("scores", scores_png(summary))) if png)
+    leak = leakage(run_dir)
+    parts = [
+        f"<h1>tunelab run: {escape(run_dir.name)}</h1>",
+        '<div class="verdict"><ul>' + "".join(f"<li>{escape(s)}</li>" for s in verdict(summary)) + "</ul></div>",
+        f'<p class="muted">{escape(training_line(summary))}</p>',
+        _section("Curves and scores", f'<div class="plots">{plots}</div>' if plots else ""),
+        _section("Held-out results", html_table([comparison_header(summary), *comparison_rows(summary)])),
+        _section("General ability (forgetting probe)",
+                 html_table([("probe", "before", "after", "change"), *forgetting_rows(summary)])
+                 if forgetting_rows(summary) else ""),
+        _section("Confusion matrix (tuned)", html_table(confusion_rows(run_dir, summary))),
+        _section("Leakage check", f"<pre>{escape(json.dumps(leak, indent=2))}</pre>" if leak is not None else ""),
+        _section(f"Held-out examples ({len(samples)})", samples_table(samples) if samples else ""),
+    ]
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>tunelab run {escape(run_dir.name)}</title><style>{STYLE}</style><script>{SELF_CHECK}</script>"
+            "</head><body>" + "".join(parts) + "</body></html>\n")

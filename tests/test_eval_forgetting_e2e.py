@@ -1,0 +1,55 @@
+"""End to end on the bundled SmolLM2-135M: full fine-tuning at a high rate forgets more than LoRA on the
+same data, and replay of general text reduces the loss. Two optimizer steps each, perplexity probe only."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import EXAMPLES, write_jsonl
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def dates(tmp_path_factory):
+    import json
+
+    rows = [json.loads(line) for line in (EXAMPLES / "dates" / "train.jsonl").read_text().splitlines()[:28]]
+    tmp = tmp_path_factory.mktemp("forget")
+    return tmp, write_jsonl(tmp / "train.jsonl", rows[:24]), write_jsonl(tmp / "eval.jsonl", rows[24:])
+
+
+def forgetting_after(dates, name, *overrides):
+    from tunelab.config import load_config
+    from tunelab.train.run import run
+
+    tmp, train, held = dates
+    config = load_config(None, [
+        f"data.train={train}", f"data.eval={held}", "model=smollm2-135m-instruct", f"output_dir={tmp / name}",
+        "train.batch_size=4", "train.max_steps=2", "train.max_length=48", "train.learning_rate=1e-3",
+        "train.warmup_ratio=0", "train.lr_scheduler=constant", "eval.generate=false", "eval.few_shot_k=0",
+        "eval.train_sample=0", "eval.forgetting_questions=false", *overrides])
+    return run(config).summary["forgetting"]
+
+
+def test_full_at_a_high_rate_forgets_more_than_lora_and_replay_helps(dates):
+    full = forgetting_after(dates, "full", "method=full")
+    lora = forgetting_after(dates, "lora", "method=lora")
+    replay = forgetting_after(dates, "replay", "method=full", "data.replay_fraction=0.5")
+    assert full["perplexity_before"] == pytest.approx(lora["perplexity_before"])  # the same base, the same probe
+    assert full["perplexity_change"] > 0.3 and full["flagged"]
+    assert lora["perplexity_change"] < 0.1 and not lora["flagged"]
+    assert replay["perplexity_change"] < full["perplexity_change"] * 0.8
+
+
+def test_the_bundled_model_answers_every_shipped_question():
+    from tunelab.config import load_config
+    from tunelab.eval import forgetting
+    from tunelab.models import resolve_model
+    from tunelab.train.run import load_model
+
+    tokenizer, model = load_model(resolve_model("smollm2-135m-instruct"), load_config(None, ["data.train=x.jsonl"]))
+    probe = forgetting.measure(model, tokenizer, batch_size=16)
+    wrong = [(q["question"], a) for q, a in zip(forgetting.probe_questions(), probe["answers"])
+             if not forgetting.answered(a, q["answers"])]
+    assert wrong == [] and probe["accuracy"] == 1.0

@@ -1,0 +1,90 @@
+"""report.md and report.html: verdict first, plots inline, tables, examples; rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import write_jsonl
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One tiny run with every piece of evidence switched on."""
+    from tunelab.config import load_config
+    from tunelab.train.run import run
+
+    tmp = tmp_path_factory.mktemp("report")
+    rows = [{"messages": [{"role": "user", "content": f"Say the number {i}."},
+                          {"role": "assistant", "content": f"The number is {i}."}]} for i in range(24)]
+    train, held = write_jsonl(tmp / "train.jsonl", rows[:12]), write_jsonl(tmp / "eval.jsonl", rows[12:])
+    config = load_config(None, [f"data.train={train}", f"data.eval={held}", "model=tiny-random-llama",
+                                f"output_dir={tmp / 'run'}", "train.batch_size=4", "train.max_steps=4",
+                                "train.eval_steps=2", "train.logging_steps=1", "train.max_length=64",
+                                "eval.max_new_tokens=6", "eval.few_shot_k=2", "train.early_stopping_patience=5"])
+    return run(config)
+
+
+def test_markdown_opens_with_the_verdict_and_shows_ten_examples(finished_run):
+    text = (finished_run.run_dir / "report.md").read_text()
+    sections = re.findall(r"^## (.+)$", text, flags=re.M)
+    assert sections[0] == "Verdict"
+    assert sections[1:3] == ["Held-out results", "General ability (forgetting probe)"]
+    verdict = text.split("## Verdict")[1].split("##")[0]
+    assert "zero-shot" in verdict and "2-shot" in verdict and "forgetting" in verdict and "Fit:" in verdict
+    assert text.count("**Prompt:**") == 10 and text.count("- base (few-shot):") == 10
+    assert "| metric | zero-shot | 2-shot | tuned | change |" in text
+
+
+def test_summary_has_the_evidence_entries(finished_run):
+    s = json.loads((finished_run.run_dir / "summary.json").read_text())
+    assert {"before", "after", "zero_shot", "few_shot", "forgetting", "diagnosis", "early_stopping"} <= set(s)
+    assert s["forgetting"]["questions"] == 20 and s["forgetting"]["flagged"] in (True, False)
+    assert s["diagnosis"]["verdict"] in ("overfitting", "underfitting", "good fit")
+
+
+def test_html_is_self_contained(finished_run):
+    page = (finished_run.run_dir / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
+    assert "@import" not in page and "url(http" not in page
+    assert page.count('src="data:image/png;base64,') == 2
+    assert page.count("<tr>") >= 10 + 4  # ten examples and the metric rows
+
+
+def test_confusion_matrix_for_classification(tmp_path):
+    from tunelab.eval.report import render_markdown
+
+    write_jsonl(tmp_path / "samples.jsonl", [
+        {"prompt": "p", "reference": "yes", "before": "", "after": "yes"},
+        {"prompt": "p", "reference": "yes", "before": "", "after": "no"},
+        {"prompt": "p", "reference": "no", "before": "", "after": "maybe"}])
+    summary = {"before": {"accuracy": 0.0}, "after": {"accuracy": 1 / 3}, "metrics": ["accuracy"],
+               "train": {"steps": 1, "seconds": 1, "tokens": 1, "tokens_per_second": 1}, "model": "m",
+               "method": "lora", "task": "sft", "trainable_params": 1, "total_params": 2}
+    text = render_markdown(tmp_path, summary, [])
+    assert "| reference \\ answer | no | yes | (other) |" in text
+    assert "| no | 0 | 0 | 1 |" in text and "| yes | 1 | 1 | 0 |" in text
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_html_renders_in_headless_chromium(finished_run, tmp_path):
+    from PIL import Image
+
+    url = (finished_run.run_dir / "report.html").resolve().as_uri()
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,2400"]
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", url], check=True, capture_output=True, timeout=120)
+    dom = subprocess.run([*flags, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=120).stdout
+    root = re.search(r"<html[^>]*>", dom).group(0)
+    assert 'data-rendered="yes"' in root and 'data-images="2/2"' in root  # both plots decoded
+    assert "data-errors" not in root  # no script or resource error
+    image = Image.open(shot).convert("L")
+    assert image.size == (1200, 2400)
+    assert len(set(image.resize((120, 240)).getdata())) > 20  # text and plots, not a blank page
