@@ -11,7 +11,7 @@ from tunelab.cli import main
 
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory):
-    from conftest import write_jsonl
+    from tests.conftest import write_jsonl
     from tunelab.config import load_config
     from tunelab.train.run import run
 

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from conftest import write_jsonl
+from tests.conftest import write_jsonl
 from tunelab.eval.diagnosis import Evidence, diagnose
 
 WORDS = "apple river stone cloud maple tiger lemon copper violet harbor candle meadow falcon silver pepper garden".split()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import EXAMPLES, write_jsonl
+from tests.conftest import EXAMPLES, write_jsonl
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import write_jsonl
+from tests.conftest import write_jsonl
 
 
 @pytest.fixture(scope="module")

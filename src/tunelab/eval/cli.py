@@ -56,14 +56,12 @@ def evaluate_file(target: str, data: Path, overrides: list[str] = ()) -> dict[st
     """Scores of the target on the data file, as the run would have scored its held-out set."""
     from tunelab.data import load_dataset
     from tunelab.eval.evaluate import score
-    from tunelab.tasks import get_task
     from tunelab.train.events import Events
-    from tunelab.train.run import _check_format, held_out_set
+    from tunelab.train.run import choose_task, held_out_set
 
     config, run_dir = eval_config(target, list(overrides))
-    task = get_task(config.task)
     dataset = load_dataset(data, config.data.format, config.data.columns)
-    _check_format(dataset, task)
+    task = choose_task(config, dataset)
     tokenizer, model = load_for_eval(config, run_dir)
     held_out = held_out_set(task, dataset, tokenizer, config, Events(None))
     scores = score(model, tokenizer, held_out, config.eval)
