@@ -48,6 +48,8 @@ class TrainConfig(Section):
     logging_steps: int = Field(5, ge=1, description="Log train loss every N steps.")
     save_steps: int = Field(0, ge=0, description="Checkpoint every N steps; 0 means only at the end.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the best is kept as well).")
+    max_bad_steps: int = Field(3, ge=1, description="Steps in a row with a NaN/Inf loss or gradient (each skipped) "
+                                                    "before the run stops.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "auto", description="auto: bf16 on a CUDA device that has it, else fp32.")
@@ -79,6 +81,8 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: Path | None = Field(None, description="Run directory; default runs/<name>-<timestamp>.")
     trust_remote_code: bool = Field(False, description="Allow a local model dir to run its own code.")
+    allow_pickle: bool = Field(False, description="Allow a local model dir whose weights are pickle files "
+                                                  "(pytorch_model.bin); read with torch's weights_only loader.")
 
     @field_validator("task")
     @classmethod

@@ -14,15 +14,18 @@ import torch
 
 from tunelab.config import RunConfig
 from tunelab.data import Dataset, load_dataset, split_rows
-from tunelab.errors import DataError, TunelabError
+from tunelab.errors import DataError
 from tunelab.eval.evaluate import HeldOut, Scores, score
 from tunelab.methods import count_params, get_method
 from tunelab.models import resolve_model
+from tunelab.models.safety import check_weights, loading_kwargs
 from tunelab.tasks import Task, get_task
 from tunelab.tasks.base import Encoded
 from tunelab.train.events import Events, Listener
 from tunelab.train.report import write_report
-from tunelab.train.rundir import MetricsLog, choose_run_dir, write_json, write_run_header
+from tunelab.train.guards import train_guarded
+from tunelab.train.resume import find_run_dir, prepare_resume
+from tunelab.train.rundir import MetricsLog, write_json, write_run_header
 from tunelab.train.trainer import Progress, build_trainer
 
 
@@ -32,15 +35,17 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def run(config: RunConfig, on_event: Listener | None = None) -> RunResult:
+def run(config: RunConfig, on_event: Listener | None = None, resume: bool = False) -> RunResult:
+    """resume=True (`--resume`) requires an unfinished run to continue; an unfinished output_dir always resumes."""
     events = Events(on_event)
     task = get_task(config.task)
     train_data, eval_data = load_data(config, task)
     model_path = resolve_model(config.model)
-    run_dir = choose_run_dir(config)
-    _refuse_finished(run_dir)
-    write_run_header(run_dir, config, {"train": train_data.describe(), "eval": eval_data.describe(),
-                                       "eval_is_split_of_train": config.data.eval is None})
+    run_dir = find_run_dir(config, resume)
+    data_info = {"train": train_data.describe(), "eval": eval_data.describe(),
+                 "eval_is_split_of_train": config.data.eval is None}
+    resume_from = prepare_resume(run_dir, config, data_info, resume, events)
+    write_run_header(run_dir, config, data_info)
     events.emit("run_started", run_dir=str(run_dir), model=str(model_path), train_rows=len(train_data.rows),
                 eval_rows=len(eval_data.rows))
 
@@ -58,9 +63,10 @@ def run(config: RunConfig, on_event: Listener | None = None) -> RunResult:
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     progress = Progress(events, metrics, held_out.encoded, held_out.pad_id, config.train.eval_steps,
                         config.eval.batch_size)
-    trainer = build_trainer(model, config, train, held_out.pad_id, run_dir / "checkpoints", progress)
     started = time.monotonic()
-    output = trainer.train()
+    trainer, output = train_guarded(
+        lambda cfg: build_trainer(model, cfg, train, held_out.pad_id, run_dir / "checkpoints", progress),
+        config, run_dir, resume_from, events)
     seconds = time.monotonic() - started
     tokens = int(trainer.state.num_input_tokens_seen)
 
@@ -99,19 +105,16 @@ def _check_format(dataset: Dataset, task: Task) -> None:
                         f'{" or ".join(task.formats)}; set task= to match the data')
 
 
-def _refuse_finished(run_dir: Path) -> None:
-    if (run_dir / "summary.json").exists():
-        raise TunelabError(f"{run_dir}: already holds a finished run; choose another output_dir")
-
-
 def load_model(path: Path, config: RunConfig) -> tuple[Any, torch.nn.Module]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     remote = config.trust_remote_code
+    check_weights(path, config.allow_pickle)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=remote)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=remote,
+                                                 **loading_kwargs(config.allow_pickle))
     return tokenizer, model
 
 
