@@ -76,7 +76,7 @@ def _read_jsonl(path: Path) -> Iterator[Row | Problem]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # editors on Windows add a BOM
             except UnicodeDecodeError as err:
                 yield Problem(number, "", f"not valid UTF-8 (byte {err.start} of the line)", "encoding")
                 continue
@@ -86,6 +86,9 @@ def _read_jsonl(path: Path) -> Iterator[Row | Problem]:
                 value = json.loads(text)
             except json.JSONDecodeError as err:
                 yield Problem(number, "", f"not valid JSON: {err.msg} at column {err.colno}", "json")
+                continue
+            except (ValueError, RecursionError) as err:  # a number over 4300 digits; nesting too deep to parse
+                yield Problem(number, "", f"not readable JSON: {str(err).split(':')[0]}", "json")
                 continue
             if not isinstance(value, dict):
                 yield Problem(number, "", f"expected a JSON object, got {_type_name(value)}", "json")
@@ -101,6 +104,13 @@ def _read_csv(path: Path, delimiter: str) -> Iterator[Row | Problem]:
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        yield from _csv_rows(reader)
+    except csv.Error as err:  # e.g. a field over csv's size limit (131072 characters)
+        raise DataError(f"{path}:{reader.line_num + 1}: not valid CSV: {err}") from None
+
+
+def _csv_rows(reader: csv.DictReader) -> Iterator[Row | Problem]:
     for record in reader:
         number = reader.line_num
         if None in record:

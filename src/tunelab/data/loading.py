@@ -33,6 +33,8 @@ def load_dataset(path: Path, fmt: str = "auto", columns: dict[str, str] | None =
     rows = [r for r in records if isinstance(r, Row)]
     if not records:
         raise DataError(f"{path}: no rows; expected one JSON object per line")
+    if fmt == "auto" and not rows and problems:  # nothing parsed: the problems say why
+        raise DataError(_problem_report(path, problems, len(records)))
     if fmt == "auto":
         fmt = _detect(path, rows)
     elif fmt not in FORMATS:
