@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import DataError
+from tunelab.paths import inside
 
 FORMATS = ("text", "prompt_completion", "messages")
 ROLES = ("system", "user", "assistant")
@@ -133,6 +134,7 @@ def _read_parquet(path: Path) -> Iterator[Row | Problem]:
 def _read_datasets_dir(path: Path) -> Iterator[Row | Problem]:
     import datasets
 
+    _refuse_outside_files(path)
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as err:  # datasets raises FileNotFoundError or its own errors
@@ -141,6 +143,18 @@ def _read_datasets_dir(path: Path) -> Iterator[Row | Problem]:
         raise DataError(f"{path}: holds splits {sorted(loaded)}; point at one split's directory")
     for number, record in enumerate(loaded, start=1):
         yield Row(number, dict(record))
+
+
+def _refuse_outside_files(path: Path) -> None:
+    """state.json names a saved dataset's data files; datasets opens them wherever they point."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        names = [entry["filename"] for entry in state["_data_files"]]
+    except (OSError, ValueError, TypeError, KeyError):
+        return  # not a saved dataset: load_from_disk says so below
+    for name in names:
+        if not isinstance(name, str) or inside(path, name) is None:
+            raise DataError(f'{path}/state.json: data file "{name}" lies outside the dataset directory; refusing it')
 
 
 def detect_format(fields: dict[str, Any]) -> str | None:
