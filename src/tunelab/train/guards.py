@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import TrainOutput
 
 from tunelab.config import RunConfig
 from tunelab.errors import ModelError, RunAborted, RunInterrupted
@@ -132,6 +133,24 @@ class SignalStop(TrainerCallback):
                              self.EXIT_CODES[self.signum], run_dir=run_dir)
 
 
+class _NothingLeft(Exception):
+    pass
+
+
+class StopWhenDone(TrainerCallback):
+    """Trainer resumed from a checkpoint written at max_steps still runs one more step (measured with
+    transformers 5.23); stop before it, once the checkpoint's weights and state are loaded."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if 0 < state.max_steps <= state.global_step:
+            raise _NothingLeft
+
+
+def _last_loss(state) -> float | None:
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    return losses[-1] if losses else None
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
         return True
@@ -161,7 +180,8 @@ def train_guarded(build: Callable[[RunConfig], Trainer], config: RunConfig, run_
     checkpoints = run_dir / "checkpoints"
     stop = SignalStop()
     guards = [NanGuard(events, config.train.max_bad_steps),
-              CheckpointKeeper(checkpoints, config.train.save_total_limit, run_dir / "metrics.jsonl", events), stop]
+              CheckpointKeeper(checkpoints, config.train.save_total_limit, run_dir / "metrics.jsonl", events), stop,
+              StopWhenDone()]
     with stop.installed():
         while True:
             trainer = build(config)
@@ -170,6 +190,9 @@ def train_guarded(build: Callable[[RunConfig], Trainer], config: RunConfig, run_
             start = step_of(resume_from)
             try:
                 output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+                break
+            except _NothingLeft:
+                output = TrainOutput(trainer.state.global_step, _last_loss(trainer.state), {})
                 break
             except pickle.UnpicklingError as err:
                 raise ModelError(f"{resume_from}: refused to load a checkpoint file that is not plain tensors "
