@@ -211,3 +211,31 @@ def test_resume_flag_without_output_dir_picks_the_newest_unfinished_run(tiny_con
     assert find_run_dir(config, resume=True) == Path("runs") / "exp-20260102-000000"
     with pytest.raises(TunelabError, match="no unfinished run named other"):
         find_run_dir(tiny_config("name=other", "output_dir=null"), resume=True)
+
+
+def test_ctrl_c_during_training_saves_a_checkpoint_and_stops_with_exit_code_130(tiny_config, monkeypatch):
+    import os
+    import signal
+
+    from tunelab.errors import RunInterrupted
+    from tunelab.train.checkpoint import problem
+
+    def install(model):
+        calls = {"n": 0}
+
+        def hook(module, args, output):
+            calls["n"] += module.training
+            if module.training and calls["n"] == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of step 2
+            return output
+
+        model.register_forward_hook(hook)
+
+    with_hook(monkeypatch, install)
+    config = tiny_config("eval.generate=false")  # save_steps=0: the signal alone makes the checkpoint
+    with pytest.raises(RunInterrupted) as err:
+        run(config)
+    assert err.value.exit_code == 130
+    assert str(err.value) == f"SIGINT at step 2: checkpoint saved in {config.output_dir / 'checkpoints' / 'checkpoint-2'}"
+    assert problem(config.output_dir / "checkpoints" / "checkpoint-2") is None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
