@@ -7,6 +7,9 @@ and even then transformers reads them with torch's weights_only unpickler.
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tunelab.errors import ModelError
@@ -27,3 +30,13 @@ def check_weights(directory: Path, allow_pickle: bool) -> None:
 def loading_kwargs(allow_pickle: bool) -> dict[str, bool]:
     """from_pretrained options: never fall back to pickle weights unless the user allowed it."""
     return {} if allow_pickle else {"use_safetensors": True}
+
+
+@contextmanager
+def plain_tensors_only(source: Path) -> Iterator[None]:
+    """Turn torch's refusal of a pickle that holds more than tensors into a one-line ModelError."""
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        raise ModelError(f"{source}: refused a weights file that holds more than plain tensors "
+                         f"({str(err).splitlines()[0]})") from None

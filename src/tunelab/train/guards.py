@@ -6,7 +6,6 @@ Each guard is a TrainerCallback or a wrapper around `trainer.train`; Trainer's l
 from __future__ import annotations
 
 import gc
-import pickle
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -19,7 +18,8 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import TrainOutput
 
 from tunelab.config import RunConfig
-from tunelab.errors import ModelError, RunAborted, RunInterrupted
+from tunelab.errors import RunAborted, RunInterrupted
+from tunelab.models.safety import plain_tensors_only
 from tunelab.train.checkpoint import CheckpointKeeper, latest_complete, step_of
 from tunelab.train.events import Events
 from tunelab.train.resume import trim_metrics
@@ -99,13 +99,14 @@ class SignalStop(TrainerCallback):
 
     EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
-    def __init__(self):
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
         self.signum: int | None = None
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
-            raise RunInterrupted(f"{signal.Signals(signum).name} again: stopped without saving",
-                                 self.EXIT_CODES[signum])
+            raise RunInterrupted(f"{signal.Signals(signum).name} again: stopped at once; the last complete "
+                                 "checkpoint is kept", self.EXIT_CODES[signum], run_dir=self.run_dir)
         self.signum = signum
 
     @contextmanager
@@ -125,12 +126,12 @@ class SignalStop(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
 
-    def raise_if_stopped(self, step: int, checkpoint: Any, run_dir: Any) -> None:
+    def raise_if_stopped(self, step: int, checkpoint: Path | None) -> None:
         if self.signum is None:
             return
         name = signal.Signals(self.signum).name
         raise RunInterrupted(f"{name} at step {step}: checkpoint saved in {checkpoint}",
-                             self.EXIT_CODES[self.signum], run_dir=run_dir)
+                             self.EXIT_CODES[self.signum], run_dir=self.run_dir)
 
 
 class _NothingLeft(Exception):
@@ -178,9 +179,10 @@ def train_guarded(build: Callable[[RunConfig], Trainer], config: RunConfig, run_
                   resume_from: Path | None, events: Events) -> tuple[Trainer, Any]:
     """`trainer.train` under every guard; an OOM rebuilds the trainer with a smaller micro-batch and retries."""
     checkpoints = run_dir / "checkpoints"
-    stop = SignalStop()
-    guards = [NanGuard(events, config.train.max_bad_steps),
-              CheckpointKeeper(checkpoints, config.train.save_total_limit, run_dir / "metrics.jsonl", events), stop,
+    stop = SignalStop(run_dir)
+    # Order matters in on_step_end: a signal asks for a save first, then NanGuard vets the weights to be saved.
+    guards = [stop, NanGuard(events, config.train.max_bad_steps),
+              CheckpointKeeper(checkpoints, config.train.save_total_limit, run_dir / "metrics.jsonl", events),
               StopWhenDone()]
     with stop.installed():
         while True:
@@ -189,14 +191,12 @@ def train_guarded(build: Callable[[RunConfig], Trainer], config: RunConfig, run_
                 trainer.add_callback(guard)
             start = step_of(resume_from)
             try:
-                output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+                with plain_tensors_only(resume_from or checkpoints):
+                    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
                 break
             except _NothingLeft:
                 output = TrainOutput(trainer.state.global_step, _last_loss(trainer.state), {})
                 break
-            except pickle.UnpicklingError as err:
-                raise ModelError(f"{resume_from}: refused to load a checkpoint file that is not plain tensors "
-                                 f"({str(err).splitlines()[0]})") from None
             except Exception as err:
                 if not is_out_of_memory(err):
                     raise
@@ -204,7 +204,7 @@ def train_guarded(build: Callable[[RunConfig], Trainer], config: RunConfig, run_
             del trainer
             release_memory()
             config, resume_from = _back_off(config, run_dir, step, start, resume_from, events)
-    stop.raise_if_stopped(trainer.state.global_step, latest_complete(checkpoints), run_dir)
+    stop.raise_if_stopped(trainer.state.global_step, latest_complete(checkpoints))
     return trainer, output
 
 

@@ -18,7 +18,7 @@ from tunelab.errors import DataError
 from tunelab.eval.evaluate import HeldOut, Scores, score
 from tunelab.methods import count_params, get_method
 from tunelab.models import resolve_model
-from tunelab.models.safety import check_weights, loading_kwargs
+from tunelab.models.safety import check_weights, loading_kwargs, plain_tensors_only
 from tunelab.tasks import Task, get_task
 from tunelab.tasks.base import Encoded
 from tunelab.train.events import Events, Listener
@@ -113,8 +113,9 @@ def load_model(path: Path, config: RunConfig) -> tuple[Any, torch.nn.Module]:
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=remote,
-                                                 **loading_kwargs(config.allow_pickle))
+    with plain_tensors_only(path):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=remote,
+                                                     **loading_kwargs(config.allow_pickle))
     return tokenizer, model
 
 
