@@ -178,6 +178,8 @@ def test_a_run_stopped_after_its_final_checkpoint_finishes_without_training_agai
     assert [e["step"] for e in events if e["type"] == "resumed"] == [4]
     assert not [e for e in events if e["type"] == "step"]  # Trainer alone would run a fifth step here
     assert second.summary["train"]["steps"] == 4
+    assert second.summary["train"]["tokens"] == first.summary["train"]["tokens"] > 0
+    assert second.summary["train"]["tokens_per_second"] == 0  # counts only what this process trained
     again = adapter(second.run_dir / "model")
     assert all(torch.equal(trained[k], again[k]) for k in trained)
 

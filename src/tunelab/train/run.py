@@ -77,7 +77,8 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
 
     summary = {
         "before": before.metrics, "after": after.metrics,
-        "train": {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_second": round(tokens / seconds, 2),
+        "train": {"seconds": round(seconds, 2), "tokens": tokens,
+                  "tokens_per_second": round((tokens - progress.tokens_at_start) / seconds, 2),  # this process's
                   "steps": trainer.state.global_step, "final_train_loss": output.training_loss},
         "trainable_params": trainable, "total_params": total,
         "model": config.model, "method": config.method, "task": config.task,
