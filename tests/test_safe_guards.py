@@ -188,8 +188,8 @@ def test_resuming_with_other_settings_is_refused(tiny_config):
     config = tiny_config("eval.generate=false", "train.save_steps=2")
     run(config)
     (config.output_dir / "summary.json").unlink()
-    with pytest.raises(ConfigError, match=r"holds an unfinished run with other settings \(train.learning_rate: 0.0002 -> 0.001\)"):
-        run(tiny_config("eval.generate=false", "train.save_steps=2", "train.learning_rate=1e-3"))
+    with pytest.raises(ConfigError, match=r"holds an unfinished run with other settings \(train.seed: 42 -> 7\)"):
+        run(tiny_config("eval.generate=false", "train.save_steps=2", "train.seed=7"))
 
 
 def test_a_finished_run_is_not_resumed_or_overwritten(tiny_config):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, write_jsonl
+from tests.conftest import REPO, write_jsonl
 from tunelab.train.checkpoint import MANIFEST, step_of
 
 MAX_STEPS = 5

@@ -24,18 +24,22 @@ class DataConfig(Section):
     train: Path = Field(description="Training data file (JSONL, CSV, Parquet) or datasets directory.")
     eval: Path | None = Field(None, description="Held-out file; if absent, a seeded split of train.")
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out when eval is absent.")
-    format: Literal["auto", "text", "prompt_completion", "messages"] = Field(
-        "auto", description="Row schema; auto detects it from the first row's fields.")
+    format: Literal["auto", "text", "prompt_completion", "messages", "classification", "preference"] = Field(
+        "auto", description="Row schema; auto detects it from the rows' fields.")
     columns: dict[str, str] = Field(
         default_factory=dict, description="Map our field names to yours, e.g. prompt: question.")
     leakage_threshold: float = Field(
         0.0, ge=0, le=1, description="Largest share of eval rows allowed to overlap train before a run stops.")
+    leakage_check: bool = Field(True, description="Check eval rows against train for copies before training.")
+    near_dup_threshold: float = Field(
+        0.5, gt=0, le=1, description="Jaccard similarity (word 2-grams) at which two rows count as near-copies.")
 
 
 class TrainConfig(Section):
     epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = Field(-1, ge=-1, description="Optimizer steps to run; -1 means use epochs.")
-    learning_rate: float = Field(2e-4, gt=0, lt=1, description="Peak learning rate.")
+    learning_rate: float | None = Field(
+        None, gt=0, lt=1, description="Peak learning rate; default: the method's own (lora 1e-3, full 2e-5).")
     batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     max_length: int = Field(512, ge=8, description="Tokens per example; longer rows are cut from the end.")
@@ -73,7 +77,8 @@ class EvalConfig(Section):
 class RunConfig(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name, used in output_dir.")
     model: str = Field("smollm2-135m-instruct", description="A bundled alias (tunelab models) or a local HF dir.")
-    task: str = Field("sft", description="Training paradigm: sft (prompt/completion, chat) or causal_lm (text).")
+    task: str = Field("auto", description="Training paradigm: sft (prompt/completion, chat), causal_lm (text), "
+                                         "or auto: chosen from the data's format.")
     method: str = Field("lora", description="Fine-tuning strategy: lora or full.")
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -96,7 +101,7 @@ class RunConfig(Section):
     def _known_task(cls, value: str) -> str:
         from tunelab.tasks import TASKS
 
-        return _one_of("task", value, sorted(TASKS))
+        return _one_of("task", value, ["auto", *sorted(TASKS)])
 
     @field_validator("method")
     @classmethod
@@ -104,6 +109,14 @@ class RunConfig(Section):
         from tunelab.methods import METHODS
 
         return _one_of("method", value, sorted(METHODS))
+
+    @model_validator(mode="after")
+    def _method_default_rate(self) -> RunConfig:
+        from tunelab.methods import METHODS
+
+        if self.train.learning_rate is None:
+            self.train.learning_rate = METHODS[self.method].default_learning_rate
+        return self
 
     @model_validator(mode="after")
     def _data_fits_task(self) -> RunConfig:

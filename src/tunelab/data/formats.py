@@ -1,7 +1,9 @@
 """Row schemas and file readers. Every problem names its file, line and field.
 
 Schemas: `text`; `prompt`/`completion`; OpenAI chat `messages` (system/user/assistant, with an
-optional per-assistant-message `weight` 0/1). Files: JSONL, CSV, Parquet and `datasets` directories.
+optional per-assistant-message `weight` 0/1); `text`/`label` classification; `prompt`/`chosen`/
+`rejected` preference pairs, also read in OpenAI's DPO form (`input`/`preferred_output`/
+`non_preferred_output`) and normalised to the former. Files: JSONL, CSV, Parquet, `datasets` dirs.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 from tunelab.errors import DataError
 from tunelab.paths import inside
 
-FORMATS = ("text", "prompt_completion", "messages")
+FORMATS = ("text", "prompt_completion", "messages", "classification", "preference")
+OPENAI_DPO = ("input", "preferred_output", "non_preferred_output")
 ROLES = ("system", "user", "assistant")
 
 
@@ -35,6 +38,7 @@ class Problem:
     field: str
     message: str
     kind: str
+    raw: str | None = None  # the line as read, when it could not be parsed into fields
 
     def render(self, path: Path | str) -> str:
         where = f' field "{self.field}":' if self.field else ""
@@ -79,20 +83,21 @@ def _read_jsonl(path: Path) -> Iterator[Row | Problem]:
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # editors on Windows add a BOM
             except UnicodeDecodeError as err:
-                yield Problem(number, "", f"not valid UTF-8 (byte {err.start} of the line)", "encoding")
+                yield Problem(number, "", f"not valid UTF-8 (byte {err.start} of the line)", "encoding",
+                              raw.decode("utf-8", "backslashreplace").rstrip("\n"))
                 continue
             if not text.strip():
                 continue
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as err:
-                yield Problem(number, "", f"not valid JSON: {err.msg} at column {err.colno}", "json")
+                yield Problem(number, "", f"not valid JSON: {err.msg} at column {err.colno}", "json", text.rstrip("\n"))
                 continue
             except (ValueError, RecursionError) as err:  # a number over 4300 digits; nesting too deep to parse
                 yield Problem(number, "", f"not readable JSON: {str(err).split(':')[0]}", "json")
                 continue
             if not isinstance(value, dict):
-                yield Problem(number, "", f"expected a JSON object, got {_type_name(value)}", "json")
+                yield Problem(number, "", f"expected a JSON object, got {_type_name(value)}", "json", text.rstrip("\n"))
                 continue
             yield Row(number, value)
 
@@ -160,8 +165,12 @@ def _refuse_outside_files(path: Path) -> None:
 def detect_format(fields: dict[str, Any]) -> str | None:
     if "messages" in fields:
         return "messages"
+    if "chosen" in fields or "rejected" in fields or "preferred_output" in fields:
+        return "preference"
     if "prompt" in fields and "completion" in fields:
         return "prompt_completion"
+    if "text" in fields and "label" in fields:
+        return "classification"
     if "text" in fields:
         return "text"
     return None
@@ -169,11 +178,21 @@ def detect_format(fields: dict[str, Any]) -> str | None:
 
 def validate_row(row: Row, fmt: str) -> list[Problem]:
     """Every schema problem of one row; an empty list means the row is usable."""
-    checks = {"text": _check_text, "prompt_completion": _check_prompt_completion, "messages": _check_messages}
+    checks = {"text": _check_text, "prompt_completion": _check_prompt_completion, "messages": _check_messages,
+              "classification": _check_classification, "preference": _check_preference}
     try:
         return checks[fmt](row)
     except _Unreadable as stop:
         return [stop.problem]
+
+
+def normalize_row(fields: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """A valid row in our field names: OpenAI's DPO form becomes prompt/chosen/rejected message lists."""
+    if fmt != "preference" or "input" not in fields:
+        return fields
+    rest = {k: v for k, v in fields.items() if k not in OPENAI_DPO}
+    return {"prompt": fields["input"]["messages"], "chosen": fields["preferred_output"],
+            "rejected": fields["non_preferred_output"], **rest}
 
 
 def _need_str(row: Row, key: str, *, allow_empty: bool = False) -> str:
@@ -202,15 +221,71 @@ def _check_prompt_completion(row: Row) -> list[Problem]:
     return problems
 
 
-def _check_messages(row: Row) -> list[Problem]:
-    messages = row.fields.get("messages", _MISSING)
+def _check_classification(row: Row) -> list[Problem]:
+    problems = []
+    try:
+        _need_str(row, "text")
+    except _Unreadable as stop:
+        problems.append(stop.problem)
+    label = row.fields.get("label", _MISSING)
+    if label is _MISSING:
+        problems.append(Problem(row.line, "label", "missing; expected a string or an integer", "missing_field"))
+    elif isinstance(label, bool) or not isinstance(label, (str, int)):
+        problems.append(Problem(row.line, "label", f"expected a string or an integer, got {_type_name(label)}",
+                                "wrong_label"))
+    elif isinstance(label, str) and not label.strip():
+        problems.append(Problem(row.line, "label", "empty or whitespace only", "empty"))
+    return problems
+
+
+def _check_preference(row: Row) -> list[Problem]:
+    if "input" in row.fields:
+        return _check_openai_dpo(row)
+    problems = []
+    for key in ("prompt", "chosen", "rejected"):
+        value = row.fields.get(key, _MISSING)
+        if isinstance(value, list):
+            problems.extend(_check_turns(row.line, key, value, need_assistant=(key != "prompt")))
+            continue
+        try:
+            _need_str(row, key, allow_empty=(key == "prompt"))
+        except _Unreadable as stop:
+            problems.append(stop.problem)
+    if not problems and row.fields["chosen"] == row.fields["rejected"]:
+        problems.append(Problem(row.line, "rejected", "same as chosen; a pair must differ", "same_pair"))
+    return problems
+
+
+def _check_openai_dpo(row: Row) -> list[Problem]:
+    given = row.fields["input"]
+    if not isinstance(given, dict) or not isinstance(given.get("messages"), list):
+        return [Problem(row.line, "input.messages", f"expected a list of messages, got "
+                        f"{_type_name(given.get('messages') if isinstance(given, dict) else given)}", "wrong_type")]
+    problems = _check_turns(row.line, "input.messages", given["messages"], need_assistant=False)
+    for key in OPENAI_DPO[1:]:
+        problems.extend(_check_turns(row.line, key, row.fields.get(key, _MISSING), need_assistant=True))
+    if not problems and row.fields["preferred_output"] == row.fields["non_preferred_output"]:
+        problems.append(Problem(row.line, "non_preferred_output", "same as preferred_output; a pair must differ",
+                                "same_pair"))
+    return problems
+
+
+def _check_turns(line: int, where: str, messages: Any, need_assistant: bool) -> list[Problem]:
     if messages is _MISSING:
-        return [Problem(row.line, "messages", "missing; expected a list of {role, content}", "missing_field")]
+        return [Problem(line, where, "missing; expected a list of {role, content}", "missing_field")]
     if not isinstance(messages, list) or not messages:
-        return [Problem(row.line, "messages", f"expected a non-empty list, got {_type_name(messages)}", "wrong_type")]
+        return [Problem(line, where, f"expected a non-empty list, got {_type_name(messages)}", "wrong_type")]
     problems = []
     for i, message in enumerate(messages):
-        problems.extend(_check_message(row.line, f"messages[{i}]", message))
+        problems.extend(_check_message(line, f"{where}[{i}]", message))
+    if not problems and need_assistant and not any(m["role"] == "assistant" for m in messages):
+        problems.append(Problem(line, where, "no assistant turn", "no_assistant"))
+    return problems
+
+
+def _check_messages(row: Row) -> list[Problem]:
+    messages = row.fields.get("messages", _MISSING)
+    problems = _check_turns(row.line, "messages", messages, need_assistant=False)
     if not problems and not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
         problems.append(Problem(row.line, "messages", "no assistant turn to learn from", "no_assistant"))
     return problems

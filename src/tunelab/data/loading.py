@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.formats import FORMATS, Problem, Row, detect_format, read_rows, validate_row
+from tunelab.data.formats import FORMATS, Problem, Row, detect_format, normalize_row, read_rows, validate_row
 from tunelab.errors import DataError
 
 MAX_SHOWN = 5
+DETECT_ROWS = 100
 
 
 @dataclass
@@ -25,41 +27,63 @@ class Dataset:
         return {"path": str(self.path), "format": self.format, "rows": len(self.rows), "sha256": fingerprint(self.path)}
 
 
-def load_dataset(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> Dataset:
-    """Read and validate every row; any invalid row stops the load with file:line:field for each problem."""
+@dataclass
+class Validated:
+    """Every record of a file sorted into usable rows (normalised) and problems; nothing is dropped."""
+
+    path: Path
+    format: str
+    rows: list[Row]
+    problems: list[Problem]
+    total: int
+    invalid: list[Row]
+
+
+def validate_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> Validated:
+    """Read a file and validate each row; a row with a problem is left out of `rows`, never lost."""
     path = Path(path)
     records = list(read_rows(path, columns))
-    problems = [r for r in records if isinstance(r, Problem)]
-    rows = [r for r in records if isinstance(r, Row)]
     if not records:
         raise DataError(f"{path}: no rows; expected one JSON object per line")
-    if fmt == "auto" and not rows and problems:  # nothing parsed: the problems say why
-        raise DataError(_problem_report(path, problems, len(records)))
+    rows = [r for r in records if isinstance(r, Row)]
+    problems = [r for r in records if isinstance(r, Problem)]
     if fmt == "auto":
-        fmt = _detect(path, rows)
+        fmt = _detect(path, rows) if rows else "unknown"
     elif fmt not in FORMATS:
         raise DataError(f'{path}: unknown format "{fmt}"; expected one of {"|".join(FORMATS)}')
+    good, invalid = [], []
     for row in rows:
-        problems.extend(validate_row(row, fmt))
-    if problems:
-        raise DataError(_problem_report(path, problems, len(records)))
-    return Dataset(path, fmt, [r.fields for r in rows], [r.line for r in rows])
+        found = validate_row(row, fmt)
+        problems.extend(found)
+        if found:
+            invalid.append(row)
+        else:
+            good.append(Row(row.line, normalize_row(row.fields, fmt)))
+    problems.sort(key=lambda p: p.line)
+    return Validated(path, fmt, good, problems, len(records), invalid)
+
+
+def load_dataset(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> Dataset:
+    """Read and validate every row; any invalid row stops the load with file:line:field for each problem."""
+    checked = validate_file(path, fmt, columns)
+    if checked.problems:
+        raise DataError(_problem_report(checked.path, checked.problems, checked.total))
+    return Dataset(checked.path, checked.format, [r.fields for r in checked.rows], [r.line for r in checked.rows])
 
 
 def _detect(path: Path, rows: list[Row]) -> str:
-    if not rows:
-        raise DataError(f"{path}: no readable rows")
-    fmt = detect_format(rows[0].fields)
+    """The format most of the first rows have, so one malformed first row does not decide it."""
+    votes = Counter(detect_format(r.fields) for r in rows[:DETECT_ROWS])
+    fmt = max((f for f in votes if f), key=lambda f: votes[f], default=None)
     if fmt is None:
         keys = ", ".join(sorted(rows[0].fields)) or "none"
         raise DataError(
-            f"{path}:{rows[0].line}: cannot tell the format from fields [{keys}]; expected text, prompt+completion "
-            f"or messages (or map yours with data.columns.prompt=YOUR_FIELD)")
+            f"{path}:{rows[0].line}: cannot tell the format from fields [{keys}]; expected text, prompt+completion, "
+            f"messages, text+label or prompt+chosen+rejected (or map yours with data.columns.prompt=YOUR_FIELD)")
     return fmt
 
 
 def _problem_report(path: Path, problems: list[Problem], total: int) -> str:
-    problems.sort(key=lambda p: p.line)
     shown = [p.render(path) for p in problems[:MAX_SHOWN]]
     more = len(problems) - len(shown)
     tail = f"\n... and {more} more problem(s)" if more else ""

@@ -1,4 +1,4 @@
-"""Batched greedy generation with left padding."""
+"""Batched generation with left padding: greedy by default, sampled when a temperature is given."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import torch
 
 @torch.no_grad()
 def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
-             batch_size: int = 16, max_prompt_tokens: int = 2048) -> list[str]:
-    """Greedy answers for token-id prompts; prompts are sorted by length so batches pad little."""
+             batch_size: int = 16, max_prompt_tokens: int = 2048, temperature: float = 0.0) -> list[str]:
+    """Answers for token-id prompts (greedy unless temperature > 0); sorted by length so batches pad little."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature > 0 else {"do_sample": False}
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
     try:
@@ -25,7 +26,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], m
             input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in batch], device=device)
             attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
             out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+                                 **sampling, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
             for row, i in enumerate(chunk):
                 answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
     finally:

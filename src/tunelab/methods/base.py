@@ -11,6 +11,7 @@ import torch
 class Method(Protocol):
     name: str
     description: str
+    default_learning_rate: float
 
     def apply(self, model: torch.nn.Module, config: Any) -> torch.nn.Module:
         """Make the model trainable under this method; return the model to train."""

@@ -13,6 +13,7 @@ from tunelab.methods.base import register_method
 class Full:
     name = "full"
     description = "Every parameter trains; the whole model is saved."
+    default_learning_rate = 2e-5
 
     def apply(self, model: torch.nn.Module, config: Any) -> torch.nn.Module:
         for param in model.parameters():

@@ -53,6 +53,11 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+def task_for_format(fmt: str) -> str | None:
+    """The registered task that trains on rows of this format, for task=auto."""
+    return next((name for name, task in TASKS.items() if fmt in task.formats), None)
+
+
 def truncate(ids: list[int], labels: list[int], max_length: int) -> Encoded:
     cut = len(ids) > max_length
     return Encoded(ids[:max_length], labels[:max_length], truncated=cut)

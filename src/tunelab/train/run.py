@@ -19,7 +19,7 @@ from tunelab.eval.evaluate import HeldOut, Scores, score
 from tunelab.methods import count_params, get_method
 from tunelab.models import resolve_model
 from tunelab.models.safety import check_weights, loading_kwargs, plain_tensors_only
-from tunelab.tasks import Task, get_task
+from tunelab.tasks import TASKS, Task, get_task, task_for_format
 from tunelab.tasks.base import Encoded
 from tunelab.train.events import Events, Listener
 from tunelab.train.report import write_report
@@ -38,8 +38,8 @@ class RunResult:
 def run(config: RunConfig, on_event: Listener | None = None, resume: bool = False) -> RunResult:
     """resume=True (`--resume`) requires an unfinished run to continue; an unfinished output_dir always resumes."""
     events = Events(on_event)
+    train_data, eval_data = load_data(config)
     task = get_task(config.task)
-    train_data, eval_data = load_data(config, task)
     model_path = resolve_model(config.model)
     run_dir = find_run_dir(config, resume)
     data_info = {"train": train_data.describe(), "eval": eval_data.describe(),
@@ -90,20 +90,34 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     return RunResult(run_dir, summary)
 
 
-def load_data(config: RunConfig, task: Task) -> tuple[Dataset, Dataset]:
+def load_data(config: RunConfig) -> tuple[Dataset, Dataset]:
+    from tunelab.data.leakage import find_leaks, refuse_leaks
+
     data = config.data
     train = load_dataset(data.train, data.format, data.columns)
-    _check_format(train, task)
+    choose_task(config, train)
     if data.eval is None:
-        return split_rows(train, data.eval_fraction, config.train.seed)
-    held = load_dataset(data.eval, train.format, data.columns)
+        train, held = split_rows(train, data.eval_fraction, config.train.seed)
+    else:
+        held = load_dataset(data.eval, train.format, data.columns)
+    if data.leakage_check:
+        refuse_leaks(find_leaks(train, held, data.near_dup_threshold), data.leakage_threshold)
     return train, held
 
 
-def _check_format(dataset: Dataset, task: Task) -> None:
+def choose_task(config: RunConfig, dataset: Dataset) -> Task:
+    """The configured task, or for task=auto the one that trains on the data's format (written back)."""
+    if config.task == "auto":
+        name = task_for_format(dataset.format)
+        if name is None:
+            raise DataError(f'{dataset.path}: no task trains on "{dataset.format}" rows yet; '
+                            f'tasks: {", ".join(sorted(TASKS))}')
+        config.task = name
+    task = get_task(config.task)
     if dataset.format not in task.formats:
         raise DataError(f'{dataset.path}: rows are "{dataset.format}" but task "{task.name}" expects '
                         f'{" or ".join(task.formats)}; set task= to match the data')
+    return task
 
 
 def load_model(path: Path, config: RunConfig) -> tuple[Any, torch.nn.Module]:
@@ -117,7 +131,7 @@ def load_model(path: Path, config: RunConfig) -> tuple[Any, torch.nn.Module]:
     with plain_tensors_only(path):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=remote,
                                                      **loading_kwargs(config.allow_pickle))
-    return tokenizer, model
+    return tokenizer, model.to("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def encode(task: Task, dataset: Dataset, tokenizer: Any, max_length: int, events: Events) -> list[Encoded]:

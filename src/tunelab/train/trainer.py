@@ -57,7 +57,7 @@ def training_args(config: RunConfig, checkpoint_dir: Path) -> TrainingArguments:
         save_total_limit=None,  # train/checkpoint.py rotates, counting only checkpoints whose manifest verifies
         seed=t.seed,
         data_seed=t.seed,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         report_to="none",

@@ -1,0 +1,87 @@
+"""Bad input, tried as a new user would: one line naming the problem, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import EXAMPLES, write_jsonl
+from tunelab.cli import main
+
+QUICKSTART = str(EXAMPLES / "quickstart.yaml")
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def good(tmp_path, chat_rows):
+    return write_jsonl(tmp_path / "good.jsonl", chat_rows)
+
+
+def one_line_error(code: int, err: str) -> str:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_missing_file(capsys, tmp_path):
+    line = one_line_error(*run_cli(capsys, "run", QUICKSTART, f"data.train={tmp_path / 'nope.jsonl'}"))
+    assert line.endswith("nope.jsonl: file not found")
+
+
+def test_empty_file(capsys, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    line = one_line_error(*run_cli(capsys, "run", QUICKSTART, f"data.train={empty}"))
+    assert "empty.jsonl: no rows" in line
+
+
+def test_row_with_a_wrong_field_names_file_line_and_field(capsys, tmp_path, chat_rows):
+    rows = chat_rows[:3] + [{"messages": [{"role": "bot", "content": "hi"}]}]
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    code, err = run_cli(capsys, "run", QUICKSTART, f"data.train={path}")
+    assert code == 2 and "Traceback" not in err
+    assert f'{path}:4: field "messages[0].role": expected one of system|user|assistant, got "bot"' in err
+
+
+def test_unknown_config_key(capsys, good):
+    line = one_line_error(*run_cli(capsys, "run", QUICKSTART, f"data.train={good}", "train.epoch=3"))
+    assert 'unknown key "train.epoch" (did you mean "epochs"?)' in line
+
+
+def test_non_number_learning_rate(capsys, good):
+    line = one_line_error(*run_cli(capsys, "run", QUICKSTART, f"data.train={good}", "train.learning_rate=abc"))
+    assert "train.learning_rate" in line and '"abc"' in line
+
+
+def test_model_path_that_does_not_exist(capsys, good, tmp_path):
+    line = one_line_error(*run_cli(capsys, "run", QUICKSTART, f"data.train={good}", f"model={tmp_path / 'm'}"))
+    assert "not a bundled alias" in line and "nor an existing directory" in line
+
+
+def test_data_that_does_not_fit_the_task(capsys, tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "plain text"}] * 3)
+    line = one_line_error(*run_cli(capsys, "run", QUICKSTART, f"data.train={path}", "task=sft"))
+    assert 'rows are "text" but task "sft" expects' in line
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tunelab.cli", "run", QUICKSTART, "train.batch_size=-1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: config: train.batch_size:")
+    assert "Traceback" not in proc.stderr
+
+
+def test_models_lists_the_bundled_aliases(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for alias in ("smollm2-135m-instruct", "tiny-random-llama", "minilm-l6"):
+        assert alias in out

@@ -1,0 +1,99 @@
+"""Config: every wrong key or value fails before any model loads, naming key, value and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunelab.config import describe_options, load_config
+from tunelab.errors import ConfigError
+
+BASE = ["data.train=x.jsonl"]
+
+
+def error_of(*overrides: str, path=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, [*BASE, *overrides])
+    return str(info.value)
+
+
+def test_defaults_and_overrides_are_typed():
+    config = load_config(None, [*BASE, "train.learning_rate=1e-4", "train.epochs=2", "lora.target_modules=[q_proj,v_proj]"])
+    assert config.train.learning_rate == pytest.approx(1e-4)
+    assert config.train.epochs == 2.0
+    assert config.lora.target_modules == ["q_proj", "v_proj"]
+    assert config.method == "lora" and config.task == "auto"  # chosen from the data at run time
+
+
+def test_unknown_key_suggests_the_close_match():
+    message = error_of("train.learnig_rate=1e-4")
+    assert message == 'config: unknown key "train.learnig_rate" (did you mean "learning_rate"?)'
+
+
+def test_non_number_learning_rate_names_key_and_value():
+    message = error_of("train.learning_rate=fast")
+    assert message.startswith("config: train.learning_rate:")
+    assert '"fast"' in message and "number" in message
+
+
+def test_out_of_range_value_says_the_bound():
+    assert "greater than or equal to 1" in error_of("train.batch_size=0")
+
+
+def test_unknown_method_lists_the_registry_and_suggests():
+    message = error_of("method=lroa")
+    assert 'expected one of full|lora, got "lroa" (did you mean "lora"?)' in message
+
+
+def test_missing_required_key():
+    with pytest.raises(ConfigError, match='"data" is required'):
+        load_config(None, [])
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["train.epochs"])
+
+
+def test_yaml_paths_are_relative_to_the_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "c.yaml"
+    path.write_text("data:\n  train: d/train.jsonl\n")
+    config = load_config(path)
+    assert config.data.train == tmp_path / "sub" / "d" / "train.jsonl"
+
+
+def test_bad_yaml_and_wrong_top_level(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_task_and_format_must_agree():
+    assert "needs task" in error_of("task=causal_lm", "data.format=messages")
+
+
+def test_every_option_is_documented():
+    rows = describe_options()
+    keys = {key for key, _, _ in rows}
+    assert {"data.train", "train.learning_rate", "lora.r", "output_dir"} <= keys
+    assert all(help_text for _, _, help_text in rows)
+
+
+def test_every_shipped_example_config_loads():
+    from tests.conftest import EXAMPLES
+
+    for path in EXAMPLES.glob("*.yaml"):
+        config = load_config(path)
+        assert config.data.train.is_file(), path
+
+
+def test_learning_rate_defaults_to_the_methods_own():
+    assert load_config(None, [*BASE, "method=lora"]).train.learning_rate == pytest.approx(1e-3)
+    assert load_config(None, [*BASE, "method=full"]).train.learning_rate == pytest.approx(2e-5)
+    assert load_config(None, [*BASE, "method=full", "train.learning_rate=1e-4"]).train.learning_rate == 1e-4
