@@ -21,7 +21,7 @@ def test_defaults_and_overrides_are_typed():
     assert config.train.learning_rate == pytest.approx(1e-4)
     assert config.train.epochs == 2.0
     assert config.lora.target_modules == ["q_proj", "v_proj"]
-    assert config.method == "lora" and config.task == "auto"
+    assert config.method == "lora" and config.task == "auto"  # chosen from the data at run time
 
 
 def test_unknown_key_suggests_the_close_match():

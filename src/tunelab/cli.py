@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from typing import Any
 
-from tunelab.errors import TunelabError
+from tunelab.errors import RunInterrupted, TunelabError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except TunelabError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{err.label}: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                                      "(e.g. train.learning_rate=1e-4 data.train=my.jsonl).")
     run.add_argument("config", nargs="?", help="YAML config file (optional if every key is given as key=value)")
     run.add_argument("overrides", nargs="*", help="key=value settings applied over the file")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an unfinished run (output_dir, else the newest runs/<name>-*) from its latest "
+                          "complete checkpoint; rerunning into an unfinished output_dir resumes too")
     run.set_defaults(handler=_cmd_run)
 
     models = sub.add_parser("models", help="list the bundled models")
@@ -81,11 +85,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     progress = ConsoleProgress()
     try:
-        result = run(config, on_event=progress)
+        result = run(config, on_event=progress, resume=args.resume)
+    except RunInterrupted as err:
+        err.resume_command = _resume_command(config_path, overrides, err.run_dir)
+        raise
     finally:
         progress.close()
     print_summary(result.run_dir, result.summary)
     return 0
+
+
+def _resume_command(config_path: str | None, overrides: list[str], run_dir: object) -> str:
+    kept = [o for o in overrides if not o.startswith("output_dir=")]
+    where = [f"output_dir={run_dir}"] if run_dir is not None else []
+    return shlex.join(["tunelab", "run", *([config_path] if config_path else []), *kept, *where, "--resume"])
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

@@ -34,6 +34,11 @@ class ConsoleProgress:
     def _on_warning(self, e: Event) -> None:
         self.say(f"warning: {e['message']}")
 
+    def _say_message(self, e: Event) -> None:
+        self.say(e["message"])
+
+    _on_resumed = _on_step_skipped = _on_batch_backoff = _say_message
+
     def _on_evaluating(self, e: Event) -> None:
         self.say(f"evaluating {e.get('what') or e['which'] + ' training on the held-out set'} ...")
 

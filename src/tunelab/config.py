@@ -17,7 +17,7 @@ from tunelab.errors import ConfigError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -56,6 +56,8 @@ class TrainConfig(Section):
     logging_steps: int = Field(5, ge=1, description="Log train loss every N steps.")
     save_steps: int = Field(0, ge=0, description="Checkpoint every N steps; 0 means only at the end.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the best is kept as well).")
+    max_bad_steps: int = Field(3, ge=1, description="Steps in a row with a NaN/Inf loss or gradient (each skipped) "
+                                                    "before the run stops.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "auto", description="auto: bf16 on a CUDA device that has it, else fp32.")
@@ -121,6 +123,15 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: Path | None = Field(None, description="Run directory; default runs/<name>-<timestamp>.")
     trust_remote_code: bool = Field(False, description="Allow a local model dir to run its own code.")
+    allow_pickle: bool = Field(False, description="Allow a local model dir whose weights are pickle files "
+                                                  "(pytorch_model.bin); read with torch's weights_only loader.")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _plain_path(cls, value: Path | None) -> Path | None:
+        if value is not None and "\0" in str(value):
+            raise ValueError("contains a NUL byte")
+        return value
 
     @field_validator("task")
     @classmethod
@@ -187,6 +198,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -211,7 +224,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         raise ConfigError(f'override "{item}": expected key=value, e.g. train.learning_rate=1e-4')
     try:
         value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         value = text
     node = raw
     parts = key.strip().split(".")

@@ -5,6 +5,7 @@ class TunelabError(Exception):
     """A problem with the user's input: config, data, paths or options."""
 
     exit_code = 2
+    label = "error"
 
 
 class ConfigError(TunelabError):
@@ -27,3 +28,19 @@ class RunAborted(TunelabError):
     """Training stopped on purpose (a guard fired); the message says why and what to try."""
 
     exit_code = 3
+
+
+class RunInterrupted(TunelabError):
+    """A signal stopped training; the message says where it stopped and how to resume."""
+
+    label = "stopped"
+
+    def __init__(self, message: str, exit_code: int, run_dir: object = None):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.run_dir = run_dir
+        self.resume_command: str | None = None
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text}\nresume with: {self.resume_command}" if self.resume_command else text

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import DataError
+from tunelab.paths import inside
 
 FORMATS = ("text", "prompt_completion", "messages", "classification", "preference")
 OPENAI_DPO = ("input", "preferred_output", "non_preferred_output")
@@ -80,7 +81,7 @@ def _read_jsonl(path: Path) -> Iterator[Row | Problem]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # editors on Windows add a BOM
             except UnicodeDecodeError as err:
                 yield Problem(number, "", f"not valid UTF-8 (byte {err.start} of the line)", "encoding",
                               raw.decode("utf-8", "backslashreplace").rstrip("\n"))
@@ -91,6 +92,9 @@ def _read_jsonl(path: Path) -> Iterator[Row | Problem]:
                 value = json.loads(text)
             except json.JSONDecodeError as err:
                 yield Problem(number, "", f"not valid JSON: {err.msg} at column {err.colno}", "json", text.rstrip("\n"))
+                continue
+            except (ValueError, RecursionError) as err:  # a number over 4300 digits; nesting too deep to parse
+                yield Problem(number, "", f"not readable JSON: {str(err).split(':')[0]}", "json")
                 continue
             if not isinstance(value, dict):
                 yield Problem(number, "", f"expected a JSON object, got {_type_name(value)}", "json", text.rstrip("\n"))
@@ -106,6 +110,13 @@ def _read_csv(path: Path, delimiter: str) -> Iterator[Row | Problem]:
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8; re-save the file as UTF-8") from None
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        yield from _csv_rows(reader)
+    except csv.Error as err:  # e.g. a field over csv's size limit (131072 characters)
+        raise DataError(f"{path}:{reader.line_num + 1}: not valid CSV: {err}") from None
+
+
+def _csv_rows(reader: csv.DictReader) -> Iterator[Row | Problem]:
     for record in reader:
         number = reader.line_num
         if None in record:
@@ -128,6 +139,7 @@ def _read_parquet(path: Path) -> Iterator[Row | Problem]:
 def _read_datasets_dir(path: Path) -> Iterator[Row | Problem]:
     import datasets
 
+    _refuse_outside_files(path)
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as err:  # datasets raises FileNotFoundError or its own errors
@@ -136,6 +148,18 @@ def _read_datasets_dir(path: Path) -> Iterator[Row | Problem]:
         raise DataError(f"{path}: holds splits {sorted(loaded)}; point at one split's directory")
     for number, record in enumerate(loaded, start=1):
         yield Row(number, dict(record))
+
+
+def _refuse_outside_files(path: Path) -> None:
+    """state.json names a saved dataset's data files; datasets opens them wherever they point."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        names = [entry["filename"] for entry in state["_data_files"]]
+    except (OSError, ValueError, TypeError, KeyError):
+        return  # not a saved dataset: load_from_disk says so below
+    for name in names:
+        if not isinstance(name, str) or inside(path, name) is None:
+            raise DataError(f'{path}/state.json: data file "{name}" lies outside the dataset directory; refusing it')
 
 
 def detect_format(fields: dict[str, Any]) -> str | None:

@@ -15,17 +15,20 @@ import torch
 
 from tunelab.config import RunConfig
 from tunelab.data import Dataset, load_dataset, split_rows
-from tunelab.errors import DataError, TunelabError
+from tunelab.errors import DataError
 from tunelab.eval import evidence
 from tunelab.eval.evaluate import HeldOut, Scores, metric_names, score
 from tunelab.eval.forgetting import replay_examples
 from tunelab.methods import count_params, get_method
 from tunelab.models import resolve_model
+from tunelab.models.safety import check_weights, loading_kwargs, plain_tensors_only
 from tunelab.tasks import TASKS, Task, get_task, task_for_format
 from tunelab.tasks.base import Encoded
 from tunelab.train.events import Events, Listener
 from tunelab.eval.report import write_report
-from tunelab.train.rundir import MetricsLog, choose_run_dir, write_json, write_run_header
+from tunelab.train.guards import train_guarded
+from tunelab.train.resume import find_run_dir, prepare_resume
+from tunelab.train.rundir import MetricsLog, write_json, write_run_header
 from tunelab.train.trainer import Progress, build_trainer
 
 
@@ -35,7 +38,8 @@ class RunResult:
     summary: dict[str, Any]
 
 
-def run(config: RunConfig, on_event: Listener | None = None) -> RunResult:
+def run(config: RunConfig, on_event: Listener | None = None, resume: bool = False) -> RunResult:
+    """resume=True (`--resume`) requires an unfinished run to continue; an unfinished output_dir always resumes."""
     if config.train.seeds:
         from tunelab.eval.repeat import run_repeated
 
@@ -44,10 +48,11 @@ def run(config: RunConfig, on_event: Listener | None = None) -> RunResult:
     train_data, eval_data = load_data(config)
     task = get_task(config.task)
     model_path = resolve_model(config.model)
-    run_dir = choose_run_dir(config)
-    _refuse_finished(run_dir)
-    write_run_header(run_dir, config, {"train": train_data.describe(), "eval": eval_data.describe(),
-                                       "eval_is_split_of_train": config.data.eval is None})
+    run_dir = find_run_dir(config, resume)
+    data_info = {"train": train_data.describe(), "eval": eval_data.describe(),
+                 "eval_is_split_of_train": config.data.eval is None}
+    resume_from = prepare_resume(run_dir, config, data_info, resume, events)
+    write_run_header(run_dir, config, data_info)
     events.emit("run_started", run_dir=str(run_dir), model=str(model_path), train_rows=len(train_data.rows),
                 eval_rows=len(eval_data.rows))
 
@@ -70,9 +75,10 @@ def run(config: RunConfig, on_event: Listener | None = None) -> RunResult:
     best = evidence.early_stopping(config, tokenizer, held_out)
     progress = Progress(events, metrics, held_out.encoded, held_out.pad_id, config.train.eval_steps,
                         config.eval.batch_size, best=best)
-    trainer = build_trainer(model, config, train, held_out.pad_id, run_dir / "checkpoints", progress)
     started = time.monotonic()
-    output = trainer.train()
+    trainer, output = train_guarded(
+        lambda cfg: build_trainer(model, cfg, train, held_out.pad_id, run_dir / "checkpoints", progress),
+        config, run_dir, resume_from, events)
     seconds = time.monotonic() - started
     tokens = int(trainer.state.num_input_tokens_seen)
     if best is not None:
@@ -87,7 +93,8 @@ def run(config: RunConfig, on_event: Listener | None = None) -> RunResult:
 
     summary = {
         "before": before.metrics, "after": after.metrics,
-        "train": {"seconds": round(seconds, 2), "tokens": tokens, "tokens_per_second": round(tokens / seconds, 2),
+        "train": {"seconds": round(seconds, 2), "tokens": tokens,
+                  "tokens_per_second": round((tokens - progress.tokens_at_start) / seconds, 2),  # this process's
                   "steps": trainer.state.global_step, "final_train_loss": output.training_loss},
         "trainable_params": trainable, "total_params": total,
         "model": config.model, "method": config.method, "task": config.task,
@@ -130,19 +137,17 @@ def choose_task(config: RunConfig, dataset: Dataset) -> Task:
     return task
 
 
-def _refuse_finished(run_dir: Path) -> None:
-    if (run_dir / "summary.json").exists():
-        raise TunelabError(f"{run_dir}: already holds a finished run; choose another output_dir")
-
-
 def load_model(path: Path, config: RunConfig) -> tuple[Any, torch.nn.Module]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     remote = config.trust_remote_code
+    check_weights(path, config.allow_pickle)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=remote)
+    with plain_tensors_only(path):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=remote,
+                                                     **loading_kwargs(config.allow_pickle))
     return tokenizer, model.to("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -54,7 +54,7 @@ def training_args(config: RunConfig, checkpoint_dir: Path) -> TrainingArguments:
         logging_steps=t.logging_steps,
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # train/checkpoint.py rotates, counting only checkpoints whose manifest verifies
         seed=t.seed,
         data_seed=t.seed,
         activation_checkpointing=t.gradient_checkpointing,

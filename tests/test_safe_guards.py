@@ -1,0 +1,243 @@
+"""Guards on a real (tiny) training run: NaN/Inf steps, out-of-memory back-off, determinism, resume rules."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tunelab.train.run as run_module
+from tunelab.errors import ConfigError, RunAborted, TunelabError
+from tunelab.train.guards import is_out_of_memory, smaller_batch
+from tunelab.train.run import run
+
+
+def with_hook(monkeypatch, install) -> None:
+    """Make run() load the model as usual, then call install(model) to add a fault-injecting hook."""
+    original = run_module.load_model
+
+    def load_model(path, config):
+        tokenizer, model = original(path, config)
+        install(model)
+        return tokenizer, model
+
+    monkeypatch.setattr(run_module, "load_model", load_model)
+
+
+def poison_loss(on_calls: set[int] | None = None):
+    """A forward hook that multiplies the training loss by inf on the given training forwards (1-based), or all."""
+    calls = {"n": 0}
+
+    def hook(module, args, output):
+        if not module.training or output.loss is None:
+            return output
+        calls["n"] += 1
+        if on_calls is None or calls["n"] in on_calls:
+            output.loss = output.loss * math.inf
+        return output
+
+    return lambda model: model.register_forward_hook(hook)
+
+
+def adapter(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path / "adapter_model.safetensors")
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train_loss"] for r in records if "train_loss" in r]
+
+
+def test_a_poisoned_step_is_skipped_leaving_weights_unchanged_and_the_run_goes_on(tiny_config, monkeypatch):
+    with_hook(monkeypatch, poison_loss(on_calls={2}))
+    events = []
+    result = run(tiny_config("train.save_steps=1", "train.save_total_limit=4", "eval.generate=false"), events.append)
+    assert [e["step"] for e in events if e["type"] == "step_skipped"] == [2]
+    assert result.summary["train"]["steps"] == 4
+    one, two, three = (adapter(result.run_dir / "checkpoints" / f"checkpoint-{s}") for s in (1, 2, 3))
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert not all(torch.equal(two[k], three[k]) for k in two)
+    assert all(torch.isfinite(t).all() for t in adapter(result.run_dir / "model").values())
+
+
+def test_nan_for_max_bad_steps_in_a_row_stops_the_run_with_the_step_and_rate(tiny_config, monkeypatch):
+    with_hook(monkeypatch, poison_loss())
+    events = []
+    config = tiny_config("train.save_steps=1", "eval.generate=false", "train.max_bad_steps=3",
+                         "train.learning_rate=0.001", "train.lr_scheduler=constant")
+    with pytest.raises(RunAborted) as err:
+        run(config, events.append)
+    assert str(err.value).startswith("step 3: loss or gradients were NaN/Inf for 3 steps in a row at learning rate 0.001")
+    assert "try a lower train.learning_rate (e.g. 1.0e-04)" in str(err.value)
+    assert [e["step"] for e in events if e["type"] == "step_skipped"] == [1, 2]
+    saved = sorted((config.output_dir / "checkpoints").glob("checkpoint-*"))
+    assert [p.name for p in saved] == ["checkpoint-1", "checkpoint-2"]
+    for path in saved:  # skipped steps change nothing: LoRA's B matrices are still their initial zeros
+        tensors = adapter(path)
+        assert all(torch.isfinite(t).all() for t in tensors.values())
+        assert all((t == 0).all() for name, t in tensors.items() if "lora_B" in name)
+
+
+def fail_batches_over(limit: int, error: type[BaseException], only_once_at_step: int | None = None):
+    """A forward pre-hook that raises an out-of-memory error for training micro-batches over `limit` rows."""
+    seen = {"forwards": 0, "fired": False}
+
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids")
+        if not module.training or ids is None:
+            return None
+        seen["forwards"] += 1
+        if only_once_at_step is not None:
+            if seen["forwards"] == only_once_at_step and not seen["fired"]:
+                seen["fired"] = True
+                raise error("simulated: out of memory")
+            return None
+        if ids.shape[0] > limit:
+            raise error("simulated: out of memory")
+        return None
+
+    return lambda model: model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.fixture
+def direct_half_batch(tiny_config, tmp_path) -> dict[str, torch.Tensor]:
+    config = tiny_config("train.batch_size=2", "train.grad_accum=2", "eval.generate=false",
+                         f"output_dir={tmp_path / 'direct'}")
+    return adapter(run(config).run_dir / "model")
+
+
+def test_oom_on_the_first_step_halves_the_micro_batch_and_completes(tiny_config, monkeypatch, direct_half_batch):
+    with_hook(monkeypatch, fail_batches_over(2, torch.OutOfMemoryError))
+    events = []
+    result = run(tiny_config("train.batch_size=4", "train.grad_accum=1", "eval.generate=false"), events.append)
+    backoffs = [e for e in events if e["type"] == "batch_backoff"]
+    assert [(e["step"], e["batch_size"], e["grad_accum"]) for e in backoffs] == [(1, 2, 2)]
+    assert "same effective batch of 4" in backoffs[0]["message"]
+    assert result.summary["train"]["steps"] == 4
+    # The retry is a fresh, reseeded Trainer: it equals a run configured with batch 2 x 2 from the start.
+    ours = adapter(result.run_dir / "model")
+    assert all(torch.equal(ours[k], direct_half_batch[k]) for k in ours)
+
+
+def test_oom_after_training_began_returns_to_the_last_checkpoint(tiny_config, monkeypatch, tmp_path):
+    reference = run(tiny_config("eval.generate=false", "lora.dropout=0", f"output_dir={tmp_path / 'reference'}"))
+    with_hook(monkeypatch, fail_batches_over(0, torch.OutOfMemoryError, only_once_at_step=3))
+    events = []
+    result = run(tiny_config("eval.generate=false", "train.save_steps=1", "lora.dropout=0"), events.append)
+    backoff = [e for e in events if e["type"] == "batch_backoff"]
+    assert [(e["step"], e["batch_size"], e["grad_accum"]) for e in backoff] == [(3, 2, 2)]
+    assert "retrying from step 2" in backoff[0]["message"]
+    ours, theirs = adapter(result.run_dir / "model"), adapter(reference.run_dir / "model")
+    diff = max((ours[k] - theirs[k]).abs().max().item() for k in ours)
+    print(f"max |weight difference| after an OOM back-off at step 3: {diff:.3g}")
+    assert diff < 1e-6, diff  # steps 3-4 ran as 2 x 2 micro-batches: same examples, other summation order
+
+
+@pytest.mark.parametrize("error,expected", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (MemoryError(), True),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), True),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+    (ValueError("out of memory"), False),
+])
+def test_out_of_memory_is_recognised_on_gpu_and_host(error, expected):
+    assert is_out_of_memory(error) is expected
+
+
+@pytest.mark.parametrize("batch,accum,expected", [(4, 1, (2, 2)), (6, 1, (3, 2)), (8, 3, (4, 6)), (5, 2, (1, 10))])
+def test_smaller_batch_keeps_the_effective_batch(batch, accum, expected):
+    assert smaller_batch(batch, accum, step=1) == expected
+    assert expected[0] * expected[1] == batch * accum
+
+
+def test_oom_at_batch_one_stops_with_advice():
+    with pytest.raises(RunAborted, match="out of memory even with train.batch_size=1; try train.gradient_checkpointing"):
+        smaller_batch(1, 4, step=7)
+
+
+def test_same_config_and_seed_give_the_same_loss_curve_and_weights(tiny_config, tmp_path):
+    runs = [run(tiny_config("eval.generate=false", "train.logging_steps=1", f"output_dir={tmp_path / str(i)}"))
+            for i in range(2)]
+    first, second = (train_losses(r.run_dir) for r in runs)
+    assert len(first) == 4 and first == second
+    a, b = (adapter(r.run_dir / "model") for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_stopped_after_its_final_checkpoint_finishes_without_training_again(tiny_config):
+    config = tiny_config("eval.generate=false", "train.save_steps=2")
+    first = run(config)
+    trained = adapter(first.run_dir / "model")
+    (first.run_dir / "summary.json").unlink()  # died during the final evaluation
+    events = []
+    second = run(config, events.append)
+    assert [e["step"] for e in events if e["type"] == "resumed"] == [4]
+    assert not [e for e in events if e["type"] == "step"]  # Trainer alone would run a fifth step here
+    assert second.summary["train"]["steps"] == 4
+    assert second.summary["train"]["tokens"] == first.summary["train"]["tokens"] > 0
+    assert second.summary["train"]["tokens_per_second"] == 0  # counts only what this process trained
+    again = adapter(second.run_dir / "model")
+    assert all(torch.equal(trained[k], again[k]) for k in trained)
+
+
+def test_resuming_with_other_settings_is_refused(tiny_config):
+    config = tiny_config("eval.generate=false", "train.save_steps=2")
+    run(config)
+    (config.output_dir / "summary.json").unlink()
+    with pytest.raises(ConfigError, match=r"holds an unfinished run with other settings \(train.seed: 42 -> 7\)"):
+        run(tiny_config("eval.generate=false", "train.save_steps=2", "train.seed=7"))
+
+
+def test_a_finished_run_is_not_resumed_or_overwritten(tiny_config):
+    config = tiny_config("eval.generate=false")
+    run(config)
+    with pytest.raises(TunelabError, match="already holds a finished run"):
+        run(config, resume=True)
+
+
+def test_resume_flag_without_output_dir_picks_the_newest_unfinished_run(tiny_config, tmp_path, monkeypatch):
+    from tunelab.train.resume import find_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config("name=exp", "output_dir=null")
+    for stamp, finished in [("20260101-000000", False), ("20260102-000000", False), ("20260103-000000", True)]:
+        folder = tmp_path / "runs" / f"exp-{stamp}"
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text("name: exp\n")
+        if finished:
+            (folder / "summary.json").write_text("{}")
+    assert find_run_dir(config, resume=True) == Path("runs") / "exp-20260102-000000"
+    with pytest.raises(TunelabError, match="no unfinished run named other"):
+        find_run_dir(tiny_config("name=other", "output_dir=null"), resume=True)
+
+
+def test_ctrl_c_during_training_saves_a_checkpoint_and_stops_with_exit_code_130(tiny_config, monkeypatch):
+    import os
+    import signal
+
+    from tunelab.errors import RunInterrupted
+    from tunelab.train.checkpoint import problem
+
+    def install(model):
+        calls = {"n": 0}
+
+        def hook(module, args, output):
+            calls["n"] += module.training
+            if module.training and calls["n"] == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of step 2
+            return output
+
+        model.register_forward_hook(hook)
+
+    with_hook(monkeypatch, install)
+    config = tiny_config("eval.generate=false")  # save_steps=0: the signal alone makes the checkpoint
+    with pytest.raises(RunInterrupted) as err:
+        run(config)
+    assert err.value.exit_code == 130
+    assert str(err.value) == f"SIGINT at step 2: checkpoint saved in {config.output_dir / 'checkpoints' / 'checkpoint-2'}"
+    assert problem(config.output_dir / "checkpoints" / "checkpoint-2") is None
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
