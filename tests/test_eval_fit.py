@@ -87,6 +87,8 @@ def test_rules_on_made_up_curves():
     assert "minimum 1.5000 at step 8" in over["findings"][0]["evidence"]
     steep = [(s, 3.0 * 0.8 ** s) for s in range(1, 9)]
     assert diagnose(Evidence(steep, [(8, 2.0)]))["verdict"] == "underfitting"
+    fitted = [(5, 0.21), (10, 0.04), (15, 0.02), (20, 0.0093), (25, 0.006), (30, 0.0044)]  # the quickstart's curve
+    assert diagnose(Evidence(fitted, [(30, 0.03)]))["verdict"] != "underfitting"
     flat = [(s, 1.0) for s in range(1, 9)]
     good = diagnose(Evidence(flat, [(4, 1.2), (8, 1.19)], {"eval_loss": 2.0}, {"eval_loss": 1.0}, {"eval_loss": 1.2}))
     assert good == {"verdict": "good fit", "findings": [], "suggestions": []}

@@ -102,14 +102,17 @@ def barely_learned(ev: Evidence, min_drop: float = 0.1) -> Finding | None:
                         f"({100 * (after / before - 1):+.1f}%)"}
 
 
-def still_falling(ev: Evidence, drop: float = 0.2) -> Finding | None:
-    """Train loss was still falling steeply over the last quarter of the logged steps."""
+def still_falling(ev: Evidence, drop: float = 0.2, min_fall: float = 0.05) -> Finding | None:
+    """Train loss was still falling steeply over the last quarter of the logged steps.
+
+    The fall must matter in nats too: 0.009 -> 0.004 halves a loss that is already fitted.
+    """
     curve = ev.train_curve
     if len(curve) < 4:
         return None
     mark_step, mark = curve[(3 * len(curve)) // 4 - 1]
     end_step, end = curve[-1]
-    if end > mark * (1 - drop):
+    if end > mark * (1 - drop) or mark - end < min_fall:
         return None
     return {"diagnosis": "underfitting", "step": end_step,
             "evidence": f"train loss was still falling steeply at the end: {mark:.4f} at step {mark_step} "
