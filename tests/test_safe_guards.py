@@ -234,7 +234,7 @@ def test_ctrl_c_during_training_saves_a_checkpoint_and_stops_with_exit_code_130(
         model.register_forward_hook(hook)
 
     with_hook(monkeypatch, install)
-    config = tiny_config("eval.generate=false")  # save_steps=0: the signal alone makes the checkpoint
+    config = tiny_config("eval.generate=false", "train.save_steps=0")  # the signal alone makes the checkpoint
     with pytest.raises(RunInterrupted) as err:
         run(config)
     assert err.value.exit_code == 130

@@ -54,7 +54,7 @@ class TrainConfig(Section):
         "linear", description="Learning-rate schedule after warmup.")
     eval_steps: int = Field(0, ge=0, description="Validate every N steps; 0 means once per epoch.")
     logging_steps: int = Field(5, ge=1, description="Log train loss every N steps.")
-    save_steps: int = Field(0, ge=0, description="Checkpoint every N steps; 0 means only at the end.")
+    save_steps: int = Field(100, ge=0, description="Checkpoint every N steps (0: none; Ctrl-C/SIGTERM still save one).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the best is kept as well).")
     max_bad_steps: int = Field(3, ge=1, description="Steps in a row with a NaN/Inf loss or gradient (each skipped) "
                                                     "before the run stops.")
