@@ -11,6 +11,7 @@ from typing import Any
 
 from tunelab.data.formats import FORMATS, Problem, Row, detect_format, normalize_row, read_rows, validate_row
 from tunelab.errors import DataError
+from tunelab.paths import feed_file
 
 MAX_SHOWN = 5
 DETECT_ROWS = 100
@@ -96,9 +97,7 @@ def fingerprint(path: Path) -> str:
     digest = hashlib.sha256()
     files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
     for file in files:
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        feed_file(digest, file)
     return digest.hexdigest()
 
 

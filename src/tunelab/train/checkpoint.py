@@ -19,7 +19,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tunelab.paths import inside
+from tunelab.paths import feed_file, inside
 from tunelab.train.events import Events
 from tunelab.train.rundir import write_json
 
@@ -48,12 +48,12 @@ def step_of(checkpoint: Path | None) -> int:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    return feed_file(hashlib.sha256(), path).hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-        os.fsync(handle.fileno())  # the bytes hashed are the bytes on disk before the manifest exists
-    return digest.hexdigest()
+        os.fsync(handle.fileno())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -70,6 +70,7 @@ def write_manifest(directory: Path, info: dict[str, Any]) -> None:
         (directory / name).unlink(missing_ok=True)
     files = {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
+        _fsync_file(path)  # the bytes hashed are the bytes on disk before the manifest exists
         files[path.relative_to(directory).as_posix()] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
     for sub in sorted({p.parent for p in directory.rglob("*")} | {directory}):
         _fsync_dir(sub)
