@@ -69,6 +69,37 @@ def date_row(rng: random.Random, years: range) -> dict:
             "completion": f" {year:04d}-{m:02d}-{day:02d}"}
 
 
+PRODUCTS = ["blender", "kettle", "backpack", "desk lamp", "rain jacket", "phone case", "coffee grinder", "headphones",
+            "office chair", "toaster", "yoga mat", "water bottle", "hiking boots", "keyboard", "air fryer", "tent",
+            "electric toothbrush", "sleeping bag", "monitor", "bike helmet", "rice cooker", "wallet", "umbrella",
+            "standing desk", "smartwatch", "frying pan", "suitcase", "space heater", "webcam", "mattress"]
+GOOD = ["works exactly as described", "feels solid and well made", "arrived early and well packed",
+        "is quiet even on the highest setting", "was easy to set up in minutes", "has lasted a year of daily use",
+        "looks even better than the photos", "is worth every penny", "keeps its charge for days",
+        "is comfortable to use for hours", "cleans up in seconds", "does the job without any fuss"]
+BAD = ["stopped working after a week", "feels cheap and flimsy", "arrived scratched and missing parts",
+       "is louder than a vacuum", "took an hour to set up and still wobbles", "fell apart within a month",
+       "looks nothing like the photos", "is a waste of money", "loses its charge overnight",
+       "hurts to use for more than a few minutes", "is a pain to clean", "never did what it promised"]
+SENTIMENT = {
+    "positive": ["The {p} {g}. Would buy again.", "Really happy: the {p} {g}.", "I was not disappointed, the {p} {g}.",
+                 "Five stars. The {p} {g} and {g2}.", "My new {p} {g}; no complaints at all."],
+    "negative": ["The {p} {b}. Returning it.", "Very unhappy: the {p} {b}.", "I would not recommend it, the {p} {b}.",
+                 "One star. The {p} {b} and {b2}.", "My new {p} {b}; not good at all."],
+    "mixed": ["The {p} {g}, but it {b}.", "Mixed feelings: the {p} {g}, though it {b}.",
+              "It {b}, yet the {p} {g}.", "The {p} {g}. On the other hand it {b}.",
+              "Good and bad: the {p} {g} but {b}."],
+}
+
+
+def review_row(rng: random.Random, products: list[str], good: list[str], bad: list[str]) -> dict:
+    label = rng.choice(sorted(SENTIMENT))
+    g, g2 = rng.sample(good, 2)
+    b, b2 = rng.sample(bad, 2)
+    text = rng.choice(SENTIMENT[label]).format(p=rng.choice(products), g=g, g2=g2, b=b, b2=b2)
+    return {"text": text, "label": label}
+
+
 def write(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -95,6 +126,9 @@ def main() -> None:
           unique(lambda: person_row(rng, FIRST[half:], LAST[split_last:], CITIES[split_city:]), 60))
     write(HERE / "dates" / "train.jsonl", unique(lambda: date_row(rng, range(1950, 2010)), 240))
     write(HERE / "dates" / "eval.jsonl", unique(lambda: date_row(rng, range(2010, 2030)), 60))
+    cut, g, b = len(PRODUCTS) * 3 // 4, len(GOOD) * 2 // 3, len(BAD) * 2 // 3
+    write(HERE / "classify" / "train.jsonl", unique(lambda: review_row(rng, PRODUCTS[:cut], GOOD[:g], BAD[:b]), 240))
+    write(HERE / "classify" / "eval.jsonl", unique(lambda: review_row(rng, PRODUCTS[cut:], GOOD[g:], BAD[b:]), 60))
 
 
 if __name__ == "__main__":

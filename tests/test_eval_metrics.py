@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tunelab.errors import ConfigError
-from tunelab.eval.metrics import METRICS, confusion, generation_scores, resolve_metric
+from tunelab.scoring.metrics import METRICS, confusion, generation_scores, resolve_metric
 
 
 def scores(*names, answers, refs):

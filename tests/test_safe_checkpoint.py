@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tunelab.train.checkpoint import MANIFEST, latest_complete, problem, prune, read_manifest, write_manifest
-from tunelab.train.events import Events
+from tunelab.events import Events
 
 
 def fake_checkpoint(root: Path, step: int, eval_loss: float | None = None, seal: bool = True) -> Path:

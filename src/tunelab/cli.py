@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
 
     options = sub.add_parser("options", help="list every config key with its default and meaning")
     options.set_defaults(handler=_cmd_options)
+
+    methods = sub.add_parser("methods", help="list the fine-tuning strategies (method=...)")
+    methods.set_defaults(handler=_cmd_methods)
+    tasks = sub.add_parser("tasks", help="list the training paradigms (task=...)")
+    tasks.set_defaults(handler=_cmd_tasks)
     return parser
 
 
@@ -121,6 +126,34 @@ def _cmd_options(args: argparse.Namespace) -> int:
         print(f"{key:<{width}}  {default:<16}  {help_text}")
     return 0
 
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from tunelab.cli_output import print_table
+    from tunelab.methods import METHODS
+
+    rows = [(m.name, m.trains, "yes" if m.mergeable else "no", "/".join(m.devices), f"{m.default_learning_rate:g}",
+             ", ".join(m.sections) or "-") for m in METHODS.values()]
+    print_table([("method", "trains", "merge", "runs on", "default lr", "settings"), *rows], numbers=False)
+    print()
+    for m in METHODS.values():
+        print(f"{m.name}: {m.description}")
+    print("\nEach method's settings: tunelab options (e.g. lora.r); a section is valid only with its method.")
+    return 0
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from tunelab.cli_output import print_table
+    from tunelab.tasks import TASKS
+
+    rows = [(t.name, " or ".join(t.formats), t.model_kind.replace("_", " "), ", ".join(t.default_metrics),
+             ", ".join([*sorted(t.evidence), *t.baseline_names]) or "-", ", ".join(t.sections) or "-") for t in TASKS.values()]
+    print_table([("task", "rows", "model", "metrics", "evidence and baselines", "settings"), *rows], numbers=False)
+    print()
+    for t in TASKS.values():
+        print(f"{t.name}: {t.description}")
+    print("\nThe evidence every task gets: before/after on held-out rows, the fit diagnosis, and its baselines.")
+    return 0
 
 
 if __name__ == "__main__":

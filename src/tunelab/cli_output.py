@@ -9,7 +9,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tunelab.eval.report import comparison_header, comparison_rows, verdict
-from tunelab.train.events import Event
+from tunelab.events import Event
 
 
 class ConsoleProgress:
@@ -85,10 +85,11 @@ def print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     print(f"run directory: {run_dir}  (report.html, report.md, summary.json, model/)")
 
 
-def print_table(rows: list[tuple[str, ...]]) -> None:
-    """First column left-aligned, the rest right-aligned, a rule under the header."""
+def print_table(rows: list[tuple[str, ...]], numbers: bool = True) -> None:
+    """A rule under the header; the first column left-aligned, the rest right-aligned when they hold numbers."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+        print("  ".join(cell.ljust(w) if i == 0 or not numbers else cell.rjust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))

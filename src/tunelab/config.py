@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from tunelab.errors import ConfigError
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+from tunelab.methods import METHODS
+from tunelab.settings import SECTIONS, Section
+from tunelab.tasks import TASKS
 
 
 class DataConfig(Section):
@@ -70,17 +69,9 @@ class TrainConfig(Section):
     @field_validator("best_metric")
     @classmethod
     def _known_best_metric(cls, value: str) -> str:
-        from tunelab.eval.metrics import check_metric_name
+        from tunelab.scoring.metrics import check_metric_name
 
         return value if value == "eval_loss" else check_metric_name(value)
-
-
-class LoraConfig(Section):
-    r: int = Field(16, ge=1, description="Rank of the LoRA update.")
-    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, or all-linear.")
 
 
 class EvalConfig(Section):
@@ -106,20 +97,19 @@ class EvalConfig(Section):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, value: list[str] | None) -> list[str] | None:
-        from tunelab.eval.metrics import check_metric_name
+        from tunelab.scoring.metrics import check_metric_name
 
         return None if value is None else [check_metric_name(name) for name in value]
 
 
-class RunConfig(Section):
+class _RunConfig(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="Run name, used in output_dir.")
     model: str = Field("smollm2-135m-instruct", description="A bundled alias (tunelab models) or a local HF dir.")
-    task: str = Field("auto", description="Training paradigm: sft (prompt/completion, chat), causal_lm (text), "
-                                         "or auto: chosen from the data's format.")
-    method: str = Field("lora", description="Fine-tuning strategy: lora or full.")
+    task: str = Field("auto", description="Training paradigm (tunelab tasks), or auto: the task that trains on "
+                                         "the data's format.")
+    method: str = Field("lora", description="Fine-tuning strategy (tunelab methods).")
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: Path | None = Field(None, description="Run directory; default runs/<name>-<timestamp>.")
     trust_remote_code: bool = Field(False, description="Allow a local model dir to run its own code.")
@@ -136,30 +126,65 @@ class RunConfig(Section):
     @field_validator("task")
     @classmethod
     def _known_task(cls, value: str) -> str:
-        from tunelab.tasks import TASKS
-
         return _one_of("task", value, ["auto", *sorted(TASKS)])
 
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        from tunelab.methods import METHODS
-
         return _one_of("method", value, sorted(METHODS))
 
     @model_validator(mode="after")
-    def _method_default_rate(self) -> RunConfig:
-        from tunelab.methods import METHODS
-
+    def _method_default_rate(self) -> _RunConfig:
         if self.train.learning_rate is None:
             self.train.learning_rate = METHODS[self.method].default_learning_rate
         return self
 
     @model_validator(mode="after")
-    def _data_fits_task(self) -> RunConfig:
-        if self.task == "causal_lm" and self.data.format not in ("auto", "text"):
-            raise ValueError(f'task "causal_lm" trains on raw text; data.format "{self.data.format}" needs task "sft"')
+    def _data_fits_task(self) -> _RunConfig:
+        task = TASKS.get(self.task)
+        if task is not None and self.data.format != "auto" and self.data.format not in task.formats:
+            raise ValueError(f'task "{self.task}" trains on {" or ".join(task.formats)} rows, not data.format '
+                             f'"{self.data.format}"')
         return self
+
+    @model_validator(mode="after")
+    def _sections_fit_owners(self) -> _RunConfig:
+        check_sections(self)
+        return self
+
+
+def section_owners(key: str) -> list[str]:
+    """Who reads a config section: "method lora", "task classify", ..."""
+    return [f"method {m.name}" for m in METHODS.values() if key in m.sections] + \
+           [f"task {t.name}" for t in TASKS.values() if key in t.sections]
+
+
+def active_sections(config: Any) -> set[str]:
+    task = TASKS.get(config.task)
+    return set(METHODS[config.method].sections) | set(task.sections if task else ())
+
+
+def check_sections(config: Any) -> None:
+    """A section set for a method or task this run does not use is an error naming its owner; the
+    run's own sections get their defaults. With task=auto, task sections wait until the task is chosen."""
+    active = active_sections(config)
+    for key, model in SECTIONS.items():
+        value = getattr(config, key)
+        if key in active:
+            if value is None:
+                object.__setattr__(config, key, model())
+            continue
+        if value is None or (config.task == "auto" and any(key in t.sections for t in TASKS.values())):
+            continue
+        owners = ", ".join(section_owners(key))
+        raise ValueError(f'section "{key}" holds settings of {owners}; this run has method "{config.method}" '
+                         f'and task "{config.task}"')
+
+
+RunConfig = create_model(
+    "RunConfig", __base__=_RunConfig, __doc__="The run config, with every registered method's and task's section.",
+    **{key: (model | None, Field(None, description=f"Settings of {model.__name__}."))
+       for key, model in sorted(SECTIONS.items())})
 
 
 def _one_of(key: str, value: str, allowed: list[str]) -> str:
@@ -188,7 +213,7 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_explain(err, raw)) from None
+        raise ConfigError(explain(err, raw)) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -236,7 +261,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def _explain(err: ValidationError, raw: dict[str, Any]) -> str:
+def explain(err: ValidationError, raw: dict[str, Any]) -> str:
     """Turn pydantic's report into lines that name the key, the value given and what is allowed."""
     lines = []
     for problem in err.errors():
@@ -251,7 +276,7 @@ def _explain(err: ValidationError, raw: dict[str, Any]) -> str:
         given = _lookup(raw, loc)
         msg = problem["msg"].removeprefix("Value error, ")
         shown = f', got "{given}"' if given is not _MISSING and "got" not in msg else ""
-        lines.append(f"config: {key}: {msg}{shown}")
+        lines.append(f"config: {key}: {msg}{shown}" if key else f"config: {msg}")
     return "\n".join(lines)
 
 
@@ -266,12 +291,20 @@ def _lookup(raw: Any, loc: list[str]) -> Any:
     return raw
 
 
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The section model of a field annotated `Section` or `Section | None`."""
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def _section_model(loc: list[str]) -> type[BaseModel] | None:
     model: type[BaseModel] = RunConfig
     for part in loc:
         field = model.model_fields.get(part)
-        sub = getattr(field, "annotation", None) if field else None
-        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+        sub = _section_type(field.annotation) if field else None
+        if sub is None:
             return None
         model = sub
     return model
@@ -292,18 +325,22 @@ def describe_options() -> list[tuple[str, str, str]]:
     """Every option as (key, default, help), for `tunelab run --help-config` and the docs."""
     rows: list[tuple[str, str, str]] = []
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
+    def walk(model: type[BaseModel], prefix: str, owner: str = "") -> None:
         for name, field in model.model_fields.items():
-            ann = field.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, f"{prefix}{name}.")
+            section = _section_type(field.annotation)
+            if section is not None:
+                owners = section_owners(name) if name in SECTIONS else []
+                walk(section, f"{prefix}{name}.", f"[{', '.join(owners)}] " if owners else owner)
                 continue
             default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
-            rows.append((prefix + name, default, field.description or ""))
+            rows.append((prefix + name, default, owner + (field.description or "")))
 
     walk(RunConfig, "")
     return rows
 
 
 def dump_config(config: RunConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """YAML of every setting; sections of methods and tasks this run does not use are left out."""
+    raw = config.model_dump(mode="json")
+    unused = [key for key in SECTIONS if raw.get(key) is None]
+    return yaml.safe_dump({k: v for k, v in raw.items() if k not in unused}, sort_keys=False)

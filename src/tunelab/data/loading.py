@@ -27,6 +27,11 @@ class Dataset:
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path), "format": self.format, "rows": len(self.rows), "sha256": fingerprint(self.path)}
 
+    def sample(self, n: int, seed: int) -> Dataset:
+        """A seeded sample of n rows (all when n >= len), kept in file order with their lines."""
+        picked = sorted(random.Random(seed).sample(range(len(self.rows)), min(n, len(self.rows))))
+        return Dataset(self.path, self.format, [self.rows[i] for i in picked], [self.lines[i] for i in picked])
+
 
 @dataclass
 class Validated:

@@ -43,7 +43,7 @@ class LocalTeacher:
              seed: int) -> list[str]:
         import torch
 
-        from tunelab.eval.generate import generate
+        from tunelab.scoring.generate import generate
 
         prompts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
                    for c in conversations]

@@ -40,38 +40,30 @@ def eval_config(target: str, overrides: list[str]) -> tuple[Any, Path | None]:
     return validate_config(raw), run_dir
 
 
-def load_for_eval(config: Any, run_dir: Path | None) -> tuple[Any, Any]:
-    """Tokenizer and model: the base, with the run's trained weights when a run directory was given."""
-    from tunelab.methods import get_method
-    from tunelab.models import resolve_model
-    from tunelab.train.run import load_model
-
-    tokenizer, model = load_model(resolve_model(config.model), config)
-    if run_dir is not None:
-        model = get_method(config.method).load(model, run_dir / "model")
-    return tokenizer, model
-
-
 def evaluate_file(target: str, data: Path, overrides: list[str] = ()) -> dict[str, Any]:
     """Scores of the target on the data file, as the run would have scored its held-out set."""
     from tunelab.data import load_dataset
-    from tunelab.eval.evaluate import score
-    from tunelab.train.events import Events
-    from tunelab.train.run import choose_task, held_out_set
+    from tunelab.methods import get_method
+    from tunelab.models import resolve_model
+    from tunelab.models.loading import LoadRules, load_pair
+    from tunelab.train.run import choose_task
 
     config, run_dir = eval_config(target, list(overrides))
     dataset = load_dataset(data, config.data.format, config.data.columns)
-    task = choose_task(config, dataset)
-    tokenizer, model = load_for_eval(config, run_dir)
-    held_out = held_out_set(task, dataset, tokenizer, config, Events(None))
-    scores = score(model, tokenizer, held_out, config.eval)
+    task, method = choose_task(config, dataset), get_method(config.method)
+    spec, rules = task.model_spec(config, dataset), LoadRules.of(config)
+    tokenizer, model = load_pair(resolve_model(config.model), spec, rules, **method.load_options(config, spec))
+    if run_dir is not None:
+        model = method.load(model, run_dir / "model", spec, rules)
+    held_out = task.held_out(config, tokenizer, dataset, None)
+    scores = task.evaluate(model, tokenizer, held_out, config)
     return {"target": str(target), "data": str(data), "rows": len(dataset.rows), "metrics": scores.metrics}
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from tunelab.cli_output import print_table
     from tunelab.eval.report import fmt
-    from tunelab.eval.metrics import describe
+    from tunelab.scoring.metrics import describe
 
     result = evaluate_file(args.target, Path(args.data), args.overrides)
     print_table([("metric", "value"), *((describe(k).label, fmt(k, v)) for k, v in result["metrics"].items())])

@@ -6,34 +6,24 @@ and leaves the checkpoint files alone; `restore` puts them back for the final nu
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from tunelab.eval.metrics import describe
-
-Measure = Callable[[torch.nn.Module], dict[str, float]]
+from tunelab.scoring.metrics import describe
 
 
 class BestWeights:
     """Watches validations; says stop after `patience` ones without improvement (0: never stops)."""
 
-    def __init__(self, metric: str, patience: int, measure: Measure | None = None, min_delta: float = 0.0):
+    def __init__(self, metric: str, patience: int, min_delta: float = 0.0):
         self.metric, self.patience, self.min_delta = metric, patience, min_delta
-        self.measure = measure  # adds generation metrics to a validation when the metric needs them
         self.higher = describe(metric).higher_is_better
         self.best_value: float | None = None
         self.best_step: int | None = None
         self.bad_rounds = 0
         self.stopped_at: int | None = None
         self.weights: dict[str, torch.Tensor] = {}
-
-    def extra(self, model: torch.nn.Module, record: dict[str, float]) -> dict[str, float]:
-        """Metrics the validation record lacks but this tracker watches."""
-        if self.metric in record or self.measure is None:
-            return {}
-        return self.measure(model)
 
     def improved(self, value: float) -> bool:
         if self.best_value is None:

@@ -1,4 +1,4 @@
-"""The catastrophic-forgetting probe, and replay as its remedy.
+"""The catastrophic-forgetting probe (replay, its remedy, is `data.replay_fraction` in the LM tasks).
 
 General ability is measured before and after a run on shipped data that is not the user's domain:
 perplexity on general English text, and accuracy on general questions the bundled base model
@@ -8,49 +8,18 @@ which would hide the loss it measures).
 
 from __future__ import annotations
 
-import json
-import random
 import re
-from functools import lru_cache
-from importlib import resources
 from typing import Any
 
 import torch
 
-from tunelab.eval.generate import generate
-from tunelab.eval.loss import heldout_loss
-from tunelab.eval.metrics import normalize
-from tunelab.tasks.base import Encoded
+from tunelab.data.general import probe_questions, probe_texts
+from tunelab.scoring.generate import generate
+from tunelab.scoring.metrics import normalize
+from tunelab.tasks.lm import heldout_loss, text_windows
 
 WINDOW = 256  # tokens per perplexity window: short enough for any model's context
 INSTRUCTION = "Answer in a few words."
-
-
-@lru_cache(maxsize=None)
-def _shipped(name: str) -> tuple[dict[str, Any], ...]:
-    text = resources.files("tunelab.eval.probes").joinpath(name).read_text(encoding="utf-8")
-    return tuple(json.loads(line) for line in text.splitlines() if line.strip())
-
-
-def probe_texts() -> list[str]:
-    return [r["text"] for r in _shipped("general_text.jsonl")]
-
-
-def replay_texts() -> list[str]:
-    return [r["text"] for r in _shipped("replay_text.jsonl")]
-
-
-def probe_questions() -> list[dict[str, Any]]:
-    return list(_shipped("general_questions.jsonl"))
-
-
-def text_windows(texts: list[str], tokenizer: Any, window: int = WINDOW) -> list[Encoded]:
-    """Each passage (with EOS) cut into windows of at most `window` tokens, every token supervised."""
-    out = []
-    for text in texts:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
-        out += [Encoded(ids[i:i + window], ids[i:i + window]) for i in range(0, len(ids), window)]
-    return out
 
 
 def question_prompt(tokenizer: Any, question: str) -> list[int]:
@@ -71,7 +40,7 @@ def answered(output: str, answers: list[str]) -> bool:
 
 def measure(model: torch.nn.Module, tokenizer: Any, batch_size: int = 8, questions: bool = True) -> dict[str, Any]:
     """General-text perplexity and (when asked) general-question accuracy of a model, with its answers."""
-    loss = heldout_loss(model, text_windows(probe_texts(), tokenizer), tokenizer.pad_token_id, batch_size)
+    loss = heldout_loss(model, text_windows(probe_texts(), tokenizer, WINDOW), tokenizer.pad_token_id, batch_size)
     if not questions:
         return {"perplexity": loss["perplexity"], "accuracy": None, "questions": 0, "answers": []}
     questions = probe_questions()
@@ -93,16 +62,3 @@ def compare(before: dict[str, Any], after: dict[str, Any], threshold: float) -> 
             "perplexity_change": ppl_change, "accuracy_before": before["accuracy"],
             "accuracy_after": after["accuracy"], "accuracy_change": acc_change, "questions": after["questions"],
             "threshold": threshold, "flagged": flagged, "remedies": remedies if flagged else []}
-
-
-def replay_examples(fraction: float, n_train: int, tokenizer: Any, max_length: int, seed: int) -> list[Encoded]:
-    """General-text windows making up `fraction` of the training mix (cycled when the shipped text runs out)."""
-    if fraction <= 0:
-        return []
-    pool = text_windows(replay_texts(), tokenizer, window=max_length)
-    want = round(fraction * n_train / (1 - fraction))
-    rng = random.Random(seed)
-    picked: list[Encoded] = []
-    while len(picked) < want:
-        picked += rng.sample(pool, min(len(pool), want - len(picked)))
-    return picked

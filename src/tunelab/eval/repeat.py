@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from tunelab.train.rundir import choose_run_dir, write_atomic, write_json
+from tunelab.rundir import choose_run_dir, write_atomic, write_json
 
 # Two-sided 95% Student t critical values by degrees of freedom (n - 1); a normal 1.96 beyond the table.
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,

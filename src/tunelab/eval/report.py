@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunelab.eval.metrics import confusion, describe
-from tunelab.train.rundir import write_atomic
+from tunelab.scoring.metrics import confusion, describe
+from tunelab.rundir import write_atomic
 
 Row = tuple[str, ...]
 

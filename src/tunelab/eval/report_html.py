@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.eval.diagnosis import read_curves
-from tunelab.eval.metrics import METRICS, describe
+from tunelab.scoring.metrics import METRICS, describe
 from tunelab.eval.report import (Row, comparison_header, comparison_rows, confusion_rows, escape, forgetting_rows,
                                  leakage, png_base64, training_line, verdict)
 

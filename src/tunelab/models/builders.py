@@ -42,3 +42,15 @@ def build_tiny_llama(tokenizer_dir: Path, target: Path, seed: int = 0) -> None:
     model = LlamaForCausalLM(config)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
+
+
+def build_tiny_bert(tokenizer_dir: Path, target: Path, seed: int = 0) -> None:
+    """A 2-layer BERT with random weights and MiniLM's tokenizer: the encoder counterpart of tiny-random-llama."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=2, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)

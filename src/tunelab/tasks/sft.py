@@ -9,14 +9,24 @@ from __future__ import annotations
 from typing import Any
 
 from tunelab.errors import DataError
-from tunelab.tasks.base import IGNORE, Encoded, GenerationCase, register_task, truncate
+from tunelab.tasks.base import FORGETTING, GENERATION, Baseline, Prepared, register_task
+from tunelab.tasks.lm import IGNORE, Encoded, GenerationCase, LmTask, truncate
 
 
-class Sft:
+class Sft(LmTask):
     name = "sft"
+    description = "Supervised fine-tuning on prompt/completion rows or chat messages (loss on answers only)."
     formats = ("prompt_completion", "messages")
-    generative = True
+    evidence = frozenset({GENERATION, FORGETTING})
+    baseline_names = ("few_shot",)
     default_metrics = ("exact_match", "token_f1")
+
+    def baselines(self, model: Any, tokenizer: Any, train: Any, held: Any, prepared: Prepared, config: Any,
+                  events: Any) -> dict[str, Baseline]:
+        from tunelab.tasks.few_shot import few_shot_baseline
+
+        found = few_shot_baseline(self, model, tokenizer, train, held, prepared.held_out, config, events)
+        return {"few_shot": found} if found is not None else {}
 
     def encode(self, row: dict[str, Any], fmt: str, tokenizer: Any, max_length: int) -> Encoded:
         if fmt == "prompt_completion":

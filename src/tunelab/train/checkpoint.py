@@ -20,8 +20,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tunelab.paths import feed_file, inside
-from tunelab.train.events import Events
-from tunelab.train.rundir import write_json
+from tunelab.events import Events
+from tunelab.rundir import write_json
 
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -116,11 +116,12 @@ def latest_complete(root: Path, events: Events | None = None) -> Path | None:
 
 
 def prune(root: Path, keep_last: int) -> list[Path]:
-    """Delete all but the last `keep_last` sealed checkpoints and the best one (lowest eval_loss)."""
+    """Delete all but the last `keep_last` sealed checkpoints and the best one (by the run's best_metric)."""
     sealed = [(step, path, read_manifest(path)) for step, path in checkpoint_dirs(root)]
     sealed = [(step, path, m) for step, path, m in sealed if m is not None]
     keep = {path for _, path, _ in sealed[-keep_last:]}
-    scored = [(m["eval_loss"], step, path) for step, path, m in sealed if m.get("eval_loss") is not None]
+    scored = [((-1 if m.get("higher_is_better") else 1) * m["value"], step, path)
+              for step, path, m in sealed if m.get("value") is not None]
     if scored:
         keep.add(min(scored)[2])
     removed = [path for _, path, _ in sealed if path not in keep]
@@ -129,8 +130,8 @@ def prune(root: Path, keep_last: int) -> list[Path]:
     return removed
 
 
-def eval_loss_at(metrics_path: Path, step: int) -> float | None:
-    """The held-out loss recorded in metrics.jsonl at exactly this step, if validation ran there."""
+def metric_at(metrics_path: Path, step: int, metric: str) -> float | None:
+    """The validation metric recorded in metrics.jsonl at exactly this step, if validation ran there."""
     if not metrics_path.is_file():
         return None
     found = None
@@ -139,21 +140,24 @@ def eval_loss_at(metrics_path: Path, step: int) -> float | None:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and record.get("step") == step and "eval_loss" in record:
-            found = float(record["eval_loss"])
+        if isinstance(record, dict) and record.get("step") == step and metric in record:
+            found = float(record[metric])
     return found
 
 
 class CheckpointKeeper(TrainerCallback):
     """Seals each checkpoint Trainer writes with a manifest, then rotates (Trainer's own rotation is off)."""
 
-    def __init__(self, root: Path, keep_last: int, metrics_path: Path, events: Events):
+    def __init__(self, root: Path, keep_last: int, metrics_path: Path, events: Events,
+                 best: tuple[str, bool] = ("eval_loss", False)):
         self.root, self.keep_last = root, keep_last
         self.metrics_path, self.events = metrics_path, events
+        self.metric, self.higher_is_better = best
 
     def on_save(self, args, state, control, **kwargs):
         directory = self.root / f"checkpoint-{state.global_step}"
-        eval_loss = eval_loss_at(self.metrics_path, state.global_step)
-        write_manifest(directory, {"step": state.global_step, "eval_loss": eval_loss})
+        value = metric_at(self.metrics_path, state.global_step, self.metric)
+        write_manifest(directory, {"step": state.global_step, "best_metric": self.metric, "value": value,
+                                   "higher_is_better": self.higher_is_better})
         prune(self.root, self.keep_last)
         self.events.emit("checkpoint_saved", step=state.global_step, path=str(directory))

@@ -21,7 +21,7 @@ from tunelab.config import RunConfig
 from tunelab.errors import RunAborted, RunInterrupted
 from tunelab.models.safety import plain_tensors_only
 from tunelab.train.checkpoint import CheckpointKeeper, latest_complete, step_of
-from tunelab.train.events import Events
+from tunelab.events import Events
 from tunelab.train.resume import trim_metrics
 
 
@@ -38,31 +38,29 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
 class NanGuard(TrainerCallback):
     """Skips an optimizer step whose loss or gradients are NaN/Inf; stops after `max_bad` in a row.
 
-    A skipped step sets every gradient to None, so AdamW leaves weights and moments untouched (the
-    schedule still advances). Before any checkpoint is written the trainable weights are checked, so
-    no checkpoint ever holds non-finite weights.
+    The loss is the one the trainer's `training_step` returns, whatever computed it (a model's forward,
+    a TRL or sentence-transformers loss), so the guard works for every trainer. A skipped step sets
+    every gradient to None, so AdamW leaves weights and moments untouched (the schedule still
+    advances). Before any checkpoint is written the trainable weights are checked, so no checkpoint
+    ever holds non-finite weights.
     """
 
     def __init__(self, events: Events, max_bad: int):
         self.events, self.max_bad = events, max_bad
         self.bad_in_row = 0
         self.loss_bad = False
-        self.hook = None
 
-    def _watch_loss(self, module, args, output) -> None:
-        loss = getattr(output, "loss", None)
-        if module.training and isinstance(loss, torch.Tensor) and not bool(loss.detach().isfinite().all()):
-            self.loss_bad = True
+    def watch(self, trainer: Trainer) -> None:
+        """Check each micro-batch's loss as this trainer's training_step returns it (this instance only)."""
+        step = trainer.training_step
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if self.hook is not None:
-            self.hook.remove()
-        self.hook = model.register_forward_hook(self._watch_loss)
+        def checked(*args: Any, **kwargs: Any) -> torch.Tensor:
+            loss = step(*args, **kwargs)
+            if isinstance(loss, torch.Tensor) and not bool(loss.detach().isfinite().all()):
+                self.loss_bad = True
+            return loss
 
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.hook is not None:
-            self.hook.remove()
-            self.hook = None
+        trainer.training_step = checked
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         params = trainable(model)
@@ -165,30 +163,35 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def smaller_batch(batch_size: int, grad_accum: int, step: int) -> tuple[int, int]:
-    """After an OOM: the largest micro-batch that divides the current one (half, when it is even), with
-    accumulation raised to keep the effective batch exactly the same."""
+def smaller_batch(batch_size: int, grad_accum: int, step: int, multiple: int = 1) -> tuple[int, int]:
+    """After an OOM: the largest micro-batch that divides the current one (half, when it is even) and is a
+    multiple of what the task requires, with accumulation raised to keep the effective batch the same."""
     for micro in range(batch_size // 2, 0, -1):
-        if batch_size % micro == 0:
+        if batch_size % micro == 0 and micro % multiple == 0:
             return micro, grad_accum * (batch_size // micro)
-    raise RunAborted(f"step {step}: out of memory even with train.batch_size=1; try "
+    smallest = "train.batch_size=1" if multiple == 1 else f"train.batch_size={batch_size} (the task needs " \
+                                                            f"a multiple of {multiple})"
+    raise RunAborted(f"step {step}: out of memory even with {smallest}; try "
                      "train.gradient_checkpointing=true, a smaller train.max_length, or method=lora")
 
 
 def train_guarded(build: Callable[[RunConfig], Trainer], config: RunConfig, run_dir: Path,
-                  resume_from: Path | None, events: Events) -> tuple[Trainer, Any]:
+                  resume_from: Path | None, events: Events, batch_multiple: int = 1,
+                  best: tuple[str, bool] = ("eval_loss", False)) -> tuple[Trainer, Any]:
     """`trainer.train` under every guard; an OOM rebuilds the trainer with a smaller micro-batch and retries."""
     checkpoints = run_dir / "checkpoints"
     stop = SignalStop(run_dir)
     # Order matters in on_step_end: a signal asks for a save first, then NanGuard vets the weights to be saved.
-    guards = [stop, NanGuard(events, config.train.max_bad_steps),
-              CheckpointKeeper(checkpoints, config.train.save_total_limit, run_dir / "metrics.jsonl", events),
+    nan_guard = NanGuard(events, config.train.max_bad_steps)
+    guards = [stop, nan_guard,
+              CheckpointKeeper(checkpoints, config.train.save_total_limit, run_dir / "metrics.jsonl", events, best),
               StopWhenDone()]
     with stop.installed():
         while True:
             trainer = build(config)
             for guard in guards:
                 trainer.add_callback(guard)
+            nan_guard.watch(trainer)
             start = step_of(resume_from)
             try:
                 with plain_tensors_only(resume_from or checkpoints):
@@ -203,16 +206,16 @@ def train_guarded(build: Callable[[RunConfig], Trainer], config: RunConfig, run_
                 step = trainer.state.global_step
             del trainer
             release_memory()
-            config, resume_from = _back_off(config, run_dir, step, start, resume_from, events)
+            config, resume_from = _back_off(config, run_dir, step, start, resume_from, events, batch_multiple)
     stop.raise_if_stopped(trainer.state.global_step, latest_complete(checkpoints))
     return trainer, output
 
 
 def _back_off(config: RunConfig, run_dir: Path, step: int, start: int, resume_from: Path | None,
-              events: Events) -> tuple[RunConfig, Path | None]:
+              events: Events, multiple: int) -> tuple[RunConfig, Path | None]:
     """Halve the micro-batch; continue from where the weights are known: unchanged, or the last checkpoint."""
     t = config.train
-    batch, accum = smaller_batch(t.batch_size, t.grad_accum, step + 1)
+    batch, accum = smaller_batch(t.batch_size, t.grad_accum, step + 1, multiple)
     if step > start:  # weights moved since the last known state: go back to the newest complete checkpoint
         resume_from = latest_complete(run_dir / "checkpoints", events)
         if resume_from is None:

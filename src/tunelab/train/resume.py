@@ -16,8 +16,8 @@ import yaml
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.train.checkpoint import latest_complete, step_of
-from tunelab.train.events import Events
-from tunelab.train.rundir import choose_run_dir, write_atomic
+from tunelab.events import Events
+from tunelab.rundir import choose_run_dir, write_atomic
 
 RUN_MARKER = "config.yaml"
 

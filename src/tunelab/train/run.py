@@ -1,11 +1,12 @@
-"""One run, top to bottom: config -> data -> model + method -> task trainer -> eval -> run directory.
+"""One run, top to bottom: config -> data -> model (the task's kind, the method's load needs) -> method ->
+the task's trainer -> evaluation -> run directory.
 
 `run(config)` is the single function a CLI, a job worker or a test calls; progress goes out as events.
+It names no task and no method: it asks the registries and calls their contracts in order.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,23 +14,23 @@ from typing import Any
 
 import torch
 
-from tunelab.config import RunConfig
+from pydantic import ValidationError
+
+from tunelab.config import RunConfig, dump_config, explain
 from tunelab.data import Dataset, load_dataset, split_rows
 from tunelab.errors import DataError
 from tunelab.eval import evidence
-from tunelab.eval.evaluate import HeldOut, Scores, metric_names, score
-from tunelab.eval.forgetting import replay_examples
+from tunelab.eval.report import write_report
+from tunelab.events import Events, Listener
 from tunelab.methods import count_params, get_method
 from tunelab.models import resolve_model
-from tunelab.models.safety import check_weights, loading_kwargs, plain_tensors_only
+from tunelab.models.loading import LoadRules, load_pair
+from tunelab.rundir import MetricsLog, write_json, write_run_header, write_samples
+from tunelab.scoring.metrics import describe
 from tunelab.tasks import TASKS, Task, get_task, task_for_format
-from tunelab.tasks.base import Encoded
-from tunelab.train.events import Events, Listener
-from tunelab.eval.report import write_report
 from tunelab.train.guards import train_guarded
 from tunelab.train.resume import find_run_dir, prepare_resume
-from tunelab.train.rundir import MetricsLog, write_json, write_run_header
-from tunelab.train.trainer import Progress, build_trainer
+from tunelab.train.trainer import Progress, common_args, quiet
 
 
 @dataclass
@@ -40,71 +41,79 @@ class RunResult:
 
 def run(config: RunConfig, on_event: Listener | None = None, resume: bool = False) -> RunResult:
     """resume=True (`--resume`) requires an unfinished run to continue; an unfinished output_dir always resumes."""
-    if config.train.seeds:
-        from tunelab.eval.repeat import run_repeated
-
-        return run_repeated(config, on_event)
     events = Events(on_event)
-    train_data, eval_data = load_data(config)
-    task = get_task(config.task)
-    model_path = resolve_model(config.model)
-    run_dir = find_run_dir(config, resume)
-    data_info = {"train": train_data.describe(), "eval": eval_data.describe(),
-                 "eval_is_split_of_train": config.data.eval is None}
-    resume_from = prepare_resume(run_dir, config, data_info, resume, events)
-    write_run_header(run_dir, config, data_info)
-    events.emit("run_started", run_dir=str(run_dir), model=str(model_path), train_rows=len(train_data.rows),
-                eval_rows=len(eval_data.rows))
+    train_data, held_data = load_data(config)
+    task, method = get_task(config.task), get_method(config.method)
+    spec = task.model_spec(config, train_data)
+    run_dir, resume_from = open_run_dir(config, train_data, held_data, resume, events)
 
     torch.manual_seed(config.train.seed)
-    tokenizer, model = load_model(model_path, config)
-    train = encode(task, train_data, tokenizer, config.train.max_length, events)
-    train += replay_examples(config.data.replay_fraction, len(train), tokenizer, config.train.max_length,
-                             config.train.seed)
-    held_out = held_out_set(task, eval_data, tokenizer, config, events)
+    tokenizer, model = load_pair(resolve_model(config.model), spec, LoadRules.of(config),
+                                 **method.load_options(config, spec))
+    prepared = task.prepare(config, tokenizer, train_data, held_data, events)
+    best = evidence.early_stopping(config, task)
 
     events.emit("evaluating", which="before")
-    before = score(model, tokenizer, held_out, config.eval)
-    baselines = evidence.before_training(model, tokenizer, task, train_data.rows, eval_data.rows, eval_data.format,
-                                         held_out, train_sample(task, train_data, tokenizer, config), config, events)
-    model = get_method(config.method).apply(model, config)
+    zero_shot = task.evaluate(model, tokenizer, prepared.held_out, config)
+    before = evidence.before_training(model, tokenizer, task, train_data, held_data, prepared, config, events)
+    model = method.apply(model, config, spec)
     trainable, total = count_params(model)
     events.emit("model_ready", trainable_params=trainable, total_params=total)
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl")
-    best = evidence.early_stopping(config, tokenizer, held_out)
-    progress = Progress(events, metrics, held_out.encoded, held_out.pad_id, config.train.eval_steps,
-                        config.eval.batch_size, best=best)
-    started = time.monotonic()
-    trainer, output = train_guarded(
-        lambda cfg: build_trainer(model, cfg, train, held_out.pad_id, run_dir / "checkpoints", progress),
-        config, run_dir, resume_from, events)
-    seconds = time.monotonic() - started
-    tokens = int(trainer.state.num_input_tokens_seen)
+    trained = train(model, tokenizer, task, prepared, config, run_dir, resume_from, best, events)
     if best is not None:
         best.restore(model)
 
     events.emit("evaluating", which="after")
-    after = score(model, tokenizer, held_out, config.eval)
-    found = evidence.after_training(model, tokenizer, baselines, before, after, config, run_dir, best,
-                                    trainer.state.global_step, events)
-    get_method(config.method).save(model, run_dir / "model")
+    after = task.evaluate(model, tokenizer, prepared.held_out, config)
+    found = evidence.after_training(model, tokenizer, task, prepared, before, zero_shot, after, config, run_dir, best,
+                                    trained["steps"], events)
+    method.save(model, run_dir / "model")
     tokenizer.save_pretrained(run_dir / "model")
 
-    summary = {
-        "before": before.metrics, "after": after.metrics,
-        "train": {"seconds": round(seconds, 2), "tokens": tokens,
-                  "tokens_per_second": round((tokens - progress.tokens_at_start) / seconds, 2),  # this process's
-                  "steps": trainer.state.global_step, "final_train_loss": output.training_loss},
-        "trainable_params": trainable, "total_params": total,
-        "model": config.model, "method": config.method, "task": config.task,
-        "metrics": metric_names(config, task), **found,
-    }
+    summary = {"before": zero_shot.metrics, "after": after.metrics, "train": trained,
+               "trainable_params": trainable, "total_params": total,
+               "model": config.model, "method": config.method, "task": config.task,
+               "metrics": task.metric_names(config), **prepared.info, **found}
     write_json(run_dir / "summary.json", summary)
-    write_samples(run_dir, before, after, baselines.few_shot)
+    write_samples(run_dir, zero_shot.samples, after.samples, {k: b.scores.samples for k, b in before.baselines.items()})
     write_report(run_dir, summary, config.eval.report_examples)
     events.emit("run_finished", run_dir=str(run_dir), summary=summary)
     return RunResult(run_dir, summary)
+
+
+def train(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Any, config: RunConfig, run_dir: Path,
+          resume_from: Path | None, best: Any, events: Events) -> dict[str, Any]:
+    """The task's trainer under every guard; returns the summary's `train` entry."""
+    progress = Progress(events, MetricsLog(run_dir / "metrics.jsonl"),
+                        evidence.validation(task, tokenizer, prepared.held_out, config, best),
+                        config.train.eval_steps, best=best)
+    watched = config.train.best_metric if best is not None else "eval_loss"
+
+    def build(cfg: RunConfig) -> Any:
+        return quiet(task.trainer(model, tokenizer, prepared, common_args(cfg, run_dir / "checkpoints"), [progress]))
+
+    started = time.monotonic()
+    trainer, output = train_guarded(build, config, run_dir, resume_from, events, task.batch_multiple(config),
+                                    (watched, describe(watched).higher_is_better))
+    seconds = time.monotonic() - started
+    tokens = int(trainer.state.num_input_tokens_seen)
+    return {"seconds": round(seconds, 2), "tokens": tokens,
+            "tokens_per_second": round((tokens - progress.tokens_at_start) / seconds, 2),  # this process's
+            "steps": trainer.state.global_step, "final_train_loss": output.training_loss}
+
+
+def open_run_dir(config: RunConfig, train_data: Dataset, held_data: Dataset, resume: bool,
+                 events: Events) -> tuple[Path, Path | None]:
+    """The run directory with its header written, and the checkpoint to resume from (if any)."""
+    run_dir = find_run_dir(config, resume)
+    data_info = {"train": train_data.describe(), "eval": held_data.describe(),
+                 "eval_is_split_of_train": config.data.eval is None}
+    resume_from = prepare_resume(run_dir, config, data_info, resume, events)
+    write_run_header(run_dir, dump_config(config), data_info)
+    events.emit("run_started", run_dir=str(run_dir), model=config.model, train_rows=len(train_data.rows),
+                eval_rows=len(held_data.rows))
+    return run_dir, resume_from
 
 
 def load_data(config: RunConfig) -> tuple[Dataset, Dataset]:
@@ -129,75 +138,12 @@ def choose_task(config: RunConfig, dataset: Dataset) -> Task:
         if name is None:
             raise DataError(f'{dataset.path}: no task trains on "{dataset.format}" rows yet; '
                             f'tasks: {", ".join(sorted(TASKS))}')
-        config.task = name
+        try:
+            config.task = name  # re-validates: sections set for another task are refused here
+        except ValidationError as err:
+            raise DataError(f'{dataset.path}: task=auto chose "{name}" for these rows, but\n{explain(err, {})}') from None
     task = get_task(config.task)
     if dataset.format not in task.formats:
         raise DataError(f'{dataset.path}: rows are "{dataset.format}" but task "{task.name}" expects '
                         f'{" or ".join(task.formats)}; set task= to match the data')
     return task
-
-
-def load_model(path: Path, config: RunConfig) -> tuple[Any, torch.nn.Module]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    remote = config.trust_remote_code
-    check_weights(path, config.allow_pickle)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    with plain_tensors_only(path):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=remote,
-                                                     **loading_kwargs(config.allow_pickle))
-    return tokenizer, model.to("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def encode(task: Task, dataset: Dataset, tokenizer: Any, max_length: int, events: Events) -> list[Encoded]:
-    """Encode every row; rows left with nothing to learn after truncation are reported, then skipped."""
-    encoded, empty, cut = [], [], 0
-    for row, line in zip(dataset.rows, dataset.lines):
-        example = task.encode(row, dataset.format, tokenizer, max_length)
-        cut += example.truncated
-        if example.supervised == 0:
-            empty.append(line)
-            continue
-        encoded.append(example)
-    if cut:
-        events.emit("warning", message=f"{dataset.path}: {cut} row(s) longer than train.max_length={max_length} "
-                                       "tokens were cut from the end")
-    if empty:
-        events.emit("warning", message=f"{dataset.path}: skipped {len(empty)} row(s) with no supervised token "
-                                       f"within train.max_length={max_length} (lines {_lines(empty)})")
-    if not encoded:
-        raise DataError(f"{dataset.path}: no row has a supervised token within train.max_length={max_length}")
-    return encoded
-
-
-def _lines(lines: list[int]) -> str:
-    return ", ".join(map(str, lines[:10])) + (", ..." if len(lines) > 10 else "")
-
-
-def held_out_set(task: Task, dataset: Dataset, tokenizer: Any, config: RunConfig, events: Events) -> HeldOut:
-    encoded = encode(task, dataset, tokenizer, config.train.max_length, events)
-    rows = dataset.rows[: config.eval.max_examples or None]
-    cases = [task.generation_case(row, dataset.format, tokenizer) for row in rows] if task.generative else []
-    return HeldOut(encoded, [c for c in cases if c is not None], tokenizer.pad_token_id, metric_names(config, task))
-
-
-def train_sample(task: Task, dataset: Dataset, tokenizer: Any, config: RunConfig) -> HeldOut | None:
-    """A seeded sample of training rows, scored like held-out ones to compare fit on seen vs unseen rows."""
-    n = min(config.eval.train_sample, len(dataset.rows))
-    if not n:
-        return None
-    picked = sorted(random.Random(config.train.seed).sample(range(len(dataset.rows)), n))
-    subset = Dataset(dataset.path, dataset.format, [dataset.rows[i] for i in picked], [dataset.lines[i] for i in picked])
-    return held_out_set(task, subset, tokenizer, config, Events(None))
-
-
-def write_samples(run_dir: Path, before: Scores, after: Scores, few_shot: Scores | None = None) -> None:
-    import json
-
-    shots = few_shot.samples if few_shot is not None else [{}] * len(before.samples)
-    with open(run_dir / "samples.jsonl", "w", encoding="utf-8") as handle:
-        for b, a, f in zip(before.samples, after.samples, shots):
-            handle.write(json.dumps({"prompt": b["prompt"], "reference": b["reference"], "before": b["output"],
-                                     "few_shot": f.get("output"), "after": a["output"]}) + "\n")

@@ -1,35 +1,25 @@
-"""Wire a transformers Trainer to a task's batches, with callbacks for validation, metrics and events.
+"""The arguments tunelab sets for every trainer, and the callback that turns training into events.
 
-The training loop, optimizer, schedule, gradient accumulation and checkpoint format are Trainer's;
-tunelab adds token-weighted validation, metrics.jsonl and progress events.
+The training loop, optimizer, schedule, gradient accumulation and checkpoint format belong to the
+task's trainer (transformers' Trainer or a library trainer built on it); tunelab adds validation on
+the task's own metrics, metrics.jsonl and progress events.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, TrainerCallback
 
 from tunelab.config import RunConfig
-from tunelab.eval.loss import heldout_loss
-from tunelab.tasks.base import Encoded
-from tunelab.train.collate import Collator
-from tunelab.train.events import Events
-from tunelab.train.rundir import MetricsLog
+from tunelab.events import Events
+from tunelab.rundir import MetricsLog
 
-
-class ListDataset(torch.utils.data.Dataset):
-    def __init__(self, examples: list[Encoded]):
-        self.examples = examples
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict[str, list[int]]:
-        return {"input_ids": self.examples[i].input_ids, "labels": self.examples[i].labels}
+Validate = Callable[[torch.nn.Module], dict[str, float]]
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
@@ -39,9 +29,10 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}
 
 
-def training_args(config: RunConfig, checkpoint_dir: Path) -> TrainingArguments:
+def common_args(config: RunConfig, checkpoint_dir: Path) -> dict[str, Any]:
+    """TrainingArguments fields every task's trainer gets (a TRL config takes the same fields)."""
     t = config.train
-    return TrainingArguments(
+    return dict(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -68,14 +59,13 @@ def training_args(config: RunConfig, checkpoint_dir: Path) -> TrainingArguments:
 
 
 class Progress(TrainerCallback):
-    """Turns Trainer's state into metrics.jsonl rows and progress events; validates on schedule."""
+    """Turns the trainer's state into metrics.jsonl rows and progress events; validates on schedule."""
 
-    def __init__(self, events: Events, metrics: MetricsLog, held_out: list[Encoded], pad_id: int,
-                 eval_steps: int, eval_batch_size: int, best: Any = None):
+    def __init__(self, events: Events, metrics: MetricsLog, validate: Validate | None, eval_steps: int,
+                 best: Any = None):
         self.events, self.metrics = events, metrics
         self.best = best  # an eval.early_stopping.BestWeights, or None
-        self.held_out, self.pad_id = held_out, pad_id
-        self.eval_steps, self.eval_batch_size = eval_steps, eval_batch_size
+        self.measure, self.eval_steps = validate, eval_steps
         self.started = time.monotonic()
         self.tokens_at_start = 0
         self.last_loss: float | None = None
@@ -113,12 +103,9 @@ class Progress(TrainerCallback):
         })
 
     def validate(self, state, model, control=None) -> None:
-        if not self.held_out or model is None:
+        if self.measure is None or model is None:
             return
-        result = heldout_loss(model, self.held_out, self.pad_id, self.eval_batch_size)
-        if self.best is not None:
-            result.update(self.best.extra(model, result))
-        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **result}
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **self.measure(model)}
         self.metrics.append(record)
         self.events.emit("eval", **record)
         if self.best is not None and self.best.observe(state.global_step, record, model) and control is not None:
@@ -129,14 +116,7 @@ def _num(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def build_trainer(model: torch.nn.Module, config: RunConfig, train: list[Encoded], pad_id: int,
-                  checkpoint_dir: Path, progress: Progress) -> Trainer:
-    trainer = Trainer(
-        model=model,
-        args=training_args(config, checkpoint_dir),
-        train_dataset=ListDataset(train),
-        data_collator=Collator(pad_id),
-        callbacks=[progress],
-    )
-    trainer.remove_callback(PrinterCallback)  # progress goes out as events, not printed dicts
+def quiet(trainer: Any) -> Any:
+    """Progress goes out as events, not as printed dicts."""
+    trainer.remove_callback(PrinterCallback)
     return trainer

@@ -11,12 +11,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import RunConfig, dump_config
 
 TRACKED = ("tunelab", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "safetensors")
 
 
-def choose_run_dir(config: RunConfig) -> Path:
+def choose_run_dir(config: Any) -> Path:
     if config.output_dir is not None:
         return Path(config.output_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -52,9 +51,9 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write_run_header(run_dir: Path, config: RunConfig, data: dict[str, Any]) -> None:
+def write_run_header(run_dir: Path, config_yaml: str, data: dict[str, Any]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", dump_config(config))
+    write_atomic(run_dir / "config.yaml", config_yaml)
     write_json(run_dir / "versions.json", versions())
     write_json(run_dir / "data.json", data)
 
@@ -69,3 +68,14 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
+
+
+def write_samples(run_dir: Path, before: list[dict[str, Any]], after: list[dict[str, Any]],
+                  baselines: dict[str, list[dict[str, Any]]]) -> None:
+    """samples.jsonl: one line per held-out row; the answers are matched on the row's line, never on position."""
+    tuned = {s["line"]: s["output"] for s in after}
+    others = {name: {s["line"]: s["output"] for s in samples} for name, samples in baselines.items()}
+    lines = [json.dumps({"line": b["line"], "prompt": b["prompt"], "reference": b["reference"], "before": b["output"],
+                         **{name: outs.get(b["line"]) for name, outs in others.items()}, "after": tuned[b["line"]]})
+             for b in before]
+    write_atomic(run_dir / "samples.jsonl", "".join(line + "\n" for line in lines))

@@ -10,8 +10,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from tunelab.eval.evaluate import HeldOut
-from tunelab.tasks.base import GenerationCase, Task
+from tunelab.tasks.base import Baseline
+from tunelab.tasks.lm import GenerationCase, HeldOut, LmTask, score
 
 Row = dict[str, Any]
 
@@ -41,7 +41,7 @@ def draw_demos(train_rows: list[Row], k: int, seed: int) -> list[Row]:
     return random.Random(seed).sample(train_rows, min(k, len(train_rows)))
 
 
-def few_shot_case(task: Task, row: Row, fmt: str, tokenizer: Any, demos: list[Row],
+def few_shot_case(task: LmTask, row: Row, fmt: str, tokenizer: Any, demos: list[Row],
                   budget: int) -> GenerationCase | None:
     """The held-out case with as many demos as fit in `budget` prompt tokens (dropping from the end)."""
     for n in range(len(demos), -1, -1):
@@ -53,16 +53,33 @@ def few_shot_case(task: Task, row: Row, fmt: str, tokenizer: Any, demos: list[Ro
     return None
 
 
-def few_shot_held_out(task: Task, train_rows: list[Row], eval_rows: list[Row], fmt: str, tokenizer: Any,
-                      held_out: HeldOut, config: Any, context_tokens: int) -> HeldOut | None:
-    """The held-out set's generation cases with k demos each; None when the task or format has none."""
-    k = config.eval.few_shot_k
-    if not k or not task.generative or fmt not in WITH_DEMOS or not held_out.cases:
+def few_shot_held_out(task: LmTask, train_rows: list[Row], eval_data: Any, tokenizer: Any, held_out: HeldOut,
+                      config: Any, context_tokens: int) -> HeldOut | None:
+    """Each held-out case again, built from its own row with k demos; None when the format has no demos."""
+    k, fmt = config.eval.few_shot_k, eval_data.format
+    if not k or fmt not in WITH_DEMOS or not held_out.cases:
         return None
     demos = draw_demos(train_rows, k, config.train.seed)
     budget = context_tokens - config.eval.max_new_tokens
-    cases = [few_shot_case(task, row, fmt, tokenizer, demos, budget) for row in eval_rows]
-    return HeldOut([], [c for c in cases if c is not None], held_out.pad_id, held_out.metrics)
+    row_at = dict(zip(eval_data.lines, eval_data.rows))
+    cases = []
+    for bare in held_out.cases:
+        case = few_shot_case(task, row_at[bare.line], fmt, tokenizer, demos, budget)
+        if case is not None:
+            case.line = bare.line
+            cases.append(case)
+    return HeldOut([], cases, held_out.pad_id, held_out.metrics)
+
+
+def few_shot_baseline(task: LmTask, model: Any, tokenizer: Any, train: Any, held: Any, held_out: HeldOut,
+                      config: Any, events: Any) -> Baseline | None:
+    """The untuned model shown k training rows before each held-out prompt, scored like the tune."""
+    shots = few_shot_held_out(task, train.rows, held, tokenizer, held_out, config, context_length(model))
+    if shots is None or not config.eval.generate:
+        return None
+    events.emit("evaluating", which="few-shot", what=f"the {config.eval.few_shot_k}-shot baseline")
+    return Baseline(f"{config.eval.few_shot_k}-shot", score(model, tokenizer, shots, config.eval),
+                    {"k": config.eval.few_shot_k, "mean_shots": mean_shots(shots)})
 
 
 def context_length(model: Any, cap: int = 2048) -> int:

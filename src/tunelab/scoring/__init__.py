@@ -1,0 +1,1 @@
+"""Scoring primitives every task and every piece of evidence uses: named metrics and batched generation."""

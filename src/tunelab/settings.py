@@ -1,0 +1,26 @@
+"""Config sections that methods and tasks own, registered beside them.
+
+A method or task declares its settings as a `Section` subclass and registers it under a key (`lora`,
+`classify`, ...); `tunelab.config` adds every registered section to the run config, where a section is
+valid only when the run's method or task owns it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+SECTIONS: dict[str, type[Section]] = {}
+
+
+def register_section(key: str, model: type[Section]) -> type[Section]:
+    """Register a settings section; two owners may share one key only with the same model."""
+    known = SECTIONS.get(key)
+    if known is not None and known is not model:
+        raise ValueError(f'config section "{key}" is already registered as {known.__name__}')
+    SECTIONS[key] = model
+    return model

@@ -1,0 +1,238 @@
+"""What every language-model task shares: token ids with labels (IGNORE where no loss is taken),
+right-padded batches, token-weighted held-out loss, and scoring by greedy generation.
+
+`sft` and `causal_lm` subclass `LmTask` and say only how a row becomes ids and labels, and how a
+held-out row becomes a prompt with a reference answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tunelab.errors import DataError
+from tunelab.scoring.generate import generate
+from tunelab.scoring.metrics import describe, generation_scores
+from tunelab.tasks.base import FORGETTING, GENERATION, Prepared, Scores, Task
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    """One example ready for the collator: labels are IGNORE wherever no loss is taken."""
+
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+    @property
+    def supervised(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE)
+
+    def as_row(self) -> dict[str, list[int]]:
+        return {"input_ids": self.input_ids, "labels": self.labels}
+
+
+@dataclass
+class GenerationCase:
+    """A held-out prompt (token ids as the model saw them in training) and the reference answer.
+
+    `line` is the data file's line of the row it came from: baselines, scores and samples are matched
+    on it, never on position, since a row may yield no case.
+    """
+
+    prompt_ids: list[int]
+    reference: str
+    prompt_text: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    line: int = 0
+
+
+@dataclass
+class HeldOut:
+    """A held-out set prepared once and scored before and after training."""
+
+    encoded: list[Encoded]
+    cases: list[GenerationCase]
+    pad_id: int
+    metrics: list[str] = field(default_factory=lambda: ["exact_match", "token_f1"])
+
+
+def truncate(ids: list[int], labels: list[int], max_length: int) -> Encoded:
+    cut = len(ids) > max_length
+    return Encoded(ids[:max_length], labels[:max_length], truncated=cut)
+
+
+def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batches; labels are padded with IGNORE by length, never by token id (padding labels
+    by id masks the EOS label when pad == eos, as with SmolLM2, and the model never learns to stop)."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in examples]
+    labels = [e.labels + [IGNORE] * (width - len(e.labels)) for e in examples]
+    mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in examples]
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
+
+
+class Collator:
+    """Trainer-facing collator over dataset rows holding input_ids and labels."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return collate([Encoded(list(r["input_ids"]), list(r["labels"])) for r in rows], self.pad_id)
+
+
+@torch.no_grad()
+def heldout_loss(model: torch.nn.Module, examples: list[Encoded], pad_id: int, batch_size: int = 8) -> dict[str, float]:
+    """Mean negative log-likelihood per supervised token and its perplexity; token-weighted over the
+    whole set (not a mean of batch means), so it does not depend on batching."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            shift_logits = logits[:, :-1].float()
+            shift_labels = batch["labels"][:, 1:]
+            nll = torch.nn.functional.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                ignore_index=IGNORE, reduction="sum")
+            total_nll += nll.item()
+            total_tokens += int((shift_labels != IGNORE).sum())
+    finally:
+        model.train(was_training)
+    loss = total_nll / max(total_tokens, 1)
+    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def score(model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, eval_cfg: Any) -> Scores:
+    """Loss metrics over the encoded rows (when any), generation metrics over the cases (when asked)."""
+    metrics = heldout_loss(model, held_out.encoded, held_out.pad_id, batch_size=eval_cfg.batch_size) \
+        if held_out.encoded else {}
+    samples: list[dict[str, Any]] = []
+    if held_out.cases and eval_cfg.generate:
+        answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], eval_cfg.max_new_tokens,
+                           batch_size=eval_cfg.batch_size)
+        refs = [c.reference for c in held_out.cases]
+        metrics.update(generation_scores(held_out.metrics, answers, refs))
+        samples = [{"line": c.line, "prompt": c.prompt_text, "reference": c.reference, "output": a}
+                   for c, a in zip(held_out.cases, answers)]
+    return Scores(metrics, samples)
+
+
+class LmTask(Task):
+    """A task whose model is a causal LM trained on token labels."""
+
+    evidence = frozenset({FORGETTING})
+
+    @property
+    def generative(self) -> bool:
+        return GENERATION in self.evidence
+
+    def encode(self, row: dict[str, Any], fmt: str, tokenizer: Any, max_length: int) -> Encoded:
+        raise NotImplementedError
+
+    def generation_case(self, row: dict[str, Any], fmt: str, tokenizer: Any) -> GenerationCase | None:
+        return None
+
+    def validation_metrics(self, config: Any) -> list[str]:
+        generated = self.metric_names(config) if self.generative and config.eval.generate else []
+        return ["eval_loss", "perplexity", *[m for m in generated if describe(m).compute is not None]]
+
+    def prepare(self, config: Any, tokenizer: Any, train: Any, held: Any, events: Any) -> Prepared:
+        from tunelab.data.general import replay_texts
+
+        t = config.train
+        examples = self.encode_all(train, tokenizer, t.max_length, events)
+        examples += replay_examples(replay_texts(), config.data.replay_fraction, len(examples), tokenizer,
+                                    t.max_length, t.seed)
+        sample = train.sample(config.eval.train_sample, t.seed)
+        return Prepared([e.as_row() for e in examples], self.held_out(config, tokenizer, held, events),
+                        self.held_out(config, tokenizer, sample, None) if sample.rows else None)
+
+    def encode_all(self, dataset: Any, tokenizer: Any, max_length: int, events: Any) -> list[Encoded]:
+        """Encode every row; rows left with nothing to learn after truncation are reported, then skipped."""
+        encoded, empty, cut = [], [], 0
+        for row, line in zip(dataset.rows, dataset.lines):
+            example = self.encode(row, dataset.format, tokenizer, max_length)
+            cut += example.truncated
+            if example.supervised == 0:
+                empty.append(line)
+                continue
+            encoded.append(example)
+        if events is not None and cut:
+            events.emit("warning", message=f"{dataset.path}: {cut} row(s) longer than train.max_length={max_length} "
+                                           "tokens were cut from the end")
+        if events is not None and empty:
+            events.emit("warning", message=f"{dataset.path}: skipped {len(empty)} row(s) with no supervised token "
+                                           f"within train.max_length={max_length} (lines {_lines(empty)})")
+        if not encoded:
+            raise DataError(f"{dataset.path}: no row has a supervised token within train.max_length={max_length}")
+        return encoded
+
+    def held_out(self, config: Any, tokenizer: Any, dataset: Any, events: Any) -> HeldOut:
+        encoded = self.encode_all(dataset, tokenizer, config.train.max_length, events)
+        cases = self.generation_cases(dataset, tokenizer, config.eval.max_examples) if self.generative else []
+        return HeldOut(encoded, cases, tokenizer.pad_token_id, self.metric_names(config))
+
+    def generation_cases(self, dataset: Any, tokenizer: Any, max_examples: int) -> list[GenerationCase]:
+        """A case for each of the first max_examples rows (0: all) that has one, tagged with the row's line."""
+        cases = []
+        for row, line in list(zip(dataset.rows, dataset.lines))[: max_examples or None]:
+            case = self.generation_case(row, dataset.format, tokenizer)
+            if case is not None:
+                case.line = line
+                cases.append(case)
+        return cases
+
+    def collator(self, tokenizer: Any) -> Collator:
+        return Collator(tokenizer.pad_token_id)
+
+    def validate(self, model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, config: Any,
+                 want: tuple[str, ...] = ()) -> dict[str, float]:
+        result = heldout_loss(model, held_out.encoded, held_out.pad_id, config.eval.batch_size)
+        generated = [m for m in want if m not in result]
+        if generated and held_out.cases:
+            answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], config.eval.max_new_tokens,
+                               batch_size=config.eval.batch_size)
+            result.update(generation_scores(generated, answers, [c.reference for c in held_out.cases]))
+        return result
+
+    def evaluate(self, model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, config: Any) -> Scores:
+        return score(model, tokenizer, held_out, config.eval)
+
+
+def _lines(lines: list[int]) -> str:
+    return ", ".join(map(str, lines[:10])) + (", ..." if len(lines) > 10 else "")
+
+
+def text_windows(texts: list[str], tokenizer: Any, window: int) -> list[Encoded]:
+    """Each passage (with EOS) cut into windows of at most `window` tokens, every token supervised."""
+    out = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
+        out += [Encoded(ids[i:i + window], ids[i:i + window]) for i in range(0, len(ids), window)]
+    return out
+
+
+def replay_examples(texts: list[str], fraction: float, n_train: int, tokenizer: Any, max_length: int,
+                    seed: int) -> list[Encoded]:
+    """General-text windows making up `fraction` of the training mix (cycled when the texts run out)."""
+    import random
+
+    if fraction <= 0:
+        return []
+    pool = text_windows(texts, tokenizer, window=max_length)
+    want = round(fraction * n_train / (1 - fraction))
+    rng = random.Random(seed)
+    picked: list[Encoded] = []
+    while len(picked) < want:
+        picked += rng.sample(pool, min(len(pool), want - len(picked)))
+    return picked
