@@ -1,0 +1,112 @@
+"""The task contract, run over every registered task on tiny random models: its rows become batches,
+a few steps lower the loss, and its evaluation returns its declared metrics with values checked on a
+fixture whose answer is known."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.conftest import write_jsonl
+from tunelab.config import load_config
+from tunelab.data import load_dataset
+from tunelab.events import Events
+from tunelab.models import resolve_model
+from tunelab.models.loading import LoadRules, load_pair
+from tunelab.tasks import TASKS
+from tunelab.train.trainer import common_args
+
+WORDS = ["red", "green", "blue", "gold"]
+ROWS = {
+    "sft": [{"messages": [{"role": "user", "content": f"Colour {i}?"},
+                          {"role": "assistant", "content": WORDS[i % 4]}]} for i in range(24)],
+    "causal_lm": [{"text": f"The colour of item {i} is {WORDS[i % 4]}."} for i in range(24)],
+    "classify": [{"text": f"item {i} looks {WORDS[i % 4]}", "label": WORDS[i % 4]} for i in range(24)],
+}
+MODEL = {"causal_lm": "tiny-random-llama", "sequence_classifier": "tiny-random-llama"}  # its last token is the label word
+
+
+def test_every_registered_task_has_a_fixture():
+    assert set(ROWS) == set(TASKS)
+
+
+@pytest.fixture(scope="module", params=sorted(TASKS))
+def setup(request, tmp_path_factory):
+    name = request.param
+    task = TASKS[name]
+    tmp = tmp_path_factory.mktemp(name)
+    path = write_jsonl(tmp / "rows.jsonl", ROWS[name])
+    config = load_config(None, [f"data.train={path}", f"task={name}", f"model={MODEL[task.model_kind]}",
+                                "train.max_length=96", "eval.max_new_tokens=4", "eval.train_sample=8",
+                                "eval.few_shot_k=0", "method=full", "train.learning_rate=1e-3"])
+    data = load_dataset(path, "auto")
+    spec = task.model_spec(config, data)
+    torch.manual_seed(0)
+    tokenizer, model = load_pair(resolve_model(config.model), spec, LoadRules())
+    prepared = task.prepare(config, tokenizer, data, data, Events())
+    return SimpleNamespace(task=task, config=config, data=data, tokenizer=tokenizer, model=model, prepared=prepared,
+                           tmp=tmp)
+
+
+def test_rows_become_batches(setup):
+    batch = setup.task.collator(setup.tokenizer)(setup.prepared.train[:4])
+    assert batch["input_ids"].shape[0] == 4 and batch["attention_mask"].shape == batch["input_ids"].shape
+    assert batch["labels"].shape[0] == 4
+    assert len(setup.prepared.train) == len(ROWS[setup.task.name])
+
+
+def test_a_few_steps_lower_the_loss(setup):
+    s = setup
+    before = s.task.validate(s.model, s.tokenizer, s.prepared.held_out, s.config)["eval_loss"]
+    args = {**common_args(s.config, s.tmp / "checkpoints"), "max_steps": 12, "save_strategy": "no",
+            "learning_rate": 3e-3, "warmup_steps": 0}
+    s.task.trainer(s.model, s.tokenizer, s.prepared, args, []).train()
+    after = s.task.validate(s.model, s.tokenizer, s.prepared.held_out, s.config)["eval_loss"]
+    assert after < 0.9 * before  # measured: sft 10.84 -> 8.81; the others fall further
+
+
+def test_evaluation_returns_the_declared_metrics_for_every_row(setup):
+    s = setup
+    scores = s.task.evaluate(s.model, s.tokenizer, s.prepared.held_out, s.config)
+    assert {"eval_loss", *s.task.metric_names(s.config)} <= set(scores.metrics)
+    assert set(s.task.validation_metrics(s.config)) <= set(scores.metrics)
+    if scores.samples:
+        assert sorted(x["line"] for x in scores.samples) == s.data.lines
+
+
+class Uniform(torch.nn.Module):
+    """Every position gets the same logits: the loss is exactly log(classes); argmax is class 0."""
+
+    def __init__(self, classes: int, config: object):
+        super().__init__()
+        self.classes, self.config = classes, config
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        shape = (*input_ids.shape, self.classes) if self.config.kind == "lm" else (input_ids.shape[0], self.classes)
+        logits = torch.zeros(shape)
+        if self.config.kind != "lm":
+            logits[:, 0] = 1e-6  # ties broken towards the first label
+        return SimpleNamespace(logits=logits + 0 * self.anchor)
+
+
+def test_known_answer_uniform_model(setup):
+    s = setup
+    config = s.config.model_copy(deep=True)
+    config.eval.generate = False
+    if s.task.model_kind == "causal_lm":
+        stub = Uniform(len(s.tokenizer), SimpleNamespace(kind="lm"))
+        metrics = s.task.evaluate(stub, s.tokenizer, s.prepared.held_out, config).metrics
+        assert metrics["eval_loss"] == pytest.approx(math.log(len(s.tokenizer)), rel=1e-6)
+        assert metrics["perplexity"] == pytest.approx(len(s.tokenizer), rel=1e-4)
+        return
+    labels = config.classify.labels
+    stub = Uniform(len(labels), SimpleNamespace(kind="cls", id2label=dict(enumerate(labels))))
+    metrics = s.task.evaluate(stub, s.tokenizer, s.prepared.held_out, config).metrics
+    assert metrics["eval_loss"] == pytest.approx(math.log(len(labels)), rel=1e-5)
+    first = sum(str(r["label"]) == labels[0] for r in ROWS["classify"]) / len(ROWS["classify"])
+    assert metrics["accuracy"] == pytest.approx(first)  # 6 of 24 rows carry the first label: 0.25
+    assert metrics["macro_f1"] == pytest.approx(2 * first / (1 + first) / len(labels))
