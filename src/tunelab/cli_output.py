@@ -61,7 +61,12 @@ class ConsoleProgress:
         self.close()
 
     def _on_eval(self, e: Event) -> None:
-        self.say(f"step {e['step']}: eval loss {e['eval_loss']:.4f} (perplexity {e['perplexity']:.2f})")
+        from tunelab.eval.report import fmt
+        from tunelab.scoring.metrics import describe
+
+        shown = [f"{describe(k).label} {fmt(k, v)}" for k, v in e.items()
+                 if k not in ("type", "time", "step", "epoch", "eval_loss") and isinstance(v, (int, float))]
+        self.say(f"step {e['step']}: eval loss {e['eval_loss']:.4f}" + (f" ({', '.join(shown)})" if shown else ""))
 
     def close(self) -> None:
         if self.bar is not None:
