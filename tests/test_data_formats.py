@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import write_jsonl
 from tunelab.data import load_dataset, validate_file
-from tunelab.data.formats import Row, detect_format, validate_row
+from tunelab.data.formats import Row, detect_format, inspect_row, validate_row
 from tunelab.errors import DataError
 from tunelab.train.run import load_data
 
@@ -80,3 +80,59 @@ def test_run_refuses_rows_its_task_cannot_train_on(tmp_path, tiny_config):
     config = tiny_config(f"data.train={train}", "data.eval=null")
     with pytest.raises(DataError, match='no task trains on "classification" rows yet'):
         load_data(config)
+
+
+def test_keys_training_ignores_are_warnings_and_mapped_columns_are_not_among_them(tmp_path):
+    csv = tmp_path / "qa.csv"
+    csv.write_text("id,question,answer,source\n1,What is 2+2?,4,quiz\n2,Capital of Peru?,Lima,\n", encoding="utf-8")
+    checked = validate_file(csv, columns={"prompt": "question", "completion": "answer"})
+    assert [r.line for r in checked.rows] == [2, 3] and checked.problems == []
+    assert [(p.line, p.field, p.kind) for p in checked.warnings] == [
+        (2, "id", "ignored_key"), (2, "source", "ignored_key"), (3, "id", "ignored_key"), (3, "source", "ignored_key")]
+    assert checked.warnings[0].render(csv) == (f'{csv}:2: warning: field "id": '
+                                               "unknown key (expected prompt, completion); ignored")
+    assert len(load_dataset(csv, columns={"prompt": "question", "completion": "answer"}).rows) == 2
+
+
+@pytest.mark.parametrize(("message", "field", "kind"), [
+    ({"role": "user", "content": "hi", "colour": "red"}, "messages[0].colour", "unknown_key"),
+    ({"role": "user", "content": "hi", "wieght": 0}, "messages[0].wieght", "unknown_key"),
+    ({"role": "user", "content": "hi", "tool_call_id": "7"}, "messages[0].tool_call_id", "unsupported"),
+    ({"role": "user", "content": "hi", "function_call": {"name": "f"}}, "messages[0].function_call", "unsupported"),
+])
+def test_a_message_key_training_cannot_honour_rejects_the_row(message, field, kind):
+    row = Row(3, {"messages": [message, {"role": "assistant", "content": "hello"}]})
+    assert [(p.line, p.field, p.kind) for p in validate_row(row, "messages")] == [(3, field, kind)]
+
+
+def test_message_name_and_top_level_extras_warn_without_rejecting():
+    fields = {"messages": [{"role": "user", "content": "hi", "name": "ann"}, {"role": "assistant", "content": "yo"}],
+              "tools": [], "id": 9}
+    assert validate_row(Row(1, fields), "messages") == []
+    assert [(p.field, p.warning) for p in inspect_row(Row(1, fields), "messages")] == [
+        ("messages[0].name", True), ("tools", True), ("id", True)]
+
+
+def test_preference_turns_are_held_to_the_message_keys_too():
+    problems = validate_row(Row(2, {**DPO, "preferred_output": [{"role": "assistant", "content": "Blue.", "mood": 1}]}),
+                            "preference")
+    assert [(p.field, p.kind) for p in problems] == [("preferred_output[0].mood", "unknown_key")]
+
+
+def chat_with_weights_on_assistant_turns() -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"Say {i}."},
+                          {"role": "assistant", "content": f"{i}.", "weight": 1},
+                          {"role": "user", "content": "Again."}, {"role": "assistant", "content": f"{i}!"}]}
+            for i in range(3)]
+
+
+def test_chat_tables_with_a_key_on_some_messages_load(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = chat_with_weights_on_assistant_turns()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "chat.parquet")  # gives every message "weight": null
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "chat_ds"))
+    for path in (tmp_path / "chat.parquet", tmp_path / "chat_ds"):
+        assert load_dataset(path).rows == rows

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import threading
 import time
 
@@ -47,6 +49,36 @@ def test_two_concurrent_materialisations_build_once(tmp_path, monkeypatch):
     assert len(calls) == 1
     assert results[0] == results[1] and (results[0] / "config.json").read_text() == "{}"
     assert [p.name for p in (tmp_path / "models").iterdir() if not p.name.endswith(".lock")] == ["fake-v1"]
+
+
+def _resolve_when_both_ready(barrier, results) -> None:
+    barrier.wait()
+    results.put(str(registry.resolve_model("fake")))
+
+
+def test_two_processes_asking_for_the_same_alias_at_once_build_it_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_CACHE", str(tmp_path))
+    builds = tmp_path / "builds.log"
+
+    def slow_build(target):
+        with open(builds, "a") as log:  # O_APPEND: each process's line lands whole
+            log.write(f"{os.getpid()}\n")
+        time.sleep(0.5)
+        (target / "config.json").write_text("{}")
+
+    monkeypatch.setitem(registry.BUNDLED, "fake", registry.BundledModel("fake", "causal-lm", "test", slow_build))
+    fork = multiprocessing.get_context("fork")  # the children inherit the fake alias patched in above
+    barrier, results = fork.Barrier(2), fork.Queue()
+    workers = [fork.Process(target=_resolve_when_both_ready, args=(barrier, results)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert len(builds.read_text().splitlines()) == 1
+    assert [w.exitcode for w in workers] == [0, 0]
+    paths = {results.get(timeout=5) for _ in workers}
+    assert paths == {str(tmp_path / "models" / "fake-v1")}
+    assert (tmp_path / "models" / "fake-v1" / "config.json").read_text() == "{}"
 
 
 def test_failed_build_leaves_nothing_half_made(tmp_path, monkeypatch):

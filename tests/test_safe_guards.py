@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -11,8 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 import tunelab.train.run as run_module
-from tunelab.errors import ConfigError, RunAborted, TunelabError
-from tunelab.train.guards import is_out_of_memory, smaller_batch
+from tunelab.errors import ConfigError, RunAborted, RunInterrupted, TunelabError
+from tunelab.train.checkpoint import problem
+from tunelab.train.guards import SignalStop, is_out_of_memory, smaller_batch
 from tunelab.train.run import run
 
 
@@ -215,29 +220,80 @@ def test_resume_flag_without_output_dir_picks_the_newest_unfinished_run(tiny_con
         find_run_dir(tiny_config("name=other", "output_dir=null"), resume=True)
 
 
-def test_ctrl_c_during_training_saves_a_checkpoint_and_stops_with_exit_code_130(tiny_config, monkeypatch):
-    import os
-    import signal
+@contextmanager
+def sigint_handled_by(handler) -> Iterator[None]:
+    """SIGINT's handler set for one test, whatever the suite started with (it is SIG_IGN under nohup or `cmd &`)."""
+    before = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
-    from tunelab.errors import RunInterrupted
-    from tunelab.train.checkpoint import problem
 
+def sigint_during_step(n: int) -> Callable[[torch.nn.Module], None]:
+    """A forward hook that sends this process SIGINT (Ctrl-C) in the middle of training step n."""
     def install(model):
         calls = {"n": 0}
 
         def hook(module, args, output):
             calls["n"] += module.training
-            if module.training and calls["n"] == 2:
-                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of step 2
+            if module.training and calls["n"] == n:
+                os.kill(os.getpid(), signal.SIGINT)
             return output
 
         model.register_forward_hook(hook)
 
-    with_hook(monkeypatch, install)
+    return install
+
+
+def test_ctrl_c_during_training_saves_a_checkpoint_and_stops_with_exit_code_130(tiny_config, monkeypatch):
+    called = []
+
+    def users_handler(signum, frame):
+        called.append(signum)
+
+    with_hook(monkeypatch, sigint_during_step(2))
     config = tiny_config("eval.generate=false", "train.save_steps=0")  # the signal alone makes the checkpoint
-    with pytest.raises(RunInterrupted) as err:
-        run(config)
+    with sigint_handled_by(users_handler):
+        with pytest.raises(RunInterrupted) as err:
+            run(config)
+        after = signal.getsignal(signal.SIGINT)
     assert err.value.exit_code == 130
     assert str(err.value) == f"SIGINT at step 2: checkpoint saved in {config.output_dir / 'checkpoints' / 'checkpoint-2'}"
     assert problem(config.output_dir / "checkpoints" / "checkpoint-2") is None
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert after is users_handler and called == []  # tunelab took the signal, then put the handler back
+
+
+def test_ctrl_c_is_not_caught_when_the_run_was_started_with_sigint_ignored(tiny_config, monkeypatch):
+    with_hook(monkeypatch, sigint_during_step(2))
+    with sigint_handled_by(signal.SIG_IGN):
+        result = run(tiny_config("eval.generate=false", "train.save_steps=0"))
+        after = signal.getsignal(signal.SIGINT)
+    assert result.summary["train"]["steps"] == 4
+    assert after is signal.SIG_IGN
+
+
+@pytest.mark.parametrize("handler", [signal.default_int_handler, signal.SIG_DFL, lambda signum, frame: None],
+                         ids=["python-default", "SIG_DFL", "custom"])
+def test_signal_stop_restores_the_handlers_it_found_exactly(tmp_path, handler):
+    stop = SignalStop(tmp_path)
+    term_before = signal.getsignal(signal.SIGTERM)
+    with sigint_handled_by(handler):
+        with stop.installed():
+            during = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is handler
+    assert during == (stop._handle, stop._handle)
+    assert stop.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGTERM) is term_before
+
+
+def test_signal_stop_leaves_an_ignored_signal_ignored(tmp_path):
+    stop = SignalStop(tmp_path)
+    with sigint_handled_by(signal.SIG_IGN):
+        with stop.installed():
+            during = signal.getsignal(signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        after = signal.getsignal(signal.SIGINT)
+    assert during is signal.SIG_IGN and after is signal.SIG_IGN
+    assert stop.signum is None

@@ -2,14 +2,16 @@
 
 A row is rejected when it breaks its schema, when its supervised part would be cut by max_length,
 or when it repeats an earlier row exactly or nearly. Kept + rejected always equals rows read.
+Keys that training ignores are warnings: listed once per key, at its first row, never rejecting.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,8 @@ class CheckReport:
     tokens: list[int] = field(default_factory=list)
     labels: Counter = field(default_factory=Counter)
     max_length: int = DEFAULT_MAX_LENGTH
+    warnings: list[Problem] = field(default_factory=list)
+    ignored_keys: Counter = field(default_factory=Counter)  # key ("messages[].name") -> rows that carry it
 
     def kinds(self) -> Counter:
         return Counter(p.kind for p in self.problems)
@@ -46,7 +50,7 @@ class CheckReport:
                 "over_max_length": kinds["too_long"], "max_length": self.max_length,
                 "labels": dict(self.labels), "exact_duplicates": kinds["duplicate"],
                 "near_duplicates": kinds["near_duplicate"], "empty_targets": kinds["empty"],
-                "non_utf8": kinds["encoding"]}
+                "non_utf8": kinds["encoding"], "ignored_keys": dict(self.ignored_keys)}
 
 
 def describe_lengths(lengths: list[int]) -> dict[str, float]:
@@ -74,7 +78,21 @@ def check_file(path: Path, tokenizer: Any, fmt: str = "auto", columns: dict[str,
     if checked.format == "classification":
         report.labels = Counter(r.fields["label"] for r in checked.rows)
     report.rejected = reject_entries(checked, problems)
+    report.warnings, report.ignored_keys = once_per_key(checked.warnings)
     return report
+
+
+def once_per_key(warnings: list[Problem]) -> tuple[list[Problem], Counter]:
+    """Each ignored key's first warning, with how many rows carry the key: an `id` column is one fact."""
+    first: dict[str, Problem] = {}
+    lines: dict[str, set[int]] = {}
+    for p in warnings:
+        key = re.sub(r"\[\d+\]", "[]", p.field)
+        first.setdefault(key, p)
+        lines.setdefault(key, set()).add(p.line)
+    rows = Counter({key: len(found) for key, found in lines.items()})
+    return [replace(p, message=f"{p.message} ({rows[key]} rows carry it; the first is here)") if rows[key] > 1 else p
+            for key, p in first.items()], rows
 
 
 def duplicate_problems(rows: list[Row], fmt: str, threshold: float) -> list[Problem]:

@@ -60,12 +60,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if report.rejected:
         write_rejects(report, rejects)
     if args.json:
-        print(json.dumps(report.summary(), indent=2))
+        listed = {"problems": _records(report.problems), "warnings": _records(report.warnings)}
+        print(json.dumps({**report.summary(), **listed}, indent=2))
     else:
-        for problem in report.problems:
+        for problem in sorted([*report.problems, *report.warnings], key=lambda p: p.line):
             print(problem.render(args.file))
         _print_check_summary(report, args.model, rejects)
     return 1 if report.rejected else 0
+
+
+def _records(problems: list) -> list[dict]:
+    return [{"line": p.line, "field": p.field, "kind": p.kind, "message": p.message} for p in problems]
 
 
 def _print_check_summary(report, model: str, rejects: Path) -> None:
@@ -82,6 +87,9 @@ def _print_check_summary(report, model: str, rejects: Path) -> None:
     print(f"supervised part cut by max_length={s['max_length']}: {s['over_max_length']} row(s)")
     print(f"duplicates: {s['exact_duplicates']} exact, {s['near_duplicates']} near")
     print(f"empty or whitespace-only fields: {s['empty_targets']}; non-UTF-8 lines: {s['non_utf8']}")
+    if s["ignored_keys"]:
+        print("ignored keys (warnings; no row is rejected for one): "
+              + ", ".join(f"{key} on {n} row(s)" for key, n in s["ignored_keys"].items()))
     if s["labels"]:
         total = sum(s["labels"].values())
         print("labels: " + ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in sorted(

@@ -4,6 +4,15 @@ Schemas: `text`; `prompt`/`completion`; OpenAI chat `messages` (system/user/assi
 optional per-assistant-message `weight` 0/1); `text`/`label` classification; `prompt`/`chosen`/
 `rejected` preference pairs, also read in OpenAI's DPO form (`input`/`preferred_output`/
 `non_preferred_output`) and normalised to the former. Files: JSONL, CSV, Parquet, `datasets` dirs.
+
+Keys outside a schema. In a chat message, an unknown key is an error that rejects the row, as in
+OpenAI's own check: a misspelt `weight` would otherwise train on a turn meant to be masked. Tool
+calls (`tool_calls`, `function_call`, `tool_call_id`) are errors too: training would drop the call
+and teach the answer without it. A message's `name` is OpenAI's and accepted, with a warning: only
+role and content reach the chat template. Top-level keys outside the format's fields (an `id`
+column, OpenAI's `tools` or `metadata`) are warnings, since no schema field can hide among them:
+a misspelt one shows up as a missing field. Warnings never reject a row. In Parquet and `datasets`
+files a null inside a message is an absent key: Arrow gives every message each key any message has.
 """
 
 from __future__ import annotations
@@ -22,6 +31,12 @@ from tunelab.paths import inside
 FORMATS = ("text", "prompt_completion", "messages", "classification", "preference")
 OPENAI_DPO = ("input", "preferred_output", "non_preferred_output")
 ROLES = ("system", "user", "assistant")
+TRAINED_KEYS = ("role", "content", "weight")
+MESSAGE_KEYS = (*TRAINED_KEYS, "name")
+TOOL_KEYS = ("tool_calls", "function_call", "tool_call_id")
+FIELDS = {"text": ("text",), "prompt_completion": ("prompt", "completion"), "messages": ("messages",),
+          "classification": ("text", "label"), "preference": ("prompt", "chosen", "rejected", *OPENAI_DPO)}
+WARNING_KINDS = ("ignored_key",)
 
 
 @dataclass
@@ -40,9 +55,14 @@ class Problem:
     kind: str
     raw: str | None = None  # the line as read, when it could not be parsed into fields
 
+    @property
+    def warning(self) -> bool:
+        """A warning is listed but never rejects its row."""
+        return self.kind in WARNING_KINDS
+
     def render(self, path: Path | str) -> str:
         where = f' field "{self.field}":' if self.field else ""
-        return f"{path}:{self.line}:{where} {self.message}"
+        return f"{path}:{self.line}:{' warning:' if self.warning else ''}{where} {self.message}"
 
 
 class _Unreadable(Exception):
@@ -133,7 +153,7 @@ def _read_parquet(path: Path) -> Iterator[Row | Problem]:
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path}: cannot read Parquet: {err}") from None
     for number, record in enumerate(table.to_pylist(), start=1):
-        yield Row(number, record)
+        yield Row(number, _absent_nulls(record))
 
 
 def _read_datasets_dir(path: Path) -> Iterator[Row | Problem]:
@@ -147,7 +167,20 @@ def _read_datasets_dir(path: Path) -> Iterator[Row | Problem]:
     if isinstance(loaded, datasets.DatasetDict):
         raise DataError(f"{path}: holds splits {sorted(loaded)}; point at one split's directory")
     for number, record in enumerate(loaded, start=1):
-        yield Row(number, dict(record))
+        yield Row(number, _absent_nulls(dict(record)))
+
+
+def _absent_nulls(record: dict[str, Any]) -> dict[str, Any]:
+    """Arrow gives every struct (a chat message) each field any row has, null where a row had none: drop those."""
+    return {key: _drop_null_fields(value) for key, value in record.items()}
+
+
+def _drop_null_fields(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_null_fields(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_null_fields(v) for v in value]
+    return value
 
 
 def _refuse_outside_files(path: Path) -> None:
@@ -177,13 +210,24 @@ def detect_format(fields: dict[str, Any]) -> str | None:
 
 
 def validate_row(row: Row, fmt: str) -> list[Problem]:
-    """Every schema problem of one row; an empty list means the row is usable."""
+    """Every error of one row; an empty list means the row is usable."""
+    return _errors(inspect_row(row, fmt))
+
+
+def inspect_row(row: Row, fmt: str) -> list[Problem]:
+    """Every problem of one row, warnings (`Problem.warning`) included."""
     checks = {"text": _check_text, "prompt_completion": _check_prompt_completion, "messages": _check_messages,
               "classification": _check_classification, "preference": _check_preference}
     try:
-        return checks[fmt](row)
+        found = checks[fmt](row)
     except _Unreadable as stop:
-        return [stop.problem]
+        found = [stop.problem]
+    return found + [Problem(row.line, key, f"unknown key (expected {', '.join(FIELDS[fmt])}); ignored", "ignored_key")
+                    for key in row.fields if key not in FIELDS[fmt]]
+
+
+def _errors(problems: list[Problem]) -> list[Problem]:
+    return [p for p in problems if not p.warning]
 
 
 def normalize_row(fields: dict[str, Any], fmt: str) -> dict[str, Any]:
@@ -251,7 +295,7 @@ def _check_preference(row: Row) -> list[Problem]:
             _need_str(row, key, allow_empty=(key == "prompt"))
         except _Unreadable as stop:
             problems.append(stop.problem)
-    if not problems and row.fields["chosen"] == row.fields["rejected"]:
+    if not _errors(problems) and row.fields["chosen"] == row.fields["rejected"]:
         problems.append(Problem(row.line, "rejected", "same as chosen; a pair must differ", "same_pair"))
     return problems
 
@@ -264,7 +308,7 @@ def _check_openai_dpo(row: Row) -> list[Problem]:
     problems = _check_turns(row.line, "input.messages", given["messages"], need_assistant=False)
     for key in OPENAI_DPO[1:]:
         problems.extend(_check_turns(row.line, key, row.fields.get(key, _MISSING), need_assistant=True))
-    if not problems and row.fields["preferred_output"] == row.fields["non_preferred_output"]:
+    if not _errors(problems) and row.fields["preferred_output"] == row.fields["non_preferred_output"]:
         problems.append(Problem(row.line, "non_preferred_output", "same as preferred_output; a pair must differ",
                                 "same_pair"))
     return problems
@@ -278,7 +322,7 @@ def _check_turns(line: int, where: str, messages: Any, need_assistant: bool) -> 
     problems = []
     for i, message in enumerate(messages):
         problems.extend(_check_message(line, f"{where}[{i}]", message))
-    if not problems and need_assistant and not any(m["role"] == "assistant" for m in messages):
+    if not _errors(problems) and need_assistant and not any(m["role"] == "assistant" for m in messages):
         problems.append(Problem(line, where, "no assistant turn", "no_assistant"))
     return problems
 
@@ -286,7 +330,7 @@ def _check_turns(line: int, where: str, messages: Any, need_assistant: bool) -> 
 def _check_messages(row: Row) -> list[Problem]:
     messages = row.fields.get("messages", _MISSING)
     problems = _check_turns(row.line, "messages", messages, need_assistant=False)
-    if not problems and not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
+    if not _errors(problems) and not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
         problems.append(Problem(row.line, "messages", "no assistant turn to learn from", "no_assistant"))
     return problems
 
@@ -294,6 +338,20 @@ def _check_messages(row: Row) -> list[Problem]:
 def _check_message(line: int, where: str, message: Any) -> list[Problem]:
     if not isinstance(message, dict):
         return [Problem(line, where, f"expected an object with role and content, got {_type_name(message)}", "wrong_type")]
+    problems = [_key_problem(line, f"{where}.{key}", key) for key in message if key not in TRAINED_KEYS]
+    return problems + _check_role_content_weight(line, where, message)
+
+
+def _key_problem(line: int, where: str, key: str) -> Problem:
+    if key == "name":
+        return Problem(line, where, "ignored: only role and content reach the chat template", "ignored_key")
+    if key in TOOL_KEYS:
+        return Problem(line, where, "tool calls are not supported: training would drop the call and learn the "
+                                    "message without it", "unsupported")
+    return Problem(line, where, f"unknown key (expected {', '.join(MESSAGE_KEYS)})", "unknown_key")
+
+
+def _check_role_content_weight(line: int, where: str, message: dict[str, Any]) -> list[Problem]:
     role = message.get("role", _MISSING)
     if role not in ROLES:
         got = "nothing" if role is _MISSING else json.dumps(role)

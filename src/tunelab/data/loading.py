@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.formats import FORMATS, Problem, Row, detect_format, normalize_row, read_rows, validate_row
+from tunelab.data.formats import FORMATS, Problem, Row, detect_format, inspect_row, normalize_row, read_rows
 from tunelab.errors import DataError
 from tunelab.paths import feed_file
 
@@ -35,7 +35,9 @@ class Dataset:
 
 @dataclass
 class Validated:
-    """Every record of a file sorted into usable rows (normalised) and problems; nothing is dropped."""
+    """Every record of a file sorted into usable rows (normalised) and problems; nothing is dropped.
+
+    `problems` reject their rows; `warnings` (keys that training ignores) are only listed."""
 
     path: Path
     format: str
@@ -43,6 +45,7 @@ class Validated:
     problems: list[Problem]
     total: int
     invalid: list[Row]
+    warnings: list[Problem] = field(default_factory=list)
 
 
 def validate_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> Validated:
@@ -57,16 +60,18 @@ def validate_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None 
         fmt = _detect(path, rows) if rows else "unknown"
     elif fmt not in FORMATS:
         raise DataError(f'{path}: unknown format "{fmt}"; expected one of {"|".join(FORMATS)}')
-    good, invalid = [], []
+    good, invalid, warnings = [], [], []
     for row in rows:
-        found = validate_row(row, fmt)
-        problems.extend(found)
-        if found:
+        found = inspect_row(row, fmt)
+        errors = [p for p in found if not p.warning]
+        problems.extend(errors)
+        warnings.extend(p for p in found if p.warning)
+        if errors:
             invalid.append(row)
         else:
             good.append(Row(row.line, normalize_row(row.fields, fmt)))
     problems.sort(key=lambda p: p.line)
-    return Validated(path, fmt, good, problems, len(records), invalid)
+    return Validated(path, fmt, good, problems, len(records), invalid, warnings)
 
 
 def load_dataset(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> Dataset:

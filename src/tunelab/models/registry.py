@@ -7,15 +7,15 @@ a file lock, so two processes can ask for the same alias at once.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import FileLock
 
 from tunelab.errors import ModelError
 
@@ -102,7 +102,7 @@ def _materialized(model: BundledModel) -> Path:
     if (target / ".complete").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.with_suffix(".lock")):
+    with FileLock(target.with_suffix(".lock")):
         if (target / ".complete").is_file():
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}-", dir=target.parent))
@@ -115,16 +115,6 @@ def _materialized(model: BundledModel) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-@contextmanager
-def _file_lock(path: Path):
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def list_models() -> list[dict[str, str]]:

@@ -92,7 +92,8 @@ class NanGuard(TrainerCallback):
 class SignalStop(TrainerCallback):
     """SIGTERM or Ctrl-C during training: finish the current step, save a checkpoint, then stop.
 
-    A second signal stops at once (the previous complete checkpoint stays resumable).
+    A second signal stops at once (the previous complete checkpoint stays resumable). A signal that was
+    ignored before (a background job, nohup, some CI runners) stays ignored, as Python itself leaves it.
     """
 
     EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -112,7 +113,9 @@ class SignalStop(TrainerCallback):
         if threading.current_thread() is not threading.main_thread():
             yield self  # signal handlers can only be set from the main thread (e.g. not in a job worker)
             return
-        previous = {s: signal.signal(s, self._handle) for s in self.EXIT_CODES}
+        # getsignal gives None for a handler set outside Python: it could not be put back, so leave it too.
+        taken = [s for s in self.EXIT_CODES if signal.getsignal(s) not in (signal.SIG_IGN, None)]
+        previous = {s: signal.signal(s, self._handle) for s in taken}
         try:
             yield self
         finally:
