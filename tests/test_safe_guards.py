@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 import tunelab.train.run as run_module
 from tunelab.errors import ConfigError, RunAborted, RunInterrupted, TunelabError
@@ -23,14 +24,14 @@ from tunelab.train.run import run
 
 def with_hook(monkeypatch, install) -> None:
     """Make run() load the model as usual, then call install(model) to add a fault-injecting hook."""
-    original = run_module.load_model
+    original = run_module.load_pair
 
-    def load_model(path, config):
-        tokenizer, model = original(path, config)
+    def load_pair(*args, **kwargs):
+        tokenizer, model = original(*args, **kwargs)
         install(model)
         return tokenizer, model
 
-    monkeypatch.setattr(run_module, "load_model", load_model)
+    monkeypatch.setattr(run_module, "load_pair", load_pair)
 
 
 def poison_loss(on_calls: set[int] | None = None):
@@ -297,3 +298,52 @@ def test_signal_stop_leaves_an_ignored_signal_ignored(tmp_path):
         after = signal.getsignal(signal.SIGINT)
     assert during is signal.SIG_IGN and after is signal.SIG_IGN
     assert stop.signum is None
+
+
+def test_nan_guard_reads_the_loss_the_trainer_returns_not_the_models_forward(tmp_path):
+    """A trainer that computes its own loss (as TRL and sentence-transformers do) never shows it on the model's
+    forward output; the guard still skips the step whose loss is not finite."""
+    from transformers import Trainer, TrainingArguments
+
+    from tunelab.events import Events
+    from tunelab.train.guards import NanGuard
+
+    class OwnLoss(Trainer):
+        calls = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            OwnLoss.calls += 1
+            loss = (model(inputs["x"]) - inputs["y"]).pow(2).mean()
+            return loss + math.inf if OwnLoss.calls == 2 else loss  # the gradients stay finite
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return {"x": torch.ones(2) * i, "y": torch.ones(1)}
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=3, learning_rate=0.1,
+                             report_to="none", use_cpu=True, save_strategy="no", remove_unused_columns=False)
+    trainer = OwnLoss(model=model, args=args, train_dataset=Rows())
+    guard = NanGuard(Events(None), max_bad=3)
+    trainer.add_callback(guard)
+    guard.watch(trainer)
+    seen = []
+    trainer.add_callback(type("Watch", (TrainerCallback,), {
+        "on_step_end": lambda self, args, state, control, **kw: seen.append(model.weight.detach().clone())})())
+    trainer.train()
+    assert torch.equal(seen[0], seen[1])  # step 2's non-finite loss was skipped
+    assert not torch.equal(seen[1], seen[2])
+    assert all(torch.isfinite(w).all() for w in seen)
+
+
+@pytest.mark.parametrize("batch,multiple,expected", [(8, 4, (4, 2)), (12, 4, (4, 3)), (12, 3, (6, 2)), (6, 4, None)])
+def test_oom_back_off_keeps_the_multiple_a_task_requires(batch, multiple, expected):
+    if expected is None:
+        with pytest.raises(RunAborted, match="multiple of 4"):
+            smaller_batch(batch, 1, step=1, multiple=multiple)
+        return
+    assert smaller_batch(batch, 1, step=1, multiple=multiple) == expected
