@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from tunelab.data import Dataset
 from tunelab.eval.evaluate import HeldOut
 from tunelab.tasks.base import GenerationCase, Task
 
@@ -53,16 +54,22 @@ def few_shot_case(task: Task, row: Row, fmt: str, tokenizer: Any, demos: list[Ro
     return None
 
 
-def few_shot_held_out(task: Task, train_rows: list[Row], eval_rows: list[Row], fmt: str, tokenizer: Any,
-                      held_out: HeldOut, config: Any, context_tokens: int) -> HeldOut | None:
-    """The held-out set's generation cases with k demos each; None when the task or format has none."""
-    k = config.eval.few_shot_k
+def few_shot_held_out(task: Task, train_rows: list[Row], eval_data: Dataset, tokenizer: Any, held_out: HeldOut,
+                      config: Any, context_tokens: int) -> HeldOut | None:
+    """Each held-out case again, built from its own row with k demos; None when the task or format has none."""
+    k, fmt = config.eval.few_shot_k, eval_data.format
     if not k or not task.generative or fmt not in WITH_DEMOS or not held_out.cases:
         return None
     demos = draw_demos(train_rows, k, config.train.seed)
     budget = context_tokens - config.eval.max_new_tokens
-    cases = [few_shot_case(task, row, fmt, tokenizer, demos, budget) for row in eval_rows]
-    return HeldOut([], [c for c in cases if c is not None], held_out.pad_id, held_out.metrics)
+    row_at = dict(zip(eval_data.lines, eval_data.rows))
+    cases = []
+    for bare in held_out.cases:
+        case = few_shot_case(task, row_at[bare.line], fmt, tokenizer, demos, budget)
+        if case is not None:
+            case.line = bare.line
+            cases.append(case)
+    return HeldOut([], cases, held_out.pad_id, held_out.metrics)
 
 
 def context_length(model: Any, cap: int = 2048) -> int:

@@ -26,7 +26,7 @@ class HeldOut:
 @dataclass
 class Scores:
     metrics: dict[str, float]
-    samples: list[dict[str, str]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)  # one per case, with the row's line
 
 
 def metric_names(config: Any, task: Any) -> list[str]:
@@ -38,12 +38,12 @@ def score(model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, eval_cfg: A
     """Loss metrics over the encoded rows (when any), generation metrics over the cases (when asked)."""
     metrics = heldout_loss(model, held_out.encoded, held_out.pad_id, batch_size=eval_cfg.batch_size) \
         if held_out.encoded else {}
-    samples: list[dict[str, str]] = []
+    samples: list[dict[str, Any]] = []
     if held_out.cases and eval_cfg.generate:
         answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], eval_cfg.max_new_tokens,
                            batch_size=eval_cfg.batch_size)
         refs = [c.reference for c in held_out.cases]
         metrics.update(generation_scores(held_out.metrics, answers, refs))
-        samples = [{"prompt": c.prompt_text, "reference": c.reference, "output": a}
+        samples = [{"line": c.line, "prompt": c.prompt_text, "reference": c.reference, "output": a}
                    for c, a in zip(held_out.cases, answers)]
     return Scores(metrics, samples)
