@@ -17,7 +17,7 @@ from tunelab.config import RunConfig
 from tunelab.data import Dataset, load_dataset, split_rows
 from tunelab.errors import DataError
 from tunelab.eval import evidence
-from tunelab.eval.evaluate import HeldOut, Scores, metric_names, score
+from tunelab.eval.evaluate import HeldOut, Scores, fit_metrics, metric_names, score
 from tunelab.eval.forgetting import replay_examples
 from tunelab.methods import count_params, get_method
 from tunelab.models import resolve_model
@@ -179,10 +179,15 @@ def _lines(lines: list[int]) -> str:
 
 def held_out_set(task: Task, dataset: Dataset, tokenizer: Any, config: RunConfig, events: Events,
                  metrics: list[str] | None = None) -> HeldOut:
-    """Encoded rows for the loss, generation cases for the metrics (`metrics` None: the configured ones)."""
+    """Encoded rows for the loss, generation cases for the metrics (`metrics` None: fitted to the references)."""
     encoded = encode(task, dataset, tokenizer, config.train.max_length, events)
     cases = generation_cases(task, dataset, tokenizer, config.eval.max_examples) if task.generative else []
-    return HeldOut(encoded, cases, tokenizer.pad_token_id, metrics or metric_names(config, task))
+    if metrics is None:
+        metrics, messages = fit_metrics(metric_names(config, task), [c.reference for c in cases],
+                                        explicit=config.eval.metrics is not None)
+        for message in messages:
+            events.emit("warning", message=f"{dataset.path}: {message}")
+    return HeldOut(encoded, cases, tokenizer.pad_token_id, metrics)
 
 
 def generation_cases(task: Task, dataset: Dataset, tokenizer: Any, max_examples: int) -> list[GenerationCase]:
