@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tunelab.eval.baselines import draw_demos, few_shot_case
 from tunelab.eval.evaluate import HeldOut
@@ -138,3 +139,57 @@ def test_samples_stay_aligned_when_a_middle_row_has_no_case(tiny_config, skips_2
     assert all(s["few_shot"] is not None and s["after"] is not None for s in samples)
     assert [s["line"] for s in samples] == [1, 3, 4]
     assert result.summary["few_shot"]["mean_shots"] == pytest.approx(2.0)
+
+
+class RunsOn(torch.nn.Module):
+    """A base model shown demos: answers, then carries on into a new demo, whatever stop strings it is given."""
+
+    def __init__(self, tokenizer, text):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.tail = tokenizer(text, add_special_tokens=False)["input_ids"]
+        self.asked = {}
+
+    def generate(self, input_ids, **kwargs):
+        self.asked = kwargs
+        return torch.cat([input_ids, torch.tensor([self.tail] * len(input_ids))], dim=1)
+
+
+def test_few_shot_answers_are_cut_before_the_next_demo(tokenizer):
+    from tunelab.config import load_config
+    from tunelab.data import Dataset
+    from tunelab.eval.baselines import few_shot_held_out
+    from tunelab.eval.evaluate import score
+    from tunelab.train.run import generation_cases
+
+    config = load_config(None, ["data.train=x.jsonl", "eval.few_shot_k=2"])
+    held = Dataset(Path("eval.jsonl"), "prompt_completion", [PC_ROWS[9]], [1])
+    bare = HeldOut([], generation_cases(SFT, held, tokenizer, 0), 0)
+    shots = few_shot_held_out(SFT, PC_ROWS[:5], held, tokenizer, bare, config, 512)
+    model = RunsOn(tokenizer, " A9\n\nQ0: A0\n\nQ")
+    scores = score(model, tokenizer, shots, config.eval)
+    assert [s["output"] for s in scores.samples] == ["A9"]
+    assert scores.metrics["exact_match"] == 1.0
+    assert model.asked["stop_strings"] == ["\n\n"] and model.asked["tokenizer"] is tokenizer
+
+
+def test_generation_halts_at_a_stop_string_on_a_real_model(tiny_model_dir, tokenizer):
+    """The tiny random model answers "Q1 A1 Q2" with "22222 Plant Plant ...": it stops at " Plant"."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.eval.generate import generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    new_tokens, original = [], model.generate
+
+    def counted(input_ids, **kwargs):
+        out = original(input_ids=input_ids, **kwargs)
+        new_tokens.append(out.shape[1] - input_ids.shape[1])
+        return out
+
+    model.generate = counted
+    prompt = tokenizer("Q1 A1 Q2")["input_ids"]
+    free = generate(model, tokenizer, [prompt], 16)[0]
+    assert free.startswith("22222 Plant Plant") and new_tokens[-1] == 16
+    assert generate(model, tokenizer, [prompt], 16, stop=(" Plant",)) == ["22222"]
+    assert new_tokens[-1] < 16

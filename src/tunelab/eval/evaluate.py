@@ -21,6 +21,7 @@ class HeldOut:
     cases: list[GenerationCase]
     pad_id: int
     metrics: list[str] = field(default_factory=lambda: ["exact_match", "token_f1"])
+    stop: tuple[str, ...] = ()  # generation ends at these strings, e.g. the separator between few-shot demos
 
 
 @dataclass
@@ -84,7 +85,7 @@ def score(model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, eval_cfg: A
     samples: list[dict[str, Any]] = []
     if held_out.cases and eval_cfg.generate:
         answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], eval_cfg.max_new_tokens,
-                           batch_size=eval_cfg.batch_size)
+                           batch_size=eval_cfg.batch_size, stop=held_out.stop)
         refs = [c.reference for c in held_out.cases]
         metrics.update(generation_scores(held_out.metrics, answers, refs))
         samples = [{"line": c.line, "prompt": c.prompt_text, "reference": c.reference, "output": a}
