@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from tunelab.eval.baselines import draw_demos, few_shot_case
 from tunelab.eval.evaluate import HeldOut
@@ -70,11 +73,123 @@ def test_few_shot_is_skipped_when_k_is_zero(tiny_config):
     assert summary["few_shot"] is None
 
 
+class SkipsSay21:
+    """SFT, except that a row asking for 21 yields no generation case (as a task may for any row)."""
+
+    name, formats, generative, default_metrics = "sft-skips-21", SFT.formats, True, SFT.default_metrics
+
+    def encode(self, row, fmt, tokenizer, max_length):
+        return SFT.encode(row, fmt, tokenizer, max_length)
+
+    def generation_case(self, row, fmt, tokenizer):
+        text = row["prompt"] if fmt == "prompt_completion" else row["messages"][-2]["content"]
+        return None if "21" in text else SFT.generation_case(row, fmt, tokenizer)
+
+
+@pytest.fixture
+def skips_21(monkeypatch):
+    from tunelab.tasks import TASKS
+
+    monkeypatch.setitem(TASKS, SkipsSay21.name, SkipsSay21())
+    return TASKS[SkipsSay21.name]
+
+
 def test_held_out_row_order_is_kept(tokenizer):
-    from tunelab.eval.baselines import few_shot_held_out
     from tunelab.config import load_config
+    from tunelab.data import Dataset
+    from tunelab.eval.baselines import few_shot_held_out
+    from tunelab.train.run import generation_cases
 
     config = load_config(None, ["data.train=x.jsonl", "eval.few_shot_k=1"])
-    base = HeldOut([], [SFT.generation_case(r, "prompt_completion", tokenizer) for r in PC_ROWS[5:]], 0)
-    shots = few_shot_held_out(SFT, PC_ROWS[:5], PC_ROWS[5:], "prompt_completion", tokenizer, base, config, 512)
+    held = Dataset(Path("eval.jsonl"), "prompt_completion", PC_ROWS[5:], [6, 7, 8, 9, 10])
+    base = HeldOut([], generation_cases(SFT, held, tokenizer, 0), 0)
+    shots = few_shot_held_out(SFT, PC_ROWS[:5], held, tokenizer, base, config, 512)
     assert [c.reference for c in shots.cases] == [c.reference for c in base.cases]
+    assert [c.line for c in shots.cases] == [6, 7, 8, 9, 10]
+
+
+def test_few_shot_cases_come_from_the_rows_that_have_cases(tokenizer, skips_21):
+    from tunelab.config import load_config
+    from tunelab.data import Dataset
+    from tunelab.eval.baselines import few_shot_held_out
+    from tunelab.train.run import generation_cases
+
+    rows = [{"prompt": f"Q{i}:", "completion": f" A{i}"} for i in (20, 21, 22, 23)]
+    held = Dataset(Path("eval.jsonl"), "prompt_completion", rows, [1, 2, 3, 4])
+    base = HeldOut([], generation_cases(skips_21, held, tokenizer, 0), 0)
+    shots = few_shot_held_out(skips_21, PC_ROWS, held, tokenizer, base,
+                              load_config(None, ["data.train=x.jsonl", "eval.few_shot_k=2"]), 512)
+    assert [c.line for c in base.cases] == [c.line for c in shots.cases] == [1, 3, 4]
+    assert [c.reference for c in shots.cases] == [" A20", " A22", " A23"]
+    assert [tokenizer.decode(c.prompt_ids, skip_special_tokens=True)[-4:] for c in shots.cases] == \
+        ["Q20:", "Q22:", "Q23:"]
+
+
+def test_samples_stay_aligned_when_a_middle_row_has_no_case(tiny_config, skips_21):
+    """Eval rows ask for 20..23; 21 yields no case, so 3 samples, each with its own reference and all answers."""
+    import json
+
+    from tunelab.train.run import run
+
+    result = run(tiny_config(f"task={skips_21.name}", "eval.few_shot_k=2", "eval.forgetting_probe=false",
+                             "eval.train_sample=0"))
+    samples = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [s["reference"] for s in samples] == [f"The number is {i}." for i in (20, 22, 23)]
+    assert [s["prompt"] for s in samples] == [f"Say the number {i}." for i in (20, 22, 23)]
+    assert all(s["few_shot"] is not None and s["after"] is not None for s in samples)
+    assert [s["line"] for s in samples] == [1, 3, 4]
+    assert result.summary["few_shot"]["mean_shots"] == pytest.approx(2.0)
+
+
+class RunsOn(torch.nn.Module):
+    """A base model shown demos: answers, then carries on into a new demo, whatever stop strings it is given."""
+
+    def __init__(self, tokenizer, text):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.tail = tokenizer(text, add_special_tokens=False)["input_ids"]
+        self.asked = {}
+
+    def generate(self, input_ids, **kwargs):
+        self.asked = kwargs
+        return torch.cat([input_ids, torch.tensor([self.tail] * len(input_ids))], dim=1)
+
+
+def test_few_shot_answers_are_cut_before_the_next_demo(tokenizer):
+    from tunelab.config import load_config
+    from tunelab.data import Dataset
+    from tunelab.eval.baselines import few_shot_held_out
+    from tunelab.eval.evaluate import score
+    from tunelab.train.run import generation_cases
+
+    config = load_config(None, ["data.train=x.jsonl", "eval.few_shot_k=2"])
+    held = Dataset(Path("eval.jsonl"), "prompt_completion", [PC_ROWS[9]], [1])
+    bare = HeldOut([], generation_cases(SFT, held, tokenizer, 0), 0)
+    shots = few_shot_held_out(SFT, PC_ROWS[:5], held, tokenizer, bare, config, 512)
+    model = RunsOn(tokenizer, " A9\n\nQ0: A0\n\nQ")
+    scores = score(model, tokenizer, shots, config.eval)
+    assert [s["output"] for s in scores.samples] == ["A9"]
+    assert scores.metrics["exact_match"] == 1.0
+    assert model.asked["stop_strings"] == ["\n\n"] and model.asked["tokenizer"] is tokenizer
+
+
+def test_generation_halts_at_a_stop_string_on_a_real_model(tiny_model_dir, tokenizer):
+    """The tiny random model answers "Q1 A1 Q2" with "22222 Plant Plant ...": it stops at " Plant"."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.eval.generate import generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    new_tokens, original = [], model.generate
+
+    def counted(input_ids, **kwargs):
+        out = original(input_ids=input_ids, **kwargs)
+        new_tokens.append(out.shape[1] - input_ids.shape[1])
+        return out
+
+    model.generate = counted
+    prompt = tokenizer("Q1 A1 Q2")["input_ids"]
+    free = generate(model, tokenizer, [prompt], 16)[0]
+    assert free.startswith("22222 Plant Plant") and new_tokens[-1] == 16
+    assert generate(model, tokenizer, [prompt], 16, stop=(" Plant",)) == ["22222"]
+    assert new_tokens[-1] < 16

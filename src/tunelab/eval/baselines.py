@@ -10,14 +10,18 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from tunelab.data import Dataset
 from tunelab.eval.evaluate import HeldOut
 from tunelab.tasks.base import GenerationCase, Task
 
 Row = dict[str, Any]
 
 
+DEMO_SEPARATOR = "\n\n"
+
+
 def _with_demos_prompt_completion(row: Row, demos: list[Row]) -> Row:
-    shown = "".join(d["prompt"] + d["completion"] + "\n\n" for d in demos)
+    shown = "".join(d["prompt"] + d["completion"] + DEMO_SEPARATOR for d in demos)
     return {**row, "prompt": shown + row["prompt"]}
 
 
@@ -34,6 +38,9 @@ WITH_DEMOS: dict[str, Callable[[Row, list[Row]], Row]] = {
     "prompt_completion": _with_demos_prompt_completion,
     "messages": _with_demos_messages,
 }
+# Where a demo'd answer ends: a base model shown demos answers, then carries on into a new demo; only the
+# answer is scored. Chat turns end at the template's end-of-turn token, so they need no stop string.
+STOP_AFTER_DEMOS: dict[str, tuple[str, ...]] = {"prompt_completion": (DEMO_SEPARATOR,), "messages": ()}
 
 
 def draw_demos(train_rows: list[Row], k: int, seed: int) -> list[Row]:
@@ -53,16 +60,22 @@ def few_shot_case(task: Task, row: Row, fmt: str, tokenizer: Any, demos: list[Ro
     return None
 
 
-def few_shot_held_out(task: Task, train_rows: list[Row], eval_rows: list[Row], fmt: str, tokenizer: Any,
-                      held_out: HeldOut, config: Any, context_tokens: int) -> HeldOut | None:
-    """The held-out set's generation cases with k demos each; None when the task or format has none."""
-    k = config.eval.few_shot_k
+def few_shot_held_out(task: Task, train_rows: list[Row], eval_data: Dataset, tokenizer: Any, held_out: HeldOut,
+                      config: Any, context_tokens: int) -> HeldOut | None:
+    """Each held-out case again, built from its own row with k demos; None when the task or format has none."""
+    k, fmt = config.eval.few_shot_k, eval_data.format
     if not k or not task.generative or fmt not in WITH_DEMOS or not held_out.cases:
         return None
     demos = draw_demos(train_rows, k, config.train.seed)
     budget = context_tokens - config.eval.max_new_tokens
-    cases = [few_shot_case(task, row, fmt, tokenizer, demos, budget) for row in eval_rows]
-    return HeldOut([], [c for c in cases if c is not None], held_out.pad_id, held_out.metrics)
+    row_at = dict(zip(eval_data.lines, eval_data.rows))
+    cases = []
+    for bare in held_out.cases:
+        case = few_shot_case(task, row_at[bare.line], fmt, tokenizer, demos, budget)
+        if case is not None:
+            case.line = bare.line
+            cases.append(case)
+    return HeldOut([], cases, held_out.pad_id, held_out.metrics, stop=STOP_AFTER_DEMOS[fmt])
 
 
 def context_length(model: Any, cap: int = 2048) -> int:

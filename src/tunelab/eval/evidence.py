@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from tunelab.data import Dataset
 from tunelab.errors import ConfigError
 from tunelab.eval import forgetting
 from tunelab.eval.baselines import context_length, few_shot_held_out, mean_shots
@@ -35,13 +36,11 @@ class Baselines:
     train_before: dict[str, float] = field(default_factory=dict)
 
 
-def before_training(model: torch.nn.Module, tokenizer: Any, task: Any, train_rows: list[dict], eval_rows: list[dict],
-                    fmt: str, held_out: HeldOut, train_sample: HeldOut | None, config: Any,
-                    events: Any) -> Baselines:
+def before_training(model: torch.nn.Module, tokenizer: Any, task: Any, train_rows: list[dict], eval_data: Dataset,
+                    held_out: HeldOut, train_sample: HeldOut | None, config: Any, events: Any) -> Baselines:
     """Few-shot baseline, forgetting probe and train-sample loss, all on the untuned model."""
     out = Baselines(train_sample=train_sample)
-    shots = few_shot_held_out(task, train_rows, eval_rows[: len(held_out.cases)], fmt, tokenizer, held_out, config,
-                              context_length(model))
+    shots = few_shot_held_out(task, train_rows, eval_data, tokenizer, held_out, config, context_length(model))
     if shots is not None and config.eval.generate:
         events.emit("evaluating", which="few-shot", what=f"the {config.eval.few_shot_k}-shot baseline")
         out.few_shot, out.few_shot_shots = score(model, tokenizer, shots, config.eval), mean_shots(shots)

@@ -23,12 +23,17 @@ class Encoded:
 
 @dataclass
 class GenerationCase:
-    """A held-out prompt (token ids as the model saw them in training) and the reference answer."""
+    """A held-out prompt (token ids as the model saw them in training) and the reference answer.
+
+    `line` is the data file's line of the row it came from (set by whoever read the row): baselines,
+    scores and samples are matched on it, never on position, since a row may yield no case.
+    """
 
     prompt_ids: list[int]
     reference: str
     prompt_text: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    line: int = 0
 
 
 class Task(Protocol):

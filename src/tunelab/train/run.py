@@ -17,13 +17,13 @@ from tunelab.config import RunConfig
 from tunelab.data import Dataset, load_dataset, split_rows
 from tunelab.errors import DataError
 from tunelab.eval import evidence
-from tunelab.eval.evaluate import HeldOut, Scores, metric_names, score
+from tunelab.eval.evaluate import HeldOut, Scores, fit_metrics, metric_names, score
 from tunelab.eval.forgetting import replay_examples
 from tunelab.methods import count_params, get_method
 from tunelab.models import resolve_model
 from tunelab.models.safety import check_weights, loading_kwargs, plain_tensors_only
 from tunelab.tasks import TASKS, Task, get_task, task_for_format
-from tunelab.tasks.base import Encoded
+from tunelab.tasks.base import Encoded, GenerationCase
 from tunelab.train.events import Events, Listener
 from tunelab.eval.report import write_report
 from tunelab.train.guards import train_guarded
@@ -65,8 +65,9 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
 
     events.emit("evaluating", which="before")
     before = score(model, tokenizer, held_out, config.eval)
-    baselines = evidence.before_training(model, tokenizer, task, train_data.rows, eval_data.rows, eval_data.format,
-                                         held_out, train_sample(task, train_data, tokenizer, config), config, events)
+    baselines = evidence.before_training(model, tokenizer, task, train_data.rows, eval_data, held_out,
+                                         train_sample(task, train_data, tokenizer, config, held_out.metrics), config,
+                                         events)
     model = get_method(config.method).apply(model, config)
     trainable, total = count_params(model)
     events.emit("model_ready", trainable_params=trainable, total_params=total)
@@ -98,7 +99,7 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
                   "steps": trainer.state.global_step, "final_train_loss": output.training_loss},
         "trainable_params": trainable, "total_params": total,
         "model": config.model, "method": config.method, "task": config.task,
-        "metrics": metric_names(config, task), **found,
+        "metrics": held_out.metrics, **found,
     }
     write_json(run_dir / "summary.json", summary)
     write_samples(run_dir, before, after, baselines.few_shot)
@@ -176,28 +177,49 @@ def _lines(lines: list[int]) -> str:
     return ", ".join(map(str, lines[:10])) + (", ..." if len(lines) > 10 else "")
 
 
-def held_out_set(task: Task, dataset: Dataset, tokenizer: Any, config: RunConfig, events: Events) -> HeldOut:
+def held_out_set(task: Task, dataset: Dataset, tokenizer: Any, config: RunConfig, events: Events,
+                 metrics: list[str] | None = None) -> HeldOut:
+    """Encoded rows for the loss, generation cases for the metrics (`metrics` None: fitted to the references)."""
     encoded = encode(task, dataset, tokenizer, config.train.max_length, events)
-    rows = dataset.rows[: config.eval.max_examples or None]
-    cases = [task.generation_case(row, dataset.format, tokenizer) for row in rows] if task.generative else []
-    return HeldOut(encoded, [c for c in cases if c is not None], tokenizer.pad_token_id, metric_names(config, task))
+    cases = generation_cases(task, dataset, tokenizer, config.eval.max_examples) if task.generative else []
+    if metrics is None:
+        metrics, messages = fit_metrics(metric_names(config, task), [c.reference for c in cases],
+                                        explicit=config.eval.metrics is not None)
+        for message in messages:
+            events.emit("warning", message=f"{dataset.path}: {message}")
+    return HeldOut(encoded, cases, tokenizer.pad_token_id, metrics)
 
 
-def train_sample(task: Task, dataset: Dataset, tokenizer: Any, config: RunConfig) -> HeldOut | None:
-    """A seeded sample of training rows, scored like held-out ones to compare fit on seen vs unseen rows."""
+def generation_cases(task: Task, dataset: Dataset, tokenizer: Any, max_examples: int) -> list[GenerationCase]:
+    """A case for each of the first max_examples rows (0: all) that has one, tagged with the row's line."""
+    cases = []
+    for row, line in list(zip(dataset.rows, dataset.lines))[: max_examples or None]:
+        case = task.generation_case(row, dataset.format, tokenizer)
+        if case is not None:
+            case.line = line
+            cases.append(case)
+    return cases
+
+
+def train_sample(task: Task, dataset: Dataset, tokenizer: Any, config: RunConfig,
+                 metrics: list[str]) -> HeldOut | None:
+    """A seeded sample of training rows, scored with the held-out metrics to compare fit on seen vs unseen rows."""
     n = min(config.eval.train_sample, len(dataset.rows))
     if not n:
         return None
     picked = sorted(random.Random(config.train.seed).sample(range(len(dataset.rows)), n))
     subset = Dataset(dataset.path, dataset.format, [dataset.rows[i] for i in picked], [dataset.lines[i] for i in picked])
-    return held_out_set(task, subset, tokenizer, config, Events(None))
+    return held_out_set(task, subset, tokenizer, config, Events(None), metrics)
 
 
 def write_samples(run_dir: Path, before: Scores, after: Scores, few_shot: Scores | None = None) -> None:
+    """One line per held-out case; the three answers are matched on the row's line, never on position."""
     import json
 
-    shots = few_shot.samples if few_shot is not None else [{}] * len(before.samples)
+    tuned = {s["line"]: s["output"] for s in after.samples}
+    shots = {s["line"]: s["output"] for s in few_shot.samples} if few_shot is not None else {}
     with open(run_dir / "samples.jsonl", "w", encoding="utf-8") as handle:
-        for b, a, f in zip(before.samples, after.samples, shots):
-            handle.write(json.dumps({"prompt": b["prompt"], "reference": b["reference"], "before": b["output"],
-                                     "few_shot": f.get("output"), "after": a["output"]}) + "\n")
+        for b in before.samples:
+            handle.write(json.dumps({"line": b["line"], "prompt": b["prompt"], "reference": b["reference"],
+                                     "before": b["output"], "few_shot": shots.get(b["line"]),
+                                     "after": tuned[b["line"]]}) + "\n")
