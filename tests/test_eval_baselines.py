@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from tunelab.eval.baselines import draw_demos, few_shot_case
-from tunelab.eval.evaluate import HeldOut
+import pytest
+import torch
+
+from tunelab.tasks.few_shot import draw_demos, few_shot_case
+from tunelab.tasks.lm import HeldOut
 from tunelab.tasks import get_task
 
 SFT = get_task("sft")
@@ -56,8 +59,9 @@ def test_run_puts_zero_shot_few_shot_and_tuned_side_by_side(tiny_config, capsys)
     result = run(tiny_config("eval.few_shot_k=2", "eval.forgetting_probe=false", "eval.train_sample=0"))
     s = result.summary
     assert s["zero_shot"] == s["before"]
-    assert set(s["few_shot"]) == {"exact_match", "token_f1", "k", "mean_shots"}
-    assert s["few_shot"]["k"] == 2 and s["few_shot"]["mean_shots"] == pytest.approx(2.0)
+    few = s["baselines"]["few_shot"]
+    assert set(few) == {"label", "metrics", "k", "mean_shots"} and set(few["metrics"]) == {"exact_match", "token_f1"}
+    assert few["k"] == 2 and few["mean_shots"] == pytest.approx(2.0) and few["label"] == "2-shot"
     print_summary(result.run_dir, s)
     header = capsys.readouterr().out.strip().splitlines()[0].split()
     assert header == ["metric", "zero-shot", "2-shot", "tuned", "change"]
@@ -67,14 +71,120 @@ def test_few_shot_is_skipped_when_k_is_zero(tiny_config):
     from tunelab.train.run import run
 
     summary = run(tiny_config("eval.few_shot_k=0", "eval.forgetting_probe=false", "eval.train_sample=0")).summary
-    assert summary["few_shot"] is None
+    assert summary["baselines"] == {}
+
+
+class SkipsSay21(type(SFT)):
+    """SFT, except that a row asking for 21 yields no generation case (as a task may for any row)."""
+
+    name = "sft-skips-21"
+
+    def generation_case(self, row, fmt, tokenizer):
+        text = row["prompt"] if fmt == "prompt_completion" else row["messages"][-2]["content"]
+        return None if "21" in text else SFT.generation_case(row, fmt, tokenizer)
+
+
+@pytest.fixture
+def skips_21(monkeypatch):
+    from tunelab.tasks import TASKS
+
+    monkeypatch.setitem(TASKS, SkipsSay21.name, SkipsSay21())
+    return TASKS[SkipsSay21.name]
 
 
 def test_held_out_row_order_is_kept(tokenizer):
-    from tunelab.eval.baselines import few_shot_held_out
     from tunelab.config import load_config
+    from tunelab.data import Dataset
+    from tunelab.tasks.few_shot import few_shot_held_out
 
     config = load_config(None, ["data.train=x.jsonl", "eval.few_shot_k=1"])
-    base = HeldOut([], [SFT.generation_case(r, "prompt_completion", tokenizer) for r in PC_ROWS[5:]], 0)
-    shots = few_shot_held_out(SFT, PC_ROWS[:5], PC_ROWS[5:], "prompt_completion", tokenizer, base, config, 512)
+    held = Dataset(Path("eval.jsonl"), "prompt_completion", PC_ROWS[5:], [6, 7, 8, 9, 10])
+    base = HeldOut([], SFT.generation_cases(held, tokenizer, 0), 0)
+    shots = few_shot_held_out(SFT, PC_ROWS[:5], held, tokenizer, base, config, 512)
     assert [c.reference for c in shots.cases] == [c.reference for c in base.cases]
+    assert [c.line for c in shots.cases] == [6, 7, 8, 9, 10]
+
+
+def test_few_shot_cases_come_from_the_rows_that_have_cases(tokenizer, skips_21):
+    from tunelab.config import load_config
+    from tunelab.data import Dataset
+    from tunelab.tasks.few_shot import few_shot_held_out
+
+    rows = [{"prompt": f"Q{i}:", "completion": f" A{i}"} for i in (20, 21, 22, 23)]
+    held = Dataset(Path("eval.jsonl"), "prompt_completion", rows, [1, 2, 3, 4])
+    base = HeldOut([], skips_21.generation_cases(held, tokenizer, 0), 0)
+    shots = few_shot_held_out(skips_21, PC_ROWS, held, tokenizer, base,
+                              load_config(None, ["data.train=x.jsonl", "eval.few_shot_k=2"]), 512)
+    assert [c.line for c in base.cases] == [c.line for c in shots.cases] == [1, 3, 4]
+    assert [c.reference for c in shots.cases] == [" A20", " A22", " A23"]
+    assert [tokenizer.decode(c.prompt_ids, skip_special_tokens=True)[-4:] for c in shots.cases] == \
+        ["Q20:", "Q22:", "Q23:"]
+
+
+def test_samples_stay_aligned_when_a_middle_row_has_no_case(tiny_config, skips_21):
+    """Eval rows ask for 20..23; 21 yields no case, so 3 samples, each with its own reference and all answers."""
+    import json
+
+    from tunelab.train.run import run
+
+    result = run(tiny_config(f"task={skips_21.name}", "eval.few_shot_k=2", "eval.forgetting_probe=false",
+                             "eval.train_sample=0"))
+    samples = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [s["reference"] for s in samples] == [f"The number is {i}." for i in (20, 22, 23)]
+    assert [s["prompt"] for s in samples] == [f"Say the number {i}." for i in (20, 22, 23)]
+    assert all(s["few_shot"] is not None and s["after"] is not None for s in samples)
+    assert [s["line"] for s in samples] == [1, 3, 4]
+    assert result.summary["baselines"]["few_shot"]["mean_shots"] == pytest.approx(2.0)
+
+
+class RunsOn(torch.nn.Module):
+    """A base model shown demos: answers, then carries on into a new demo, whatever stop strings it is given."""
+
+    def __init__(self, tokenizer, text):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.tail = tokenizer(text, add_special_tokens=False)["input_ids"]
+        self.asked = {}
+
+    def generate(self, input_ids, **kwargs):
+        self.asked = kwargs
+        return torch.cat([input_ids, torch.tensor([self.tail] * len(input_ids))], dim=1)
+
+
+def test_few_shot_answers_are_cut_before_the_next_demo(tokenizer):
+    from tunelab.config import load_config
+    from tunelab.data import Dataset
+    from tunelab.tasks.few_shot import few_shot_held_out
+    from tunelab.tasks.lm import score
+
+    config = load_config(None, ["data.train=x.jsonl", "eval.few_shot_k=2"])
+    held = Dataset(Path("eval.jsonl"), "prompt_completion", [PC_ROWS[9]], [1])
+    bare = HeldOut([], SFT.generation_cases(held, tokenizer, 0), 0)
+    shots = few_shot_held_out(SFT, PC_ROWS[:5], held, tokenizer, bare, config, 512)
+    model = RunsOn(tokenizer, " A9\n\nQ0: A0\n\nQ")
+    scores = score(model, tokenizer, shots, config.eval)
+    assert [s["output"] for s in scores.samples] == ["A9"]
+    assert scores.metrics["exact_match"] == 1.0
+    assert model.asked["stop_strings"] == ["\n\n"] and model.asked["tokenizer"] is tokenizer
+
+
+def test_generation_halts_at_a_stop_string_on_a_real_model(tiny_model_dir, tokenizer):
+    """The tiny random model answers "Q1 A1 Q2" with "22222 Plant Plant ...": it stops at " Plant"."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.scoring.generate import generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    new_tokens, original = [], model.generate
+
+    def counted(input_ids, **kwargs):
+        out = original(input_ids=input_ids, **kwargs)
+        new_tokens.append(out.shape[1] - input_ids.shape[1])
+        return out
+
+    model.generate = counted
+    prompt = tokenizer("Q1 A1 Q2")["input_ids"]
+    free = generate(model, tokenizer, [prompt], 16)[0]
+    assert free.startswith("22222 Plant Plant") and new_tokens[-1] == 16
+    assert generate(model, tokenizer, [prompt], 16, stop=(" Plant",)) == ["22222"]
+    assert new_tokens[-1] < 16

@@ -18,7 +18,7 @@ from typing import Any
 from tunelab.data.dedup import DEFAULT_THRESHOLD, find_duplicates, row_text
 from tunelab.data.formats import Problem, Row
 from tunelab.data.loading import Validated, validate_file
-from tunelab.tasks.base import IGNORE
+from tunelab.tasks.lm import IGNORE
 
 DEFAULT_MAX_LENGTH = 512
 

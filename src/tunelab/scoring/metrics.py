@@ -193,3 +193,47 @@ def confusion(predictions: list[str], references: list[str]) -> tuple[list[str],
     for p, r in zip(predictions, references):
         counts[index[normalize(r)]][index.get(normalize(p), len(labels))] += 1
     return labels + ["(other)"], counts
+
+
+# Which metrics mean something for a set of references.
+JSON_METRICS = ("json_valid", "json_fields")
+LABEL_METRICS = ("accuracy", "macro_f1")
+MAX_LABELS = 20  # more distinct answers than this reads as free text, not classes
+MAX_LABEL_CHARS = 40
+
+
+def fit_metrics(names: list[str], references: list[str], explicit: bool) -> tuple[list[str], list[str]]:
+    """The metrics that mean something for these references, and a message for each change or hint.
+
+    JSON metrics are left out unless at least half the references are JSON objects or arrays (a
+    one-word label is never valid JSON). Label-like references get accuracy and macro F1 first in
+    the list when the list is the task's default; an explicit eval.metrics is kept and only hinted.
+    """
+    if not references:
+        return names, []
+    messages = []
+    structured = sum(isinstance(parse_json(r), (dict, list)) for r in references)
+    unfit = [n for n in names if n in JSON_METRICS] if 2 * structured < len(references) else []
+    if unfit:
+        names = [n for n in names if n not in unfit]
+        messages.append(f"left out {', '.join(unfit)}: {len(references) - structured} of {len(references)} "
+                        "references are not JSON objects or arrays")
+    labels = label_set(references)
+    missing = [n for n in LABEL_METRICS if n not in names]
+    if labels and missing:
+        shown = f"{len(labels)} distinct labels ({', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''})"
+        if explicit:
+            messages.append(f"the references look like class labels, {shown}; add {', '.join(missing)} to "
+                            "eval.metrics to score them as a classification")
+        else:
+            names = [*missing, *names]
+            messages.append(f"scoring as a classification ({', '.join(missing)} added): the references are {shown}")
+    return names, messages
+
+
+def label_set(references: list[str]) -> list[str]:
+    """The sorted labels when references are a few short one-line values each seen twice on average, else []."""
+    labels = sorted({r.strip() for r in references})
+    fits = (len(labels) <= MAX_LABELS and 2 * len(labels) <= len(references)
+            and all(label and "\n" not in label and len(label) <= MAX_LABEL_CHARS for label in labels))
+    return labels if fits else []

@@ -45,6 +45,7 @@ class Prepared:
 
     train: list[dict[str, Any]]
     held_out: Any
+    metrics: list[str]                  # what this run reports (the task's, fitted to the held-out rows)
     train_sample: Any = None
     info: dict[str, Any] = field(default_factory=dict)  # shown in summary.json (e.g. label names)
 

@@ -139,7 +139,7 @@ class Classify(Task):
         labels = label_names(config, train)
         sample = train.sample(config.eval.train_sample, config.train.seed)
         return Prepared(encode_rows(train, tokenizer, labels, config.train.max_length).rows,
-                        self.held_out(config, tokenizer, held, events),
+                        self.held_out(config, tokenizer, held, events), self.metric_names(config),
                         train_sample=self.held_out(config, tokenizer, sample, events) if sample.rows else None,
                         info={"labels": labels})
 

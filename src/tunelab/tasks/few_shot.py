@@ -16,8 +16,11 @@ from tunelab.tasks.lm import GenerationCase, HeldOut, LmTask, score
 Row = dict[str, Any]
 
 
+DEMO_SEPARATOR = "\n\n"
+
+
 def _with_demos_prompt_completion(row: Row, demos: list[Row]) -> Row:
-    shown = "".join(d["prompt"] + d["completion"] + "\n\n" for d in demos)
+    shown = "".join(d["prompt"] + d["completion"] + DEMO_SEPARATOR for d in demos)
     return {**row, "prompt": shown + row["prompt"]}
 
 
@@ -34,6 +37,9 @@ WITH_DEMOS: dict[str, Callable[[Row, list[Row]], Row]] = {
     "prompt_completion": _with_demos_prompt_completion,
     "messages": _with_demos_messages,
 }
+# Where a demo'd answer ends: a base model shown demos answers, then carries on into a new demo; only the
+# answer is scored. Chat turns end at the template's end-of-turn token, so they need no stop string.
+STOP_AFTER_DEMOS: dict[str, tuple[str, ...]] = {"prompt_completion": (DEMO_SEPARATOR,), "messages": ()}
 
 
 def draw_demos(train_rows: list[Row], k: int, seed: int) -> list[Row]:
@@ -68,7 +74,7 @@ def few_shot_held_out(task: LmTask, train_rows: list[Row], eval_data: Any, token
         if case is not None:
             case.line = bare.line
             cases.append(case)
-    return HeldOut([], cases, held_out.pad_id, held_out.metrics)
+    return HeldOut([], cases, held_out.pad_id, held_out.metrics, stop=STOP_AFTER_DEMOS[fmt])
 
 
 def few_shot_baseline(task: LmTask, model: Any, tokenizer: Any, train: Any, held: Any, held_out: HeldOut,

@@ -15,7 +15,7 @@ import torch
 
 from tunelab.errors import DataError
 from tunelab.scoring.generate import generate
-from tunelab.scoring.metrics import describe, generation_scores
+from tunelab.scoring.metrics import describe, fit_metrics, generation_scores
 from tunelab.tasks.base import FORGETTING, GENERATION, Prepared, Scores, Task
 
 IGNORE = -100
@@ -60,6 +60,7 @@ class HeldOut:
     cases: list[GenerationCase]
     pad_id: int
     metrics: list[str] = field(default_factory=lambda: ["exact_match", "token_f1"])
+    stop: tuple[str, ...] = ()  # generation ends at these strings, e.g. the separator between few-shot demos
 
 
 def truncate(ids: list[int], labels: list[int], max_length: int) -> Encoded:
@@ -119,7 +120,7 @@ def score(model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, eval_cfg: A
     samples: list[dict[str, Any]] = []
     if held_out.cases and eval_cfg.generate:
         answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], eval_cfg.max_new_tokens,
-                           batch_size=eval_cfg.batch_size)
+                           batch_size=eval_cfg.batch_size, stop=held_out.stop)
         refs = [c.reference for c in held_out.cases]
         metrics.update(generation_scores(held_out.metrics, answers, refs))
         samples = [{"line": c.line, "prompt": c.prompt_text, "reference": c.reference, "output": a}
@@ -154,8 +155,9 @@ class LmTask(Task):
         examples += replay_examples(replay_texts(), config.data.replay_fraction, len(examples), tokenizer,
                                     t.max_length, t.seed)
         sample = train.sample(config.eval.train_sample, t.seed)
-        return Prepared([e.as_row() for e in examples], self.held_out(config, tokenizer, held, events),
-                        self.held_out(config, tokenizer, sample, None) if sample.rows else None)
+        held_out = self.held_out(config, tokenizer, held, events)
+        return Prepared([e.as_row() for e in examples], held_out, held_out.metrics,
+                        self.held_out(config, tokenizer, sample, None, held_out.metrics) if sample.rows else None)
 
     def encode_all(self, dataset: Any, tokenizer: Any, max_length: int, events: Any) -> list[Encoded]:
         """Encode every row; rows left with nothing to learn after truncation are reported, then skipped."""
@@ -177,10 +179,17 @@ class LmTask(Task):
             raise DataError(f"{dataset.path}: no row has a supervised token within train.max_length={max_length}")
         return encoded
 
-    def held_out(self, config: Any, tokenizer: Any, dataset: Any, events: Any) -> HeldOut:
+    def held_out(self, config: Any, tokenizer: Any, dataset: Any, events: Any,
+                 metrics: list[str] | None = None) -> HeldOut:
+        """Encoded rows for the loss, generation cases for the metrics (`metrics` None: fitted to the references)."""
         encoded = self.encode_all(dataset, tokenizer, config.train.max_length, events)
         cases = self.generation_cases(dataset, tokenizer, config.eval.max_examples) if self.generative else []
-        return HeldOut(encoded, cases, tokenizer.pad_token_id, self.metric_names(config))
+        if metrics is None:
+            metrics, messages = fit_metrics(self.metric_names(config), [c.reference for c in cases],
+                                            explicit=config.eval.metrics is not None)
+            for message in messages if events is not None else ():
+                events.emit("warning", message=f"{dataset.path}: {message}")
+        return HeldOut(encoded, cases, tokenizer.pad_token_id, metrics)
 
     def generation_cases(self, dataset: Any, tokenizer: Any, max_examples: int) -> list[GenerationCase]:
         """A case for each of the first max_examples rows (0: all) that has one, tagged with the row's line."""

@@ -74,7 +74,7 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     summary = {"before": zero_shot.metrics, "after": after.metrics, "train": trained,
                "trainable_params": trainable, "total_params": total,
                "model": config.model, "method": config.method, "task": config.task,
-               "metrics": task.metric_names(config), **prepared.info, **found}
+               "metrics": prepared.metrics, **prepared.info, **found}
     write_json(run_dir / "summary.json", summary)
     write_samples(run_dir, zero_shot.samples, after.samples, {k: b.scores.samples for k, b in before.baselines.items()})
     write_report(run_dir, summary, config.eval.report_examples)
