@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.scoring.metrics import confusion, describe
-from tunelab.rundir import write_atomic
 
 Row = tuple[str, ...]
 
@@ -30,28 +29,28 @@ def delta(name: str, before: float, after: float) -> str:
     return f"{100 * diff:+.1f} pts" if describe(name).percent else f"{diff:+.4f}"
 
 
-def _few_shot_label(summary: dict[str, Any]) -> str:
-    few = summary.get("few_shot")
-    return f"{few['k']}-shot" if few else "few-shot"
+def baselines(summary: dict[str, Any]) -> list[tuple[str, str, dict[str, float]]]:
+    """(name, label, metrics) of each cheap alternative the task measured (few-shot, linear probe, ...)."""
+    return [(name, b["label"], b["metrics"]) for name, b in (summary.get("baselines") or {}).items()]
 
 
 def comparison_header(summary: dict[str, Any]) -> Row:
-    return ("metric", "zero-shot", _few_shot_label(summary), "tuned", "change")
+    return ("metric", "zero-shot", *(label for _, label, _ in baselines(summary)), "tuned", "change")
 
 
 def comparison_rows(summary: dict[str, Any]) -> list[Row]:
-    """(metric, zero-shot, few-shot, tuned, change over zero-shot) for every metric measured both times."""
-    before, after, few = summary["before"], summary["after"], summary.get("few_shot") or {}
-    return [(describe(k).label, fmt(k, before[k]), fmt(k, few.get(k)), fmt(k, after[k]), delta(k, before[k], after[k]))
-            for k in before if k in after]
+    """(metric, zero-shot, each baseline, tuned, change over zero-shot) for every metric measured both times."""
+    before, after, others = summary["before"], summary["after"], baselines(summary)
+    return [(describe(k).label, fmt(k, before[k]), *(fmt(k, m.get(k)) for _, _, m in others), fmt(k, after[k]),
+             delta(k, before[k], after[k])) for k in before if k in after]
 
 
 def headline_metric(summary: dict[str, Any]) -> str:
-    """The first configured generation metric that was measured, else perplexity."""
+    """The first of the run's metrics that was measured, else perplexity, else the held-out loss."""
     for name in summary.get("metrics", []):
         if name != "perplexity" and name in summary["after"]:
             return name
-    return "perplexity"
+    return "perplexity" if "perplexity" in summary["after"] else "eval_loss"
 
 
 def _better(name: str, a: float, b: float) -> bool:
@@ -61,15 +60,16 @@ def _better(name: str, a: float, b: float) -> bool:
 def gain_sentence(summary: dict[str, Any]) -> str:
     name = headline_metric(summary)
     zero, tuned = summary["before"][name], summary["after"][name]
-    few = (summary.get("few_shot") or {}).get(name)
-    label = describe(name).label
-    shown = f"{label} {fmt(name, zero)} zero-shot" + (f", {fmt(name, few)} {_few_shot_label(summary)}" if few is not None
-                                                      else "") + f", {fmt(name, tuned)} tuned"
+    others = [(label, m[name]) for _, label, m in baselines(summary) if m.get(name) is not None]
+    shown = ", ".join([f"{describe(name).label} {fmt(name, zero)} zero-shot",
+                       *(f"{fmt(name, v)} {label}" for label, v in others), f"{fmt(name, tuned)} tuned"])
     if not _better(name, tuned, zero):
         return f"Tuning did not help: {shown}."
-    if few is not None and not _better(name, tuned, few):
-        return f"Tuning beat zero-shot but not the few-shot baseline: {shown}; in-context examples may suffice."
-    extra = f", {delta(name, few, tuned)} over few-shot" if few is not None else ""
+    beaten_by = [label for label, v in others if not _better(name, tuned, v)]
+    if beaten_by:
+        return (f"Tuning beat zero-shot but not the {' or the '.join(beaten_by)} baseline: {shown}; the cheaper "
+                "alternative may suffice.")
+    extra = "".join(f", {delta(name, v, tuned)} over {label}" for label, v in others)
     return f"Tuning helped: {shown} ({delta(name, zero, tuned)} over zero-shot{extra})."
 
 
@@ -141,14 +141,6 @@ def leakage(run_dir: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")).get("leakage") if path.exists() else None
 
 
-def write_report(run_dir: Path, summary: dict[str, Any], n_samples: int = 10) -> None:
-    from tunelab.eval.report_html import render_html
-
-    samples = read_samples(run_dir, n_samples)
-    write_atomic(run_dir / "report.md", render_markdown(run_dir, summary, samples))
-    write_atomic(run_dir / "report.html", render_html(run_dir, summary, samples))
-
-
 def md_table(rows: list[Row]) -> list[str]:
     if not rows:
         return []
@@ -166,7 +158,7 @@ def render_markdown(run_dir: Path, summary: dict[str, Any], samples: list[dict[s
         lines += ["", "## Confusion matrix (tuned)", ""] + md_table(confusion_rows(run_dir, summary))
     if leakage(run_dir) is not None:
         lines += ["", "## Leakage check", "", "```json", json.dumps(leakage(run_dir), indent=2), "```"]
-    lines += ["", "Loss curves and plots: see report.html."] + _md_samples(samples)
+    lines += ["", "Loss curves and plots: see report.html."] + _md_samples(samples, summary)
     return "\n".join(lines) + "\n"
 
 
@@ -178,13 +170,18 @@ def training_line(summary: dict[str, Any]) -> str:
             f"{t['seconds']:.0f} s, {t['tokens']:,} tokens ({t['tokens_per_second']:.0f} tokens/s).")
 
 
-def _md_samples(samples: list[dict[str, Any]]) -> list[str]:
+def baseline_outputs(sample: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, label) of each baseline whose answer this sample holds."""
+    return [(name, label) for name, label, _ in baselines(summary) if sample.get(name) is not None]
+
+
+def _md_samples(samples: list[dict[str, Any]], summary: dict[str, Any]) -> list[str]:
     out = ["", "## Held-out examples", ""] if samples else []
     for s in samples:
         out += [f"**Prompt:** {one_line(s['prompt'])}", "", f"- reference: `{one_line(s['reference'])}`",
                 f"- base (zero-shot): `{one_line(s['before'])}`"]
-        if s.get("few_shot") is not None:
-            out.append(f"- base (few-shot): `{one_line(s['few_shot'])}`")
+        for name, label in baseline_outputs(s, summary):
+            out.append(f"- base ({label}): `{one_line(s[name])}`")
         out += [f"- tuned: `{one_line(s['after'])}`", ""]
     return out
 

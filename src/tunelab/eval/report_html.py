@@ -1,4 +1,5 @@
-"""report.html: one file a person can open anywhere, plots as inline PNG (matplotlib, Agg), no network."""
+"""report.html (one file a person can open anywhere, plots as inline PNG, matplotlib Agg, no network) and
+write_report, which writes it beside report.md."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 
 from tunelab.eval.diagnosis import read_curves
 from tunelab.scoring.metrics import METRICS, describe
-from tunelab.eval.report import (Row, comparison_header, comparison_rows, confusion_rows, escape, forgetting_rows,
-                                 leakage, png_base64, training_line, verdict)
+from tunelab.eval.report import (Row, baselines, comparison_header, comparison_rows, confusion_rows, escape,
+                                 forgetting_rows, leakage, png_base64, read_samples, render_markdown, training_line,
+                                 verdict)
+from tunelab.rundir import write_atomic
 
 STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#1d2330}
@@ -85,14 +88,14 @@ def metric_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def scores_png(summary: dict[str, Any]) -> str | None:
-    """Zero-shot, few-shot and tuned side by side for every percentage metric."""
+    """Zero-shot, each baseline and tuned side by side for every percentage metric."""
     names = [k for k in summary["after"] if describe(k).percent and k in summary["before"]]
     if not names:
         return None
     from matplotlib import pyplot
 
-    few = summary.get("few_shot")
-    columns = [("zero-shot", summary["before"]), *((("few-shot", few),) if few else ()), ("tuned", summary["after"])]
+    columns = [("zero-shot", summary["before"]), *((label, m) for _, label, m in baselines(summary)),
+               ("tuned", summary["after"])]
     fig, ax = _figure(height=3.0)
     width = 0.8 / len(columns)
     for i, (label, values) in enumerate(columns):
@@ -116,10 +119,10 @@ def html_table(rows: list[Row], css: str = "") -> str:
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def samples_table(samples: list[dict[str, Any]]) -> str:
-    shots = any(s.get("few_shot") is not None for s in samples)
-    header = ("prompt", "reference", "base (zero-shot)", *(("base (few-shot)",) if shots else ()), "tuned")
-    rows = [(s["prompt"], s["reference"], s["before"] or EMPTY, *((s.get("few_shot") or EMPTY,) if shots else ()),
+def samples_table(samples: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    shown = [(name, label) for name, label, _ in baselines(summary) if any(s.get(name) is not None for s in samples)]
+    header = ("prompt", "reference", "base (zero-shot)", *(f"base ({label})" for _, label in shown), "tuned")
+    rows = [(s["prompt"], s["reference"], s["before"] or EMPTY, *(s.get(name) or EMPTY for name, _ in shown),
              s["after"] or EMPTY) for s in samples]
     return html_table([header, *rows], "samples")
 
@@ -143,8 +146,15 @@ def render_html(run_dir: Path, summary: dict[str, Any], samples: list[dict[str, 
                  if forgetting_rows(summary) else ""),
         _section("Confusion matrix (tuned)", html_table(confusion_rows(run_dir, summary))),
         _section("Leakage check", f"<pre>{escape(json.dumps(leak, indent=2))}</pre>" if leak is not None else ""),
-        _section(f"Held-out examples ({len(samples)})", samples_table(samples) if samples else ""),
+        _section(f"Held-out examples ({len(samples)})", samples_table(samples, summary) if samples else ""),
     ]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>tunelab run {escape(run_dir.name)}</title><style>{STYLE}</style><script>{SELF_CHECK}</script>"
             "</head><body>" + "".join(parts) + "</body></html>\n")
+
+
+def write_report(run_dir: Path, summary: dict[str, Any], n_samples: int = 10) -> None:
+    """report.md and report.html in the run directory, from its summary and its first n samples."""
+    samples = read_samples(run_dir, n_samples)
+    write_atomic(run_dir / "report.md", render_markdown(run_dir, summary, samples))
+    write_atomic(run_dir / "report.html", render_html(run_dir, summary, samples))

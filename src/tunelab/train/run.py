@@ -20,7 +20,7 @@ from tunelab.config import RunConfig, dump_config, explain
 from tunelab.data import Dataset, load_dataset, split_rows
 from tunelab.errors import DataError
 from tunelab.eval import evidence
-from tunelab.eval.report import write_report
+from tunelab.eval.report_html import write_report
 from tunelab.events import Events, Listener
 from tunelab.methods import count_params, get_method
 from tunelab.models import resolve_model
