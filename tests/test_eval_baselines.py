@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.eval.baselines import draw_demos, few_shot_case
-from tunelab.eval.evaluate import HeldOut
+from tunelab.tasks.few_shot import draw_demos, few_shot_case
+from tunelab.tasks.lm import HeldOut
 from tunelab.tasks import get_task
 
 SFT = get_task("sft")
@@ -71,7 +71,7 @@ def test_few_shot_is_skipped_when_k_is_zero(tiny_config):
 
 
 def test_held_out_row_order_is_kept(tokenizer):
-    from tunelab.eval.baselines import few_shot_held_out
+    from tunelab.tasks.few_shot import few_shot_held_out
     from tunelab.config import load_config
 
     config = load_config(None, ["data.train=x.jsonl", "eval.few_shot_k=1"])
