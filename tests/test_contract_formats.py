@@ -4,6 +4,7 @@ declares it can do (demos, synth, tokens) yields valid rows and consistent token
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -21,6 +22,11 @@ VALID = {
     "messages": {"messages": CHAT},
     "classification": {"text": "a warm and funny film", "label": "positive"},
     "preference": {"prompt": "Pick a colour.", "chosen": "Blue.", "rejected": "I will not."},
+}
+ALSO = {  # valid rows in each other form a shape reads (its optional fields), normalised on load
+    "preference": {"input": {"messages": [{"role": "user", "content": "Pick a colour."}]},
+                   "preferred_output": [{"role": "assistant", "content": "Blue."}],
+                   "non_preferred_output": [{"role": "assistant", "content": "No."}]},
 }
 DEMO = {  # a second row, shown before the first by shapes with demos
     "prompt_completion": {"prompt": "Capital of Chile?", "completion": " Santiago"},
@@ -48,6 +54,15 @@ def test_a_valid_row_is_clean_and_detected_as_itself(name):
     assert inspect_row(row, name) == []
     assert detect_format(row.fields) == name
     assert set(get_format(name).required) <= set(row.fields)
+
+
+@pytest.mark.parametrize("name", sorted(set(ALSO) | {n for n in FORMATS if FORMATS[n].optional}))
+def test_a_row_in_another_form_is_clean_and_normalises_to_the_required_fields(name):
+    shape, fields = get_format(name), ALSO[name]
+    assert set(shape.optional) <= set(fields)
+    assert inspect_row(Row(2, fields), name) == [] and detect_format(fields) == name
+    normal = shape.normalize(fields)
+    assert set(normal) == set(shape.required) and inspect_row(Row(2, normal), name) == []
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))
@@ -95,6 +110,13 @@ def test_synth_composes_a_valid_row_from_a_seed(name):
     assert shape.seed_input(made) == shape.seed_input(seed) + " again"
 
 
+def at(fields: dict, path: str) -> Any:
+    """The value a problem's field path names: "messages[2].content" -> fields["messages"][2]["content"]."""
+    for key, index in re.findall(r"(\w+)(?:\[(\d+)\])?", path):
+        fields = fields[key] if not index else fields[key][int(index)]
+    return fields
+
+
 def having(method: str) -> list[str]:
     """The registered shapes that define `method` (the others keep Format's "has none")."""
     return [n for n in sorted(FORMATS) if getattr(type(FORMATS[n]), method) is not getattr(Format, method)]
@@ -109,7 +131,9 @@ def test_labels_copy_their_tokens_and_length_counts_them(name, tokenizer):
     last = max(i for i, label in enumerate(labels) if label != IGNORE)
     assert labels[last] == tokenizer.eos_token_id  # the answer's end is learned, so the model learns to stop
     assert shape.token_length(fields, tokenizer, last + 1) == (len(ids), "")
-    assert shape.token_length(fields, tokenizer, last) == (len(ids), shape.supervised_field(fields))
+    cut = shape.supervised_field(fields)
+    assert shape.token_length(fields, tokenizer, last) == (len(ids), cut)
+    assert tokenizer.decode(ids[last - 1]).strip() in at(fields, cut)  # the field named holds the cut answer
 
 
 @pytest.mark.parametrize("name", having("generation_prompt"))
