@@ -12,7 +12,8 @@ import pytest
 from tests.conftest import EXAMPLES, write_jsonl
 from tunelab.cli import main
 from tunelab.data import load_dataset
-from tunelab.data.dedup import find_duplicates, row_text
+from tunelab.data.dedup import find_duplicates
+from tunelab.data.formats import row_text
 from tunelab.data.synth import SynthOptions, synthesize
 from tunelab.data.teachers import HttpTeacher, LocalTeacher
 from tunelab.errors import ModelError

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from tunelab.data.tokens import IGNORE
 from tunelab.tasks import get_task
-from tunelab.tasks.base import IGNORE
-from tunelab.train.collate import collate
+from tunelab.tasks.lm import collate
 
 SFT = get_task("sft")
 

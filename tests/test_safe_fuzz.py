@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tunelab.config import RunConfig, load_config, validate_config
 from tunelab.data import load_dataset
-from tunelab.data.formats import Problem, Row, read_rows
+from tunelab.data.rows import Problem, Row, read_rows
 from tunelab.errors import TunelabError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
+from tunelab.data.formats import FORMATS
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS
 from tunelab.settings import SECTIONS, Section
@@ -23,7 +24,7 @@ class DataConfig(Section):
     train: Path = Field(description="Training data file (JSONL, CSV, Parquet) or datasets directory.")
     eval: Path | None = Field(None, description="Held-out file; if absent, a seeded split of train.")
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out when eval is absent.")
-    format: Literal["auto", "text", "prompt_completion", "messages", "classification", "preference"] = Field(
+    format: Literal[("auto", *FORMATS)] = Field(  # the registered row formats (data.formats)
         "auto", description="Row schema; auto detects it from the rows' fields.")
     columns: dict[str, str] = Field(
         default_factory=dict, description="Map our field names to yours, e.g. prompt: question.")

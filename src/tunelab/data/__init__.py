@@ -1,7 +1,10 @@
 """Training data: reading, validating, fingerprinting and splitting."""
 
-from tunelab.data.formats import FORMATS, Problem, Row, detect_format, normalize_row, read_rows, validate_row
+from tunelab.data.formats import (FORMATS, Format, detect_format, get_format, normalize_row, register_format,
+                                  validate_row)
 from tunelab.data.loading import Dataset, Validated, fingerprint, load_dataset, split_rows, validate_file
+from tunelab.data.rows import Problem, Row, read_rows
 
-__all__ = ["FORMATS", "Dataset", "Problem", "Row", "Validated", "detect_format", "fingerprint", "load_dataset",
-           "normalize_row", "read_rows", "split_rows", "validate_file", "validate_row"]
+__all__ = ["FORMATS", "Dataset", "Format", "Problem", "Row", "Validated", "detect_format", "fingerprint",
+           "get_format", "load_dataset", "normalize_row", "read_rows", "register_format", "split_rows",
+           "validate_file", "validate_row"]

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.dedup import DEFAULT_THRESHOLD, find_duplicates, row_text
-from tunelab.data.formats import Problem, Row
+from tunelab.data.dedup import DEFAULT_THRESHOLD, find_duplicates
+from tunelab.data.formats import get_format, row_text
 from tunelab.data.loading import Validated, validate_file
-from tunelab.tasks.lm import IGNORE
+from tunelab.data.rows import Problem, Row
 
 DEFAULT_MAX_LENGTH = 512
 
@@ -66,7 +66,8 @@ def check_file(path: Path, tokenizer: Any, fmt: str = "auto", columns: dict[str,
     """Validate, measure and deduplicate a file; nothing is dropped without a reason."""
     checked = validate_file(path, fmt, columns)
     problems = list(checked.problems)
-    lengths = [token_length(r.fields, checked.format, tokenizer, max_length) for r in checked.rows]
+    shape = get_format(checked.format)
+    lengths = [shape.token_length(r.fields, tokenizer, max_length) for r in checked.rows]
     problems += [Problem(r.line, cut, f"{n} tokens; the supervised part is cut at max_length={max_length}",
                          "too_long") for r, (n, cut) in zip(checked.rows, lengths) if cut]
     problems += duplicate_problems(checked.rows, checked.format, threshold)
@@ -75,8 +76,8 @@ def check_file(path: Path, tokenizer: Any, fmt: str = "auto", columns: dict[str,
     report = CheckReport(checked.path, checked.format, checked.total, [r for r in checked.rows if r.line not in bad],
                          problems, max_length=max_length)
     report.tokens = [n for n, _ in lengths]
-    if checked.format == "classification":
-        report.labels = Counter(r.fields["label"] for r in checked.rows)
+    if shape.label_field:
+        report.labels = Counter(r.fields[shape.label_field] for r in checked.rows)
     report.rejected = reject_entries(checked, problems)
     report.warnings, report.ignored_keys = once_per_key(checked.warnings)
     return report
@@ -122,39 +123,6 @@ def write_rejects(report: CheckReport, target: Path) -> None:
     with open(target, "w", encoding="utf-8") as handle:
         for line in sorted(report.rejected):
             handle.write(json.dumps(report.rejected[line], ensure_ascii=False) + "\n")
-
-
-def token_length(fields: dict[str, Any], fmt: str, tokenizer: Any, max_length: int) -> tuple[int, str]:
-    """(tokens in the row, the field whose supervised tokens max_length would cut, or "")."""
-    if fmt in ("prompt_completion", "messages"):
-        return _sft_length(fields, fmt, tokenizer, max_length)
-    if fmt == "preference":
-        sizes = {k: _count(tokenizer, _joined(fields["prompt"]) + _joined(fields[k])) for k in ("chosen", "rejected")}
-        longest = max(sizes, key=sizes.get)
-        return sizes[longest], longest if sizes[longest] > max_length else ""
-    # causal_lm training appends EOS; a classifier reads the text alone.
-    n = _count(tokenizer, fields["text"]) + (fmt == "text")
-    return n, "text" if n > max_length else ""
-
-
-def _sft_length(fields: dict[str, Any], fmt: str, tokenizer: Any, max_length: int) -> tuple[int, str]:
-    from tunelab.tasks import get_task
-
-    encoded = get_task("sft").encode(fields, fmt, tokenizer, max_length=1 << 30)
-    if all(label == IGNORE for label in encoded.labels[max_length:]):
-        return len(encoded.input_ids), ""
-    if fmt == "prompt_completion":
-        return len(encoded.input_ids), "completion"
-    last = max(i for i, m in enumerate(fields["messages"]) if m["role"] == "assistant" and m.get("weight", 1))
-    return len(encoded.input_ids), f"messages[{last}].content"
-
-
-def _joined(value: str | list[dict[str, Any]]) -> str:
-    return value if isinstance(value, str) else "\n".join(m["content"] for m in value)
-
-
-def _count(tokenizer: Any, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
 def load_tokenizer(model: str) -> Any:

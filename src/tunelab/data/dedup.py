@@ -1,10 +1,10 @@
 """Exact and near-duplicate detection: MinHash LSH proposes candidates, exact Jaccard confirms them.
 
-Rows are compared on their whole text (every field, not just the prompt) as sets of word n-grams,
-less boilerplate n-grams that many rows share (a repeated instruction). The n-gram size and default
-threshold were chosen with `benchmarks/bench_dedup.py` (benchmarks/RESULTS.md): word 2-grams at
-Jaccard 0.5 found edited copies with precision 1.000 and recall 0.987, while the templated rows of
-examples/ (same instruction, different slots) stay at or below 0.27 across train and eval.
+Rows are compared on their whole text (every field, not just the prompt: each format's `text`) as
+sets of word n-grams, less boilerplate n-grams that many rows share (a repeated instruction). The
+n-gram size and default threshold were chosen with `benchmarks/bench_dedup.py` (benchmarks/RESULTS.md):
+word 2-grams at Jaccard 0.5 found edited copies with precision 1.000 and recall 0.987, while the
+templated rows of examples/ (same instruction, different slots) stay at or below 0.27 across train and eval.
 """
 
 from __future__ import annotations
@@ -27,21 +27,6 @@ LSH_WEIGHTS = (0.2, 0.8)
 BOILERPLATE_SHARE = 0.05
 BOILERPLATE_MIN_ROWS = 10
 _WORD = re.compile(r"\w+")
-
-
-def row_text(fields: dict[str, Any], fmt: str) -> str:
-    """The text a row teaches, every part joined: what two rows must share to be duplicates."""
-    if fmt == "messages":
-        return "\n".join(m["content"] for m in fields["messages"])
-    if fmt == "prompt_completion":
-        return f"{fields['prompt']}\n{fields['completion']}"
-    if fmt == "preference":
-        return "\n".join(_turns_text(fields[k]) for k in ("prompt", "chosen", "rejected"))
-    return fields["text"]
-
-
-def _turns_text(value: str | list[dict[str, Any]]) -> str:
-    return value if isinstance(value, str) else "\n".join(m["content"] for m in value)
 
 
 def exact_key(text: str) -> str:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.dedup import DEFAULT_THRESHOLD, NearDupIndex, exact_key, minhashes, row_text, shingle_sets
+from tunelab.data.dedup import DEFAULT_THRESHOLD, NearDupIndex, exact_key, minhashes, shingle_sets
+from tunelab.data.formats import row_text
 from tunelab.data.loading import Dataset
 from tunelab.errors import LeakageError
 

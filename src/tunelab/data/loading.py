@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.formats import FORMATS, Problem, Row, detect_format, inspect_row, normalize_row, read_rows
+from tunelab.data.formats import FORMATS, detect_format, inspect_row, normalize_row, shapes_in_words
+from tunelab.data.rows import Problem, Row, read_rows
 from tunelab.errors import DataError
 from tunelab.paths import feed_file
 
@@ -89,8 +90,8 @@ def _detect(path: Path, rows: list[Row]) -> str:
     if fmt is None:
         keys = ", ".join(sorted(rows[0].fields)) or "none"
         raise DataError(
-            f"{path}:{rows[0].line}: cannot tell the format from fields [{keys}]; expected text, prompt+completion, "
-            f"messages, text+label or prompt+chosen+rejected (or map yours with data.columns.prompt=YOUR_FIELD)")
+            f"{path}:{rows[0].line}: cannot tell the format from fields [{keys}]; expected {shapes_in_words()} "
+            "(or map yours with data.columns.prompt=YOUR_FIELD)")
     return fmt
 
 

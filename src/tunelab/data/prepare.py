@@ -12,11 +12,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.check import describe_lengths, reject_entries, token_length
+from tunelab.data.check import describe_lengths, reject_entries
 from tunelab.data.clean import clean_row
-from tunelab.data.dedup import DEFAULT_THRESHOLD, Twin, clusters, find_duplicates, row_text
-from tunelab.data.formats import Row, validate_row
+from tunelab.data.dedup import DEFAULT_THRESHOLD, Twin, clusters, find_duplicates
+from tunelab.data.formats import get_format, row_text, validate_row
 from tunelab.data.loading import fingerprint, validate_file
+from tunelab.data.rows import Row
 from tunelab.data.split import SPLITS, assign_splits
 
 
@@ -50,7 +51,8 @@ def prepare(path: Path, out_dir: Path, tokenizer: Any, options: PrepareOptions) 
     dropped = {t.dropped for t in twins if t.kind == "exact" or options.drop_near}
     groups = clusters(len(rows), twins)
     keep = [i for i in range(len(rows)) if i not in dropped]
-    labels = [rows[i].fields["label"] for i in keep] if fmt == "classification" else None
+    label = get_format(fmt).label_field
+    labels = [rows[i].fields[label] for i in keep] if label else None
     where = assign_splits(len(keep), options.shares, options.seed, labels, [groups[i] for i in keep])
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
@@ -76,7 +78,7 @@ def _usable(row: Row, fmt: str, tokenizer: Any, options: PrepareOptions) -> tupl
     problems = validate_row(row, fmt)
     if problems:
         return 0, [f"after cleaning: {p.render('').split(': ', 1)[1]}" for p in problems]
-    n, cut = token_length(row.fields, fmt, tokenizer, options.max_length)
+    n, cut = get_format(fmt).token_length(row.fields, tokenizer, options.max_length)
     if cut:
         return n, [f'field "{cut}": {n} tokens; the supervised part is cut at max_length={options.max_length}']
     if n < options.min_tokens:

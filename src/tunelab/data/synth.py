@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.clean import clean_row
-from tunelab.data.dedup import DEFAULT_THRESHOLD, find_duplicates, row_text
-from tunelab.data.formats import Row, validate_row
+from tunelab.data.dedup import DEFAULT_THRESHOLD, find_duplicates
+from tunelab.data.formats import FORMATS, get_format, row_text, validate_row
 from tunelab.data.leakage import find_leaks
 from tunelab.data.loading import Dataset, load_dataset
+from tunelab.data.rows import Row
 from tunelab.data.teachers import Conversation, Teacher
 from tunelab.errors import DataError
 
-SUPPORTED = ("text", "classification", "prompt_completion", "messages")
 _LEAD = re.compile(r"^\s*(?:(?:new\s+)?example\s*\d*\s*:|\d+[.)])\s*", re.IGNORECASE)
 
 
@@ -65,8 +65,9 @@ class Draft:
 def synthesize(seed_file: Path, teacher: Teacher, output: Path, options: SynthOptions,
                held_out: Path | None = None) -> SynthResult:
     seeds = load_dataset(seed_file)
-    if seeds.format not in SUPPORTED:
-        raise DataError(f'{seed_file}: synth writes {", ".join(SUPPORTED)} rows, not "{seeds.format}"')
+    if not get_format(seeds.format).synth:
+        written = [name for name, shape in FORMATS.items() if shape.synth]
+        raise DataError(f'{seed_file}: synth writes {", ".join(written)} rows, not "{seeds.format}"')
     held = load_dataset(held_out, seeds.format) if held_out else None
     result = SynthResult()
     rng = random.Random(options.seed)
@@ -85,44 +86,32 @@ def synthesize(seed_file: Path, teacher: Teacher, output: Path, options: SynthOp
 def draft_rows(seeds: Dataset, teacher: Teacher, count: int, options: SynthOptions, rng: random.Random,
                seed: int) -> list[Draft]:
     """`count` candidate rows: a new input from a few seed inputs, then the teacher's answer to it."""
+    shape = get_format(seeds.format)
     picks = [rng.sample(range(len(seeds.rows)), min(options.shots, len(seeds.rows))) for _ in range(count)]
     labels = [_label_for(seeds, rng) for _ in picks]
     asks = [_input_request(seeds, pick, label) for pick, label in zip(picks, labels)]
     inputs = [_tidy(x) for x in teacher.chat(asks, options.max_new_tokens, options.temperature, seed)]
-    if seeds.format in ("text", "classification"):
-        answers = [None] * count
-        shows = [[] for _ in range(count)]
-    else:
+    if shape.answered:
         shows = [_answer_request(seeds, pick, new) for pick, new in zip(picks, inputs)]
         answers = [x.strip() for x in teacher.chat(shows, options.max_new_tokens, options.temperature, seed + 1)]
-    return [Draft(clean_row(_build(seeds, new, answer, label)), [ask, *([show] if show else [])],
+    else:
+        answers = [None] * count
+        shows = [[] for _ in range(count)]
+    return [Draft(clean_row(shape.compose(new, answer, label, seeds.rows)), [ask, *([show] if show else [])],
                   [seeds.lines[i] for i in pick])
             for pick, label, ask, new, show, answer in zip(picks, labels, asks, inputs, shows, answers)]
 
 
-def _inputs_of(seeds: Dataset) -> list[str]:
-    fmt = seeds.format
-    if fmt in ("text", "classification"):
-        return [r["text"] for r in seeds.rows]
-    if fmt == "prompt_completion":
-        return [r["prompt"] for r in seeds.rows]
-    return [next(m["content"] for m in r["messages"] if m["role"] == "user") for r in seeds.rows]
-
-
-def _answers_of(seeds: Dataset) -> list[str]:
-    if seeds.format == "prompt_completion":
-        return [r["completion"].strip() for r in seeds.rows]
-    return [next(m["content"] for m in reversed(r["messages"]) if m["role"] == "assistant") for r in seeds.rows]
-
-
 def _label_for(seeds: Dataset, rng: random.Random) -> Any:
     """A label drawn as often as the seeds hold it, so the new rows keep the seeds' balance."""
-    return rng.choice(seeds.rows)["label"] if seeds.format == "classification" else None
+    label = get_format(seeds.format).label_field
+    return rng.choice(seeds.rows)[label] if label else None
 
 
 def _input_request(seeds: Dataset, pick: list[int], label: Any) -> Conversation:
-    inputs = _inputs_of(seeds)
-    shown = [i for i in pick if label is None or seeds.rows[i]["label"] == label] or pick
+    shape = get_format(seeds.format)
+    inputs = [shape.seed_input(r) for r in seeds.rows]
+    shown = [i for i in pick if label is None or seeds.rows[i][shape.label_field] == label] or pick
     examples = "\n\n".join(f"Example {k}:\n{inputs[i]}" for k, i in enumerate(shown, start=1))
     want = f' with the label "{label}"' if label is not None else ""
     return [{"role": "user", "content": f"Here are examples{want}:\n\n{examples}\n\nWrite one new example{want} in "
@@ -130,7 +119,8 @@ def _input_request(seeds: Dataset, pick: list[int], label: Any) -> Conversation:
 
 
 def _answer_request(seeds: Dataset, pick: list[int], new_input: str) -> Conversation:
-    inputs, answers = _inputs_of(seeds), _answers_of(seeds)
+    shape = get_format(seeds.format)
+    inputs, answers = [shape.seed_input(r) for r in seeds.rows], [shape.seed_answer(r) for r in seeds.rows]
     turns: Conversation = []
     for i in pick:
         turns += [{"role": "user", "content": inputs[i]}, {"role": "assistant", "content": answers[i]}]
@@ -141,18 +131,6 @@ def _tidy(text: str) -> str:
     """Drop the "Example 4:" lead a teacher may copy from the request, and wrapping quotes."""
     text = _LEAD.sub("", text.strip()).strip()
     return text[1:-1].strip() if len(text) > 1 and text[0] == text[-1] and text[0] in "\"'" else text
-
-
-def _build(seeds: Dataset, new_input: str, answer: str | None, label: Any) -> dict[str, Any]:
-    fmt = seeds.format
-    if fmt == "text":
-        return {"text": new_input}
-    if fmt == "classification":
-        return {"text": new_input, "label": label}
-    if fmt == "prompt_completion":
-        lead = " " if all(r["completion"].startswith(" ") for r in seeds.rows) else ""
-        return {"prompt": new_input, "completion": lead + answer if answer else ""}
-    return {"messages": [{"role": "user", "content": new_input}, {"role": "assistant", "content": answer}]}
 
 
 def _keep(drafts: list[Draft], seeds: Dataset, held: Dataset | None, result: SynthResult,

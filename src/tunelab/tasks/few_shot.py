@@ -7,39 +7,13 @@ in-context examples alone get what tuning gets, on the same held-out rows with t
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from typing import Any
 
+from tunelab.data.formats import get_format
 from tunelab.tasks.base import Baseline
 from tunelab.tasks.lm import GenerationCase, HeldOut, LmTask, score
 
 Row = dict[str, Any]
-
-
-DEMO_SEPARATOR = "\n\n"
-
-
-def _with_demos_prompt_completion(row: Row, demos: list[Row]) -> Row:
-    shown = "".join(d["prompt"] + d["completion"] + DEMO_SEPARATOR for d in demos)
-    return {**row, "prompt": shown + row["prompt"]}
-
-
-def _with_demos_messages(row: Row, demos: list[Row]) -> Row:
-    """Demo conversations become earlier turns; the held-out row's system message stays first."""
-    system = [m for m in row["messages"] if m["role"] == "system"]
-    shown = [{"role": m["role"], "content": m["content"]} for d in demos for m in d["messages"]
-             if m["role"] != "system"]
-    rest = [m for m in row["messages"] if m["role"] != "system"]
-    return {**row, "messages": system + shown + rest}
-
-
-WITH_DEMOS: dict[str, Callable[[Row, list[Row]], Row]] = {
-    "prompt_completion": _with_demos_prompt_completion,
-    "messages": _with_demos_messages,
-}
-# Where a demo'd answer ends: a base model shown demos answers, then carries on into a new demo; only the
-# answer is scored. Chat turns end at the template's end-of-turn token, so they need no stop string.
-STOP_AFTER_DEMOS: dict[str, tuple[str, ...]] = {"prompt_completion": (DEMO_SEPARATOR,), "messages": ()}
 
 
 def draw_demos(train_rows: list[Row], k: int, seed: int) -> list[Row]:
@@ -51,7 +25,7 @@ def few_shot_case(task: LmTask, row: Row, fmt: str, tokenizer: Any, demos: list[
                   budget: int) -> GenerationCase | None:
     """The held-out case with as many demos as fit in `budget` prompt tokens (dropping from the end)."""
     for n in range(len(demos), -1, -1):
-        case = task.generation_case(WITH_DEMOS[fmt](row, demos[:n]), fmt, tokenizer)
+        case = task.generation_case(get_format(fmt).with_demos(row, demos[:n]), fmt, tokenizer)
         if case is None or len(case.prompt_ids) <= budget:
             if case is not None:
                 case.meta["shots"] = n
@@ -63,7 +37,7 @@ def few_shot_held_out(task: LmTask, train_rows: list[Row], eval_data: Any, token
                       config: Any, context_tokens: int) -> HeldOut | None:
     """Each held-out case again, built from its own row with k demos; None when the format has no demos."""
     k, fmt = config.eval.few_shot_k, eval_data.format
-    if not k or fmt not in WITH_DEMOS or not held_out.cases:
+    if not k or not get_format(fmt).demos or not held_out.cases:
         return None
     demos = draw_demos(train_rows, k, config.train.seed)
     budget = context_tokens - config.eval.max_new_tokens
@@ -74,7 +48,7 @@ def few_shot_held_out(task: LmTask, train_rows: list[Row], eval_data: Any, token
         if case is not None:
             case.line = bare.line
             cases.append(case)
-    return HeldOut([], cases, held_out.pad_id, held_out.metrics, stop=STOP_AFTER_DEMOS[fmt])
+    return HeldOut([], cases, held_out.pad_id, held_out.metrics, stop=get_format(fmt).demo_stop)
 
 
 def few_shot_baseline(task: LmTask, model: Any, tokenizer: Any, train: Any, held: Any, held_out: HeldOut,

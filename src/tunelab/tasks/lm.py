@@ -1,8 +1,8 @@
 """What every language-model task shares: token ids with labels (IGNORE where no loss is taken),
 right-padded batches, token-weighted held-out loss, and scoring by greedy generation.
 
-`sft` and `causal_lm` subclass `LmTask` and say only how a row becomes ids and labels, and how a
-held-out row becomes a prompt with a reference answer.
+`sft` and `causal_lm` subclass `LmTask` and say only which row formats they take: how a row becomes
+ids and labels, and a held-out row a prompt with its reference answer, is the format's (`data.formats`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
+from tunelab.data.formats import get_format
+from tunelab.data.tokens import IGNORE, encode_text
 from tunelab.errors import DataError
 from tunelab.scoring.generate import generate
 from tunelab.scoring.metrics import describe, fit_metrics, generation_scores
 from tunelab.tasks.base import FORGETTING, GENERATION, Prepared, Scores, Task
-
-IGNORE = -100
 
 
 @dataclass
@@ -138,10 +138,13 @@ class LmTask(Task):
         return GENERATION in self.evidence
 
     def encode(self, row: dict[str, Any], fmt: str, tokenizer: Any, max_length: int) -> Encoded:
-        raise NotImplementedError
+        """The row's ids and labels as its format builds them, cut from the end at max_length."""
+        ids, labels = get_format(fmt).encode(row, tokenizer)
+        return truncate(ids, labels, max_length)
 
     def generation_case(self, row: dict[str, Any], fmt: str, tokenizer: Any) -> GenerationCase | None:
-        return None
+        prompt = get_format(fmt).generation_prompt(row, tokenizer)
+        return GenerationCase(prompt.ids, prompt.reference, prompt.text) if prompt is not None else None
 
     def validation_metrics(self, config: Any) -> list[str]:
         generated = self.metric_names(config) if self.generative and config.eval.generate else []
@@ -226,7 +229,7 @@ def text_windows(texts: list[str], tokenizer: Any, window: int) -> list[Encoded]
     """Each passage (with EOS) cut into windows of at most `window` tokens, every token supervised."""
     out = []
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"] + [tokenizer.eos_token_id]
+        ids, _ = encode_text(text, tokenizer)
         out += [Encoded(ids[i:i + window], ids[i:i + window]) for i in range(0, len(ids), window)]
     return out
 
