@@ -34,6 +34,21 @@ def test_classification_metrics():
     assert counts == [[0, 1, 1], [1, 2, 0]]
 
 
+def test_three_class_macro_f1_and_confusion_by_hand():
+    refs = ["cat", "cat", "cat", "dog", "dog", "bird", "bird", "bird"]
+    answers = ["Cat", "dog", "cat.", "dog", "bird", "bird", "fish", "cat"]
+    got = scores("accuracy", "macro_f1", answers=answers, refs=refs)
+    assert got["accuracy"] == pytest.approx(4 / 8)
+    # cat: tp 2, fp 1, fn 1 -> 4/6; dog: tp 1, fp 1, fn 1 -> 2/4; bird: tp 1, fp 1, fn 2 -> 2/5;
+    # "fish" is no reference label, so it only costs bird a false negative
+    assert got["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 5) / 3)  # 47/90 = 0.5222
+    labels, counts = confusion(answers, refs)
+    assert labels == ["bird", "cat", "dog", "(other)"]
+    assert counts == [[1, 1, 0, 1], [0, 2, 1, 0], [1, 0, 1, 0]]
+    assert all(isinstance(c, int) for row in counts for c in row)  # JSON-ready, not numpy integers
+    assert scores("macro_f1", answers=[], refs=[]) == {"macro_f1": 0.0}
+
+
 def test_json_metrics():
     refs = ['{"name": "Ada", "age": 36, "city": "London"}'] * 3
     answers = ['{"name": "Ada", "age": 36, "city": "Paris"}', "name: Ada", '{"name":"Ada","age":36,"city":"London"}']

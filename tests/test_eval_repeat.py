@@ -7,15 +7,27 @@ import math
 
 import pytest
 
-from tunelab.eval.repeat import aggregate, interval
+from tunelab.eval.repeat import aggregate, interval, t95
+
+
+@pytest.mark.parametrize("df, textbook", [(1, 12.706), (2, 4.303), (10, 2.228), (11, 2.201), (15, 2.131),
+                                          (29, 2.045), (30, 2.042), (120, 1.980)])
+def test_t_critical_values_match_the_textbook_table(df, textbook):
+    assert t95(df) == pytest.approx(textbook, abs=5e-4)
 
 
 def test_interval_is_the_student_t_interval_of_the_mean():
     iv = interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, df=2) = 4.303
     assert iv["mean"] == 2.0 and iv["n"] == 3
-    assert iv["high"] - 2.0 == pytest.approx(4.303 / math.sqrt(3))
+    assert iv["high"] - 2.0 == pytest.approx(4.303 / math.sqrt(3), abs=1e-3)
     assert iv["low"] == pytest.approx(4.0 - iv["high"])
     assert interval([5.0]) == {"mean": 5.0, "low": 5.0, "high": 5.0, "n": 1}
+
+
+def test_interval_for_twelve_seeds_uses_t_at_eleven_degrees_of_freedom():
+    values = [float(v) for v in range(12)]  # mean 5.5, sd sqrt(13) = 3.6056
+    iv = interval(values)
+    assert iv["high"] - 5.5 == pytest.approx(2.201 * math.sqrt(13) / math.sqrt(12), abs=1e-3)  # 2.291
 
 
 def test_aggregate_keeps_metrics_every_run_has():
@@ -34,9 +46,12 @@ def test_seeds_run_once_each_and_report_intervals(tiny_config, capsys):
     runs = [json.loads((result.run_dir / f"seed-{s}" / "summary.json").read_text()) for s in (1, 2)]
     saved = json.loads((result.run_dir / "summary.json").read_text())
     loss = saved["repeat"]["intervals"]["after"]["eval_loss"]
-    assert loss["mean"] == pytest.approx((runs[0]["after"]["eval_loss"] + runs[1]["after"]["eval_loss"]) / 2)
-    assert loss["low"] <= min(r["after"]["eval_loss"] for r in runs) <= loss["high"]
-    assert runs[0]["after"]["eval_loss"] != runs[1]["after"]["eval_loss"]  # the seeds really differ
+    a, b = (r["after"]["eval_loss"] for r in runs)
+    assert a != b  # the seeds really differ
+    assert loss["mean"] == pytest.approx((a + b) / 2)
+    # two values: sd = |a - b| / sqrt 2, so the half-width is t(0.975, 1) * |a - b| / 2 = 6.353 |a - b|
+    assert loss["high"] - loss["mean"] == pytest.approx(12.706 * abs(a - b) / 2, rel=1e-4)
+    assert loss["mean"] - loss["low"] == pytest.approx(12.706 * abs(a - b) / 2, rel=1e-4)
     assert saved["after"]["eval_loss"] == pytest.approx(loss["mean"])
     assert "95% interval" in (result.run_dir / "report.md").read_text()
     print_summary(result.run_dir, result.summary)

@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tunelab.errors import TunelabError
 
 TRACKED = ("tunelab", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "safetensors")
 
@@ -58,6 +59,10 @@ def write_run_header(run_dir: Path, config_yaml: str, data: dict[str, Any]) -> N
     write_json(run_dir / "data.json", data)
 
 
+def metrics_line(record: dict[str, Any]) -> str:
+    return json.dumps(record) + "\n"
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object per line, appended and flushed as training goes."""
 
@@ -66,7 +71,7 @@ class MetricsLog:
 
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(metrics_line(record))
             handle.flush()
 
 
@@ -79,3 +84,27 @@ def write_samples(run_dir: Path, before: list[dict[str, Any]], after: list[dict[
                          **{name: outs.get(b["line"]) for name, outs in others.items()}, "after": tuned[b["line"]]})
              for b in before]
     write_atomic(run_dir / "samples.jsonl", "".join(line + "\n" for line in lines))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Every record of a metrics.jsonl ([] when there is none yet).
+
+    A kill can tear only the line being appended, so an unreadable last line is dropped; an unreadable
+    line before it means the file was damaged some other way, and that is an error.
+    """
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        elif number < len(lines):
+            raise TunelabError(f'{path}:{number}: expected a JSON object with an integer "step", got {line[:80]!r}')
+    return records

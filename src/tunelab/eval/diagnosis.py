@@ -6,11 +6,12 @@ values) or None; the verdict is overfitting if any rule says so, else underfitti
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tunelab.rundir import read_metrics
 
 SUGGEST = {
     "overfitting": ["fewer epochs (train.epochs) or early stopping (train.early_stopping_patience=2)",
@@ -40,13 +41,11 @@ Rule = Callable[[Evidence], "Finding | None"]
 def read_curves(metrics_path: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """(train loss, held-out loss) as (step, value) lists from metrics.jsonl."""
     train, held = [], []
-    if metrics_path.exists():
-        for line in metrics_path.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            if record.get("train_loss") is not None:
-                train.append((record["step"], float(record["train_loss"])))
-            if record.get("eval_loss") is not None:
-                held.append((record["step"], float(record["eval_loss"])))
+    for record in read_metrics(metrics_path):
+        if record.get("train_loss") is not None:
+            train.append((record["step"], float(record["train_loss"])))
+        if record.get("eval_loss") is not None:
+            held.append((record["step"], float(record["eval_loss"])))
     return train, held
 
 

@@ -11,12 +11,16 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from scipy.stats import t as student_t
+
 from tunelab.rundir import choose_run_dir, write_atomic, write_json
 
-# Two-sided 95% Student t critical values by degrees of freedom (n - 1); a normal 1.96 beyond the table.
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       15: 2.131, 20: 2.086, 30: 2.042}
 SECTIONS = ("before", "after", "few_shot")
+
+
+def t95(df: int) -> float:
+    """Two-sided 95% critical value of Student's t with df degrees of freedom."""
+    return float(student_t.ppf(0.975, df))
 
 
 def interval(values: list[float]) -> dict[str, float]:
@@ -24,9 +28,7 @@ def interval(values: list[float]) -> dict[str, float]:
     mean = statistics.fmean(values)
     if len(values) < 2:
         return {"mean": mean, "low": mean, "high": mean, "n": len(values)}
-    df = len(values) - 1
-    t = T95.get(df) or next((T95[k] for k in sorted(T95) if k >= df), 1.96)
-    half = t * statistics.stdev(values) / math.sqrt(len(values))
+    half = t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
 
 

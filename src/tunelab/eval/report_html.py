@@ -12,7 +12,7 @@ from tunelab.scoring.metrics import METRICS, describe
 from tunelab.eval.report import (Row, baselines, comparison_header, comparison_rows, confusion_rows, escape,
                                  forgetting_rows, leakage, png_base64, read_samples, render_markdown, training_line,
                                  verdict)
-from tunelab.rundir import write_atomic
+from tunelab.rundir import read_metrics, write_atomic
 
 STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#1d2330}
@@ -78,9 +78,7 @@ def curves_png(run_dir: Path) -> str | None:
 def metric_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Percentage metrics logged at validations, by name, as (step, value)."""
     curves: dict[str, list[tuple[int, float]]] = {}
-    path = run_dir / "metrics.jsonl"
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
-        record = json.loads(line)
+    for record in read_metrics(run_dir / "metrics.jsonl"):
         for name, value in record.items():
             if "eval_loss" in record and name in METRICS and describe(name).percent:
                 curves.setdefault(name, []).append((record["step"], float(value)))

@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 
 from tunelab.paths import feed_file, inside
 from tunelab.events import Events
+from tunelab.rundir import read_metrics
 from tunelab.rundir import write_json
 
 MANIFEST = "manifest.json"
@@ -132,17 +133,8 @@ def prune(root: Path, keep_last: int) -> list[Path]:
 
 def metric_at(metrics_path: Path, step: int, metric: str) -> float | None:
     """The validation metric recorded in metrics.jsonl at exactly this step, if validation ran there."""
-    if not metrics_path.is_file():
-        return None
-    found = None
-    for line in metrics_path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("step") == step and metric in record:
-            found = float(record[metric])
-    return found
+    found = [float(r[metric]) for r in read_metrics(metrics_path) if r["step"] == step and metric in r]
+    return found[-1] if found else None
 
 
 class CheckpointKeeper(TrainerCallback):

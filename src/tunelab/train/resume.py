@@ -17,7 +17,7 @@ from tunelab.config import RunConfig, dump_config
 from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.train.checkpoint import latest_complete, step_of
 from tunelab.events import Events
-from tunelab.rundir import choose_run_dir, write_atomic
+from tunelab.rundir import choose_run_dir, metrics_line, read_metrics, write_atomic
 
 RUN_MARKER = "config.yaml"
 
@@ -89,12 +89,5 @@ def trim_metrics(path: Path, step: int) -> None:
     """Drop metrics recorded after the checkpoint (they are recomputed), and any half-written line."""
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            kept.append(line + "\n")
+    kept = [metrics_line(record) for record in read_metrics(path) if record["step"] <= step]
     write_atomic(path, "".join(kept))

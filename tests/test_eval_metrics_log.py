@@ -1,0 +1,53 @@
+"""metrics.jsonl: one reader beside its writer, used by the diagnosis, the report and resume."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunelab.errors import TunelabError
+from tunelab.eval.diagnosis import read_curves
+from tunelab.train.resume import trim_metrics
+from tunelab.rundir import MetricsLog, read_metrics
+
+RECORDS = [{"step": 1, "epoch": 0.5, "train_loss": 2.0}, {"step": 2, "epoch": 1.0, "train_loss": 1.5},
+           {"step": 2, "epoch": 1.0, "eval_loss": 1.8, "perplexity": 6.05, "eval_loss_se": 0.1}]
+
+
+@pytest.fixture
+def killed_run(tmp_path):
+    """A metrics.jsonl whose last append was cut short by a kill."""
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for record in RECORDS:
+        log.append(record)
+    with open(log.path, "a", encoding="utf-8") as handle:
+        handle.write('{"step": 3, "epoch": 1.5, "train_lo')
+    return log.path
+
+
+def test_reads_back_what_the_writer_wrote_and_drops_a_torn_last_line(killed_run):
+    assert read_metrics(killed_run) == RECORDS
+    assert read_metrics(killed_run.parent / "absent.jsonl") == []
+
+
+def test_a_damaged_line_before_the_last_is_an_error_naming_the_line(killed_run):
+    lines = killed_run.read_text().splitlines()
+    killed_run.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    with pytest.raises(TunelabError, match=r'metrics.jsonl:2: expected a JSON object with an integer "step"'):
+        read_metrics(killed_run)
+
+
+def test_curves_of_a_killed_run(killed_run):
+    train, held = read_curves(killed_run)
+    assert train == [(1, 2.0), (2, 1.5)] and held == [(2, 1.8)]
+
+
+def test_resume_trims_to_the_checkpoint_step_and_drops_the_torn_line(killed_run):
+    trim_metrics(killed_run, 1)
+    assert killed_run.read_text() == '{"step": 1, "epoch": 0.5, "train_loss": 2.0}\n'
+
+
+def test_the_report_reads_a_killed_runs_curves(killed_run):
+    from tunelab.eval.report_html import curves_png, metric_curves
+
+    assert metric_curves(killed_run.parent) == {}  # no percentage metric was validated
+    assert curves_png(killed_run.parent).startswith("iVBOR")  # a PNG, base64
