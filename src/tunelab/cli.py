@@ -86,11 +86,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(config_path, overrides)
 
     from tunelab.cli_output import ConsoleProgress, print_summary
-    from tunelab.train.run import run
+    from tunelab.experiments import run_experiment
 
     progress = ConsoleProgress()
     try:
-        result = run(config, on_event=progress, resume=args.resume)
+        result = run_experiment(config, on_event=progress, resume=args.resume)
     except RunInterrupted as err:
         err.resume_command = _resume_command(config_path, overrides, err.run_dir)
         raise

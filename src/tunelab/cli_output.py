@@ -80,7 +80,7 @@ def print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     for line in verdict(summary):
         print(f"- {line}")
     if "repeat" in summary:
-        from tunelab.eval.repeat import interval_rows
+        from tunelab.experiments import interval_rows
 
         print(f"\nover seeds {summary['repeat']['seeds']} (the table above shows means):")
         print_table([("", "metric", "mean", "95% interval"), *interval_rows(summary)])

@@ -21,8 +21,7 @@ from transformers import TrainerCallback
 
 from tunelab.paths import feed_file, inside
 from tunelab.events import Events
-from tunelab.rundir import read_metrics
-from tunelab.rundir import write_json
+from tunelab.rundir import read_metrics, write_json
 
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from tunelab.config import RunConfig, dump_config, explain
 from tunelab.data import Dataset, load_dataset, split_rows
-from tunelab.errors import DataError
+from tunelab.errors import ConfigError, DataError
 from tunelab.eval import evidence
 from tunelab.eval.report_html import write_report
 from tunelab.events import Events, Listener
@@ -40,7 +40,10 @@ class RunResult:
 
 
 def run(config: RunConfig, on_event: Listener | None = None, resume: bool = False) -> RunResult:
-    """resume=True (`--resume`) requires an unfinished run to continue; an unfinished output_dir always resumes."""
+    """One run (train.seeds is `experiments`' business). resume=True (`--resume`) requires an unfinished run to
+    continue; an unfinished output_dir always resumes."""
+    if config.train.seeds:
+        raise ConfigError("train.seeds asks for one run per seed: call tunelab.experiments.run_experiment")
     events = Events(on_event)
     train_data, held_data = load_data(config)
     task, method = get_task(config.task), get_method(config.method)

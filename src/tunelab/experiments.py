@@ -1,7 +1,8 @@
-"""Repeatability: the same config run once per seed in `train.seeds`, every metric as mean and 95% interval.
+"""Experiments: what is made of several runs, above the single run (`train.run.run`).
 
-Each seed's run is a normal run directory (`seed-N/` under the parent); the parent holds the
-aggregate summary.json and report.md.
+Today: repeatability, the same config once per seed in `train.seeds`, every metric as mean and 95%
+interval. Each seed's run is a normal run directory (`seed-N/` under the parent); the parent holds
+the aggregate summary.json and report.md. `compare` and `sweep` belong here too.
 """
 
 from __future__ import annotations
@@ -13,9 +14,24 @@ from typing import Any
 
 from scipy.stats import t as student_t
 
+from tunelab.eval.report import fmt, md_table
+from tunelab.events import Listener
 from tunelab.rundir import choose_run_dir, write_atomic, write_json
+from tunelab.train.run import RunResult, run
 
-SECTIONS = ("before", "after", "few_shot")
+
+def run_experiment(config: Any, on_event: Listener | None = None, resume: bool = False) -> RunResult:
+    """What `tunelab run` does with a config: one run, or one per seed when `train.seeds` is set."""
+    if config.train.seeds:
+        return run_repeated(config, on_event)
+    return run(config, on_event, resume)
+
+
+def sections(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The metric groups a summary holds: before, after and each baseline by name."""
+    found = {"before": summary.get("before") or {}, "after": summary.get("after") or {}}
+    found.update({name: b["metrics"] for name, b in (summary.get("baselines") or {}).items()})
+    return found
 
 
 def t95(df: int) -> float:
@@ -35,18 +51,16 @@ def interval(values: list[float]) -> dict[str, float]:
 def aggregate(summaries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """{section: {metric: interval}} over the seeds' summaries, for every numeric metric all runs have."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for section in SECTIONS:
-        runs = [s.get(section) or {} for s in summaries]
+    for section in sections(summaries[0]):
+        runs = [sections(s).get(section) or {} for s in summaries]
         names = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and all(k in r for r in runs)]
         if names:
             out[section] = {k: interval([float(r[k]) for r in runs]) for k in names}
     return out
 
 
-def run_repeated(config: Any, on_event: Any = None) -> Any:
+def run_repeated(config: Any, on_event: Listener | None = None) -> RunResult:
     """One run per seed, then the parent directory's summary: means in before/after, intervals in `repeat`."""
-    from tunelab.train.run import RunResult, run
-
     parent = choose_run_dir(config)
     results = []
     for seed in config.train.seeds:
@@ -55,7 +69,9 @@ def run_repeated(config: Any, on_event: Any = None) -> Any:
         results.append(run(one, on_event))
     summaries = [r.summary for r in results]
     stats = aggregate(summaries)
-    summary = {**summaries[0], **{section: {k: v["mean"] for k, v in stats[section].items()} for section in stats},
+    means = {section: {k: v["mean"] for k, v in stats[section].items()} for section in stats}
+    baselines = {name: {**b, "metrics": means.get(name, {})} for name, b in (summaries[0].get("baselines") or {}).items()}
+    summary = {**summaries[0], "before": means.get("before", {}), "after": means.get("after", {}), "baselines": baselines,
                "repeat": {"seeds": list(config.train.seeds), "runs": [str(r.run_dir) for r in results],
                           "intervals": stats, "diagnoses": [s["diagnosis"]["verdict"] for s in summaries]}}
     summary["zero_shot"] = summary["before"]
@@ -65,8 +81,6 @@ def run_repeated(config: Any, on_event: Any = None) -> Any:
 
 
 def interval_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
-    from tunelab.eval.report import fmt
-
     rows = []
     for section, metrics in summary["repeat"]["intervals"].items():
         for name, iv in metrics.items():
@@ -75,8 +89,6 @@ def interval_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
 
 
 def repeat_markdown(parent: Path, summary: dict[str, Any]) -> str:
-    from tunelab.eval.report import md_table
-
     seeds = summary["repeat"]["seeds"]
     lines = [f"# tunelab repeated run: {parent.name}", "",
              f"The same config with seeds {seeds}; each run's own report is in its seed-N directory.", ""]

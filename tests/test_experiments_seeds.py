@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from tunelab.eval.repeat import aggregate, interval, t95
+from tunelab.experiments import aggregate, interval, t95
 
 
 @pytest.mark.parametrize("df, textbook", [(1, 12.706), (2, 4.303), (10, 2.228), (11, 2.201), (15, 2.131),
@@ -31,7 +31,7 @@ def test_interval_for_twelve_seeds_uses_t_at_eleven_degrees_of_freedom():
 
 
 def test_aggregate_keeps_metrics_every_run_has():
-    runs = [{"after": {"a": 0.5, "b": 1.0}, "few_shot": None}, {"after": {"a": 0.7}, "few_shot": None}]
+    runs = [{"after": {"a": 0.5, "b": 1.0}, "baselines": {}}, {"after": {"a": 0.7}, "baselines": {}}]
     stats = aggregate(runs)
     assert list(stats) == ["after"] and list(stats["after"]) == ["a"]
     assert stats["after"]["a"]["mean"] == pytest.approx(0.6)
@@ -39,9 +39,9 @@ def test_aggregate_keeps_metrics_every_run_has():
 
 def test_seeds_run_once_each_and_report_intervals(tiny_config, capsys):
     from tunelab.cli_output import print_summary
-    from tunelab.train.run import run
+    from tunelab.experiments import run_experiment
 
-    result = run(tiny_config("train.seeds=[1, 2]", "eval.forgetting_probe=false", "eval.few_shot_k=0",
+    result = run_experiment(tiny_config("train.seeds=[1, 2]", "eval.forgetting_probe=false", "eval.few_shot_k=0",
                              "eval.train_sample=0", "train.learning_rate=1e-2"))
     runs = [json.loads((result.run_dir / f"seed-{s}" / "summary.json").read_text()) for s in (1, 2)]
     saved = json.loads((result.run_dir / "summary.json").read_text())
