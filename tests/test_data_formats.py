@@ -74,11 +74,26 @@ def test_format_is_detected_by_majority_not_the_first_row(tmp_path):
     assert [(p.line, p.field) for p in checked.problems] == [(1, "prompt"), (1, "completion")]
 
 
-def test_run_refuses_rows_its_task_cannot_train_on(tmp_path, tiny_config):
-    rows = [{"text": f"review {i}", "label": i % 2} for i in range(6)]
-    train = write_jsonl(tmp_path / "cls.jsonl", rows)
+def test_run_refuses_rows_no_task_trains_on(tmp_path, tiny_config):
+    rows = [{"prompt": f"q {i}", "chosen": "yes", "rejected": "no"} for i in range(6)]
+    train = write_jsonl(tmp_path / "pairs.jsonl", rows)
     config = tiny_config(f"data.train={train}", "data.eval=null")
-    with pytest.raises(DataError, match='no task trains on "classification" rows yet'):
+    with pytest.raises(DataError, match='no task trains on "preference" rows yet'):
+        load_data(config)
+
+
+def test_task_auto_follows_the_rows(tmp_path, tiny_config):
+    rows = [{"text": f"review {i}", "label": i % 2} for i in range(6)]
+    config = tiny_config(f"data.train={write_jsonl(tmp_path / 'cls.jsonl', rows)}", "data.eval=null")
+    load_data(config)
+    assert config.task == "classify" and config.classify is not None
+
+
+def test_a_task_section_set_for_another_task_is_refused_once_auto_chooses(tmp_path, tiny_config):
+    rows = [{"text": f"doc {i}"} for i in range(6)]
+    config = tiny_config(f"data.train={write_jsonl(tmp_path / 'text.jsonl', rows)}", "data.eval=null",
+                         "classify.labels=[a, b]")
+    with pytest.raises(DataError, match='(?s)task=auto chose "causal_lm".*task classify'):
         load_data(config)
 
 

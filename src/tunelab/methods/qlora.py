@@ -7,7 +7,6 @@ quantized model and export loads the adapter onto the fp32 base instead.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -16,7 +15,7 @@ from pydantic import Field
 from tunelab.errors import ConfigError
 from tunelab.methods.base import register_method
 from tunelab.methods.lora import Lora
-from tunelab.models.loading import LoadRules, ModelSpec
+from tunelab.models.loading import ModelSpec, quantized_layers
 from tunelab.settings import Section, register_section
 
 
@@ -30,19 +29,6 @@ class QloraSettings(Section):
 register_section("qlora", QloraSettings)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def quantized_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    import bitsandbytes as bnb
-
-    return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-
-
-def keep_gradients_flowing(model: torch.nn.Module) -> None:
-    """On avx512_bf16 CPUs, Linear4bit repacks its weight on the first eval-mode no-grad forward and
-    gradients stop flowing afterwards, silently (bitsandbytes 0.50.2): keep the unpacked path."""
-    for layer in quantized_layers(model):
-        layer.support_avx512bf16_for_cpu = False
 
 
 class Qlora(Lora):
@@ -67,14 +53,9 @@ class Qlora(Lora):
     def apply(self, model: torch.nn.Module, config: Any, spec: ModelSpec) -> torch.nn.Module:
         from peft import prepare_model_for_kbit_training
 
-        keep_gradients_flowing(model)
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=bool(config.train.gradient_checkpointing))
         return super().apply(model, config, spec)
-
-    def load(self, base: torch.nn.Module, directory: Path, spec: ModelSpec, rules: LoadRules) -> torch.nn.Module:
-        keep_gradients_flowing(base)
-        return super().load(base, directory, spec, rules)
 
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
         if quantized_layers(model):

@@ -83,7 +83,23 @@ def load_model(path: Path, spec: ModelSpec = ModelSpec(), rules: LoadRules = Loa
                 raise
             raise ModelError(f"{path}: this model has no {spec.kind.replace('_', ' ')} form "
                              f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+    if "quantization_config" in options:
+        keep_gradients_flowing(model)
     return model if placed else model.to(device())
+
+
+def quantized_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    import bitsandbytes as bnb
+
+    return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+
+
+def keep_gradients_flowing(model: torch.nn.Module) -> None:
+    """On avx512_bf16 CPUs, Linear4bit repacks its weight on the first eval-mode no-grad forward and
+    gradients stop flowing afterwards, silently (bitsandbytes 0.50.2): keep the unpacked path from the
+    moment of loading, since a run evaluates the base before the method is applied."""
+    for layer in quantized_layers(model):
+        layer.support_avx512bf16_for_cpu = False
 
 
 def load_pair(path: Path, spec: ModelSpec, rules: LoadRules, **method_options: Any) -> tuple[Any, torch.nn.Module]:
