@@ -113,5 +113,5 @@ def test_early_stopping_on_a_generation_metric(tmp_path, code_words):
 def test_a_generation_metric_without_generations_is_refused(tmp_path, code_words):
     from tunelab.errors import ConfigError
 
-    with pytest.raises(ConfigError, match='train.best_metric: "exact_match" is scored on generations'):
+    with pytest.raises(ConfigError, match='train.best_metric: "exact_match" is not measured when task "sft" validates'):
         quick_run(tmp_path, code_words, "train.early_stopping_patience=2", "train.best_metric=exact_match")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from tunelab.data.general import probe_questions, probe_texts, replay_texts
 from tunelab.eval import forgetting
+from tunelab.tasks.lm import replay_examples, text_windows
 
 
 def test_probe_data_ships_with_the_package():
-    texts, replay, questions = forgetting.probe_texts(), forgetting.replay_texts(), forgetting.probe_questions()
+    texts, replay, questions = probe_texts(), replay_texts(), probe_questions()
     assert len(texts) >= 6 and sum(map(len, texts)) > 2000
     assert len(questions) == 20 and all(q["question"].endswith("?") and q["answers"] for q in questions)
     assert not set(texts) & set(replay)  # replay must never rehearse the probe's own text
@@ -34,7 +36,7 @@ def test_compare_flags_beyond_the_threshold_and_offers_replay():
 
 
 def test_probe_windows_cover_every_token(tokenizer):
-    windows = forgetting.text_windows(["word " * 300], tokenizer, window=100)
+    windows = text_windows(["word " * 300], tokenizer, window=100)
     total = len(tokenizer("word " * 300)["input_ids"]) + 1
     assert [len(w.input_ids) for w in windows] == [100] * (total // 100) + ([total % 100] if total % 100 else [])
     assert all(w.labels == w.input_ids for w in windows)
@@ -42,11 +44,11 @@ def test_probe_windows_cover_every_token(tokenizer):
 
 @pytest.mark.parametrize("fraction, n_train, expected", [(0.0, 40, 0), (0.2, 40, 10), (0.5, 40, 40), (0.5, 3, 3)])
 def test_replay_makes_up_the_asked_share_of_training(tokenizer, fraction, n_train, expected):
-    picked = forgetting.replay_examples(fraction, n_train, tokenizer, max_length=64, seed=1)
+    picked = replay_examples(replay_texts(), fraction, n_train, tokenizer, max_length=64, seed=1)
     assert len(picked) == expected
     if picked:
         assert expected / (expected + n_train) == pytest.approx(fraction, abs=0.1)
-        replay_ids = {tuple(w.input_ids) for w in forgetting.text_windows(forgetting.replay_texts(), tokenizer, 64)}
+        replay_ids = {tuple(w.input_ids) for w in text_windows(replay_texts(), tokenizer, 64)}
         assert all(tuple(w.input_ids) in replay_ids for w in picked)
 
 

@@ -43,13 +43,13 @@ def test_full_at_a_high_rate_forgets_more_than_lora_and_replay_helps(dates):
 
 
 def test_the_bundled_model_answers_every_shipped_question():
-    from tunelab.config import load_config
+    from tunelab.data.general import probe_questions
     from tunelab.eval import forgetting
     from tunelab.models import resolve_model
-    from tunelab.train.run import load_model
+    from tunelab.models.loading import LoadRules, ModelSpec, load_pair
 
-    tokenizer, model = load_model(resolve_model("smollm2-135m-instruct"), load_config(None, ["data.train=x.jsonl"]))
+    tokenizer, model = load_pair(resolve_model("smollm2-135m-instruct"), ModelSpec(), LoadRules())
     probe = forgetting.measure(model, tokenizer, batch_size=16)
-    wrong = [(q["question"], a) for q, a in zip(forgetting.probe_questions(), probe["answers"])
+    wrong = [(q["question"], a) for q, a in zip(probe_questions(), probe["answers"])
              if not forgetting.answered(a, q["answers"])]
     assert wrong == [] and probe["accuracy"] == 1.0

@@ -93,7 +93,7 @@ def test_config_names_metrics_and_rejects_unknown_ones(tmp_path):
 def test_run_reports_the_configured_metrics(tiny_config):
     from tunelab.train.run import run
 
-    summary = run(tiny_config("eval.metrics=[rouge_l, json_valid]", "eval.forgetting_probe=false",
+    summary = run(tiny_config("eval.metrics=[rouge_l, token_f1]", "eval.forgetting_probe=false",
                               "eval.few_shot_k=0", "eval.train_sample=0")).summary
-    assert summary["metrics"] == ["rouge_l", "json_valid"]
-    assert set(summary["after"]) == {"eval_loss", "perplexity", "rouge_l", "json_valid"}
+    assert summary["metrics"] == ["rouge_l", "token_f1"]
+    assert set(summary["after"]) == {"eval_loss", "perplexity", "rouge_l", "token_f1"}

@@ -36,13 +36,13 @@ def test_markdown_opens_with_the_verdict_and_shows_ten_examples(finished_run):
     assert sections[1:3] == ["Held-out results", "General ability (forgetting probe)"]
     verdict = text.split("## Verdict")[1].split("##")[0]
     assert "zero-shot" in verdict and "2-shot" in verdict and "forgetting" in verdict and "Fit:" in verdict
-    assert text.count("**Prompt:**") == 10 and text.count("- base (few-shot):") == 10
+    assert text.count("**Prompt:**") == 10 and text.count("- base (2-shot):") == 10
     assert "| metric | zero-shot | 2-shot | tuned | change |" in text
 
 
 def test_summary_has_the_evidence_entries(finished_run):
     s = json.loads((finished_run.run_dir / "summary.json").read_text())
-    assert {"before", "after", "zero_shot", "few_shot", "forgetting", "diagnosis", "early_stopping"} <= set(s)
+    assert {"before", "after", "zero_shot", "baselines", "forgetting", "diagnosis", "early_stopping"} <= set(s)
     assert s["forgetting"]["questions"] == 20 and s["forgetting"]["flagged"] in (True, False)
     assert s["diagnosis"]["verdict"] in ("overfitting", "underfitting", "good fit")
 

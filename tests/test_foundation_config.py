@@ -41,7 +41,7 @@ def test_out_of_range_value_says_the_bound():
 
 def test_unknown_method_lists_the_registry_and_suggests():
     message = error_of("method=lroa")
-    assert 'expected one of full|lora, got "lroa" (did you mean "lora"?)' in message
+    assert 'expected one of full|lora|qlora, got "lroa" (did you mean "lora"?)' in message
 
 
 def test_missing_required_key():
@@ -75,7 +75,8 @@ def test_bad_yaml_and_wrong_top_level(tmp_path):
 
 
 def test_task_and_format_must_agree():
-    assert "needs task" in error_of("task=causal_lm", "data.format=messages")
+    assert 'task "causal_lm" trains on text rows, not data.format "messages"' in \
+        error_of("task=causal_lm", "data.format=messages")
 
 
 def test_every_option_is_documented():

@@ -11,14 +11,15 @@ from tunelab.train.checkpoint import MANIFEST, latest_complete, problem, prune, 
 from tunelab.events import Events
 
 
-def fake_checkpoint(root: Path, step: int, eval_loss: float | None = None, seal: bool = True) -> Path:
+def fake_checkpoint(root: Path, step: int, value: float | None = None, seal: bool = True,
+                    higher_is_better: bool = False) -> Path:
     path = root / f"checkpoint-{step}"
     (path / "sub").mkdir(parents=True)
     (path / "optimizer.pt").write_bytes(bytes([step]) * 100)
     (path / "sub" / "weights.safetensors").write_bytes(b"w" * step)
     (path / "training_args.bin").write_bytes(b"pickled args")
     if seal:
-        write_manifest(path, {"step": step, "eval_loss": eval_loss})
+        write_manifest(path, {"step": step, "best_metric": "m", "value": value, "higher_is_better": higher_is_better})
     return path
 
 
@@ -79,3 +80,10 @@ def test_prune_keeps_the_last_k_and_the_best(tmp_path):
     assert sorted(p.name for p in removed) == ["checkpoint-1", "checkpoint-3"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-5",
                                                           "checkpoint-6"]
+
+
+def test_prune_keeps_the_best_by_a_metric_where_higher_is_better(tmp_path):
+    for step, accuracy in [(1, 0.9), (2, 0.5), (3, 0.6), (4, 0.7)]:
+        fake_checkpoint(tmp_path, step, accuracy, higher_is_better=True)
+    removed = prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in removed) == ["checkpoint-2"]  # checkpoint-1 holds the best accuracy

@@ -45,21 +45,21 @@ def pickle_model_dir(tmp_path, tiny_model_dir) -> tuple[Path, Path]:
 
 
 def test_a_pickle_only_model_dir_is_refused_without_running_it(pickle_model_dir, tiny_config):
-    from tunelab.train.run import load_model
+    from tunelab.models.loading import LoadRules, load_model
 
     model_dir, marker = pickle_model_dir
     with pytest.raises(ModelError) as err:
-        load_model(model_dir, tiny_config(f"model={model_dir}"))
+        load_model(model_dir, rules=LoadRules.of(tiny_config(f"model={model_dir}")))
     assert "pickle files (pytorch_model.bin)" in str(err.value) and "allow_pickle" in str(err.value)
     assert not marker.exists()
 
 
 def test_allow_pickle_still_reads_only_plain_tensors(pickle_model_dir, tiny_config):
-    from tunelab.train.run import load_model
+    from tunelab.models.loading import LoadRules, load_model
 
     model_dir, marker = pickle_model_dir
     with pytest.raises(ModelError) as err:
-        load_model(model_dir, tiny_config(f"model={model_dir}", "allow_pickle=true"))
+        load_model(model_dir, rules=LoadRules.of(tiny_config(f"model={model_dir}", "allow_pickle=true")))
     assert "refused a weights file that holds more than plain tensors (Weights only load failed" in str(err.value)
     assert not marker.exists()
 

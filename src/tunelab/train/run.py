@@ -47,11 +47,11 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     events = Events(on_event)
     train_data, held_data = load_data(config)
     task, method = get_task(config.task), get_method(config.method)
-    spec = task.model_spec(config, train_data)
+    spec, model_path = task.model_spec(config, train_data), resolve_model(config.model)
     run_dir, resume_from = open_run_dir(config, train_data, held_data, resume, events)
 
     torch.manual_seed(config.train.seed)
-    tokenizer, model = load_pair(resolve_model(config.model), spec, LoadRules.of(config),
+    tokenizer, model = load_pair(model_path, spec, LoadRules.of(config),
                                  **method.load_options(config, spec))
     prepared = task.prepare(config, tokenizer, train_data, held_data, events)
     best = evidence.early_stopping(config, task)
