@@ -187,11 +187,17 @@ def test_overfitting_over_several_epochs_advises_the_best_epoch():
 
 
 def test_early_stopping_on_a_generation_metric(tmp_path, code_words):
-    result = quick_run(tmp_path, code_words, "eval.generate=true", "eval.max_new_tokens=4", "train.max_steps=4",
-                       "train.eval_steps=2", "train.early_stopping_patience=5", "train.best_metric=token_f1")
+    # at a learning rate of 1e-9 the greedy answers cannot change, so token F1 never improves on its first
+    # value: patience 1 must stop at the second validation and keep the first one's weights
+    result = quick_run(tmp_path, code_words, "eval.generate=true", "eval.max_new_tokens=4", "train.max_steps=8",
+                       "train.eval_steps=2", "train.early_stopping_patience=1", "train.best_metric=token_f1",
+                       "train.learning_rate=1e-9")
     validated = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "eval_loss" in r]
-    assert [r["step"] for r in validated] == [2, 4] and all(0.0 <= r["token_f1"] <= 1.0 for r in validated)
-    assert result.summary["early_stopping"]["metric"] == "token_f1"
+    stop = result.summary["early_stopping"]
+    assert [r["step"] for r in validated] == [2, 4] and validated[0]["token_f1"] == validated[1]["token_f1"]
+    assert stop["metric"] == "token_f1" and stop["best_step"] == 2 and stop["stopped_early_at"] == 4
+    assert stop["best_value"] == validated[0]["token_f1"] and result.summary["train"]["steps"] == 4
+    assert result.summary["after"]["token_f1"] == stop["best_value"]  # scored with the kept weights
 
 
 def test_a_generation_metric_without_generations_is_refused(tmp_path, code_words):
