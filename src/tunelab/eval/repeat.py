@@ -13,6 +13,7 @@ from typing import Any
 
 from scipy.stats import t as student_t
 
+from tunelab.eval.metrics import describe
 from tunelab.train.rundir import choose_run_dir, write_atomic, write_json
 
 SECTIONS = ("before", "after", "few_shot")
@@ -37,7 +38,8 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
     out: dict[str, dict[str, dict[str, float]]] = {}
     for section in SECTIONS:
         runs = [s.get(section) or {} for s in summaries]
-        names = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and all(k in r for r in runs)]
+        names = [k for k, v in runs[0].items()
+                 if isinstance(v, (int, float)) and describe(k).compared and all(k in r for r in runs)]
         if names:
             out[section] = {k: interval([float(r[k]) for r in runs]) for k in names}
     return out

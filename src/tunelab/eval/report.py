@@ -43,7 +43,7 @@ def comparison_rows(summary: dict[str, Any]) -> list[Row]:
     """(metric, zero-shot, few-shot, tuned, change over zero-shot) for every metric measured both times."""
     before, after, few = summary["before"], summary["after"], summary.get("few_shot") or {}
     return [(describe(k).label, fmt(k, before[k]), fmt(k, few.get(k)), fmt(k, after[k]), delta(k, before[k], after[k]))
-            for k in before if k in after]
+            for k in before if k in after and describe(k).compared]
 
 
 def headline_metric(summary: dict[str, Any]) -> str:
