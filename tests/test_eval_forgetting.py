@@ -69,10 +69,21 @@ def test_replay_adds_general_text_steps(tiny_config, tmp_path):
     assert mixed.summary["train"]["steps"] == 10  # 20 rows + 20 replay windows, batch 4
 
 
-def test_probe_is_measured_before_and_after_a_run(tiny_config):
+def test_probe_is_measured_on_the_base_model_before_and_the_tuned_one_after(tiny_config):
+    from tunelab.eval.cli import load_for_eval
     from tunelab.train.run import run
 
-    f = run(tiny_config("eval.few_shot_k=0", "eval.train_sample=0")).summary["forgetting"]
-    assert f["questions"] == 20 and 0.0 <= f["accuracy_before"] <= 1.0
-    assert f["perplexity_before"] > 1.0 and f["perplexity_change"] == pytest.approx(
-        f["perplexity_after"] / f["perplexity_before"] - 1)
+    config = tiny_config("eval.few_shot_k=0", "eval.train_sample=0", "train.learning_rate=1e-2")
+    result = run(config)
+    f = result.summary["forgetting"]
+    measured = {}
+    for name, run_dir in (("base", None), ("tuned", result.run_dir)):
+        tokenizer, model = load_for_eval(config, run_dir)
+        measured[name] = forgetting.measure(model, tokenizer, config.eval.batch_size)
+    base, tuned = measured["base"], measured["tuned"]
+    assert f["questions"] == 20
+    assert f["perplexity_before"] == pytest.approx(base["perplexity"], rel=1e-5)
+    assert f["accuracy_before"] == base["accuracy"]
+    assert f["perplexity_after"] == pytest.approx(tuned["perplexity"], rel=1e-5)
+    assert f["accuracy_after"] == tuned["accuracy"]
+    assert abs(f["perplexity_after"] - f["perplexity_before"]) > 1e-3 * f["perplexity_before"]  # training moved it

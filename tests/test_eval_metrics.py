@@ -96,4 +96,4 @@ def test_run_reports_the_configured_metrics(tiny_config):
     summary = run(tiny_config("eval.metrics=[rouge_l, token_f1]", "eval.forgetting_probe=false",
                               "eval.few_shot_k=0", "eval.train_sample=0")).summary
     assert summary["metrics"] == ["rouge_l", "token_f1"]
-    assert set(summary["after"]) == {"eval_loss", "perplexity", "rouge_l", "token_f1"}
+    assert set(summary["after"]) == {"eval_loss", "eval_loss_se", "perplexity", "rouge_l", "token_f1"}

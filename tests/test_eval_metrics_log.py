@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tunelab.errors import TunelabError
-from tunelab.eval.diagnosis import read_curves
+from tunelab.eval.diagnosis import Point, read_curves
 from tunelab.train.resume import trim_metrics
 from tunelab.rundir import MetricsLog, read_metrics
 
@@ -38,7 +38,8 @@ def test_a_damaged_line_before_the_last_is_an_error_naming_the_line(killed_run):
 
 def test_curves_of_a_killed_run(killed_run):
     train, held = read_curves(killed_run)
-    assert train == [(1, 2.0), (2, 1.5)] and held == [(2, 1.8)]
+    assert train == [Point(1, 2.0, None, 0.5), Point(2, 1.5, None, 1.0)]
+    assert held == [Point(2, 1.8, 0.1, 1.0)]
 
 
 def test_resume_trims_to_the_checkpoint_step_and_drops_the_torn_line(killed_run):

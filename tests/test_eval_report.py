@@ -43,8 +43,14 @@ def test_markdown_opens_with_the_verdict_and_shows_ten_examples(finished_run):
 def test_summary_has_the_evidence_entries(finished_run):
     s = json.loads((finished_run.run_dir / "summary.json").read_text())
     assert {"before", "after", "zero_shot", "baselines", "forgetting", "diagnosis", "early_stopping"} <= set(s)
-    assert s["forgetting"]["questions"] == 20 and s["forgetting"]["flagged"] in (True, False)
-    assert s["diagnosis"]["verdict"] in ("overfitting", "underfitting", "good fit")
+    # four LoRA steps barely move a random model: general ability cannot change by 10%, and the loss on
+    # its own training rows falls far less than 10%, which is underfitting
+    f = s["forgetting"]
+    assert f["questions"] == 20 and abs(f["perplexity_change"]) < 0.01 and f["flagged"] is False
+    assert s["train_sample"]["after"]["eval_loss"] > 0.9 * s["train_sample"]["before"]["eval_loss"]
+    assert s["diagnosis"]["verdict"] == "underfitting"
+    verdict = (finished_run.run_dir / "report.md").read_text().split("## Verdict")[1].split("##")[0]
+    assert "No forgetting beyond the 10% threshold" in verdict and "Fit: underfitting: loss on train rows" in verdict
 
 
 def test_html_is_self_contained(finished_run):

@@ -52,6 +52,7 @@ def test_seeds_run_once_each_and_report_intervals(tiny_config, capsys):
     # two values: sd = |a - b| / sqrt 2, so the half-width is t(0.975, 1) * |a - b| / 2 = 6.353 |a - b|
     assert loss["high"] - loss["mean"] == pytest.approx(12.706 * abs(a - b) / 2, rel=1e-4)
     assert loss["mean"] - loss["low"] == pytest.approx(12.706 * abs(a - b) / 2, rel=1e-4)
+    assert "eval_loss_se" not in saved["repeat"]["intervals"]["after"]  # a standard error is not a metric
     assert saved["after"]["eval_loss"] == pytest.approx(loss["mean"])
     assert "95% interval" in (result.run_dir / "report.md").read_text()
     print_summary(result.run_dir, result.summary)

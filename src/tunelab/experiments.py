@@ -18,6 +18,7 @@ from tunelab.eval.report import fmt, md_table
 from tunelab.events import Listener
 from tunelab.rundir import choose_run_dir, write_atomic, write_json
 from tunelab.train.run import RunResult, run
+from tunelab.scoring.metrics import describe
 
 
 def run_experiment(config: Any, on_event: Listener | None = None, resume: bool = False) -> RunResult:
@@ -53,7 +54,8 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
     out: dict[str, dict[str, dict[str, float]]] = {}
     for section in sections(summaries[0]):
         runs = [sections(s).get(section) or {} for s in summaries]
-        names = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and all(k in r for r in runs)]
+        names = [k for k, v in runs[0].items() 
+                 if isinstance(v, (int, float)) and describe(k).compared and all(k in r for r in runs)]
         if names:
             out[section] = {k: interval([float(r[k]) for r in runs]) for k in names}
     return out

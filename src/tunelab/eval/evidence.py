@@ -40,7 +40,8 @@ def before_training(model: torch.nn.Module, tokenizer: Any, task: Task, train: A
         events.emit("evaluating", which="probe", what="general ability (forgetting probe)")
         out.probe = forgetting.measure(model, tokenizer, config.eval.batch_size, config.eval.forgetting_questions)
     if prepared.train_sample is not None:
-        out.train_sample = task.validate(model, tokenizer, prepared.train_sample, config)
+        measured = task.validate(model, tokenizer, prepared.train_sample, config)
+        out.train_sample = {k: v for k, v in measured.items() if isinstance(v, (int, float))}
         out.train_sample_rows = min(config.eval.train_sample, len(train.rows))
     return out
 

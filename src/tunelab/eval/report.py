@@ -42,7 +42,7 @@ def comparison_rows(summary: dict[str, Any]) -> list[Row]:
     """(metric, zero-shot, each baseline, tuned, change over zero-shot) for every metric measured both times."""
     before, after, others = summary["before"], summary["after"], baselines(summary)
     return [(describe(k).label, fmt(k, before[k]), *(fmt(k, m.get(k)) for _, _, m in others), fmt(k, after[k]),
-             delta(k, before[k], after[k])) for k in before if k in after]
+             delta(k, before[k], after[k])) for k in before if k in after and describe(k).compared]
 
 
 def headline_metric(summary: dict[str, Any]) -> str:

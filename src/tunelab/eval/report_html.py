@@ -55,7 +55,7 @@ def curves_png(run_dir: Path) -> str | None:
     fig, ax = _figure()
     for curve, label, style in ((train, "train loss", ".-"), (held, "held-out loss", "o-")):
         if curve:
-            ax.plot([s for s, _ in curve], [v for _, v in curve], style, label=label)
+            ax.plot([p.step for p in curve], [p.value for p in curve], style, label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.grid(alpha=0.3)

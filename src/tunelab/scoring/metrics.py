@@ -32,6 +32,7 @@ class Metric:
     compute: Corpus | None  # None: read from the held-out loss instead of from generations
     percent: bool = True
     higher_is_better: bool = True
+    compared: bool = True  # False: the uncertainty of another metric, not a row of its own in before/after tables
 
 
 METRICS: dict[str, Metric] = {}
@@ -140,7 +141,9 @@ for _metric in (
 ):
     register_metric(_metric)
 
-LOSS_ONLY = {"eval_loss": Metric("eval_loss", "eval loss", None, percent=False, higher_is_better=False)}
+LOSS_ONLY = {m.name: m for m in (
+    Metric("eval_loss", "eval loss", None, percent=False, higher_is_better=False),
+    Metric("eval_loss_se", "eval loss SE", None, percent=False, higher_is_better=False, compared=False))}
 
 
 def describe(name: str) -> Metric:

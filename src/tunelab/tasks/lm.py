@@ -89,28 +89,50 @@ class Collator:
 
 
 @torch.no_grad()
-def heldout_loss(model: torch.nn.Module, examples: list[Encoded], pad_id: int, batch_size: int = 8) -> dict[str, float]:
-    """Mean negative log-likelihood per supervised token and its perplexity; token-weighted over the
-    whole set (not a mean of batch means), so it does not depend on batching."""
+def heldout_loss(model: torch.nn.Module, examples: list[Encoded], pad_id: int, batch_size: int = 8,
+                 per_row: bool = False) -> dict[str, Any]:
+    """Token-weighted over the whole set (not a mean of batch means), so it does not depend on batching.
+
+    `eval_loss_se` (present from two rows on) is the loss's standard error over rows. With per_row,
+    also each row's summed loss and token count (`eval_row_nll`, `eval_row_tokens`): two validations
+    of the same rows then give the standard error of their difference, which their own two overstate.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total_nll, total_tokens = 0.0, 0
+    row_nll, row_tokens = [], []
     try:
         for start in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
+            batch = collate(examples[start:start + batch_size], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             shift_logits = logits[:, :-1].float()
             shift_labels = batch["labels"][:, 1:]
             nll = torch.nn.functional.cross_entropy(
                 shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                ignore_index=IGNORE, reduction="sum")
-            total_nll += nll.item()
-            total_tokens += int((shift_labels != IGNORE).sum())
+                ignore_index=IGNORE, reduction="none").view(shift_labels.shape)
+            row_nll += nll.sum(dim=1).tolist()
+            row_tokens += (shift_labels != IGNORE).sum(dim=1).tolist()
     finally:
         model.train(was_training)
-    loss = total_nll / max(total_tokens, 1)
-    return {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    loss = sum(row_nll) / max(sum(row_tokens), 1)
+    out = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    if len(row_nll) > 1:
+        out["eval_loss_se"] = ratio_se(row_nll, row_tokens, loss)
+    if per_row:
+        out.update(eval_row_nll=row_nll, eval_row_tokens=row_tokens)
+    return out
+
+
+def ratio_se(row_nll: list[float], row_tokens: list[int], loss: float) -> float:
+    """Standard error of sum(nll) / sum(tokens) with rows as the sampled units (delta method).
+
+    Rows, not tokens, are drawn independently: tokens of one answer are correlated, so a per-token
+    standard error would be far too small.
+    """
+    n, tokens = len(row_nll), max(sum(row_tokens), 1)
+    residuals = sum((nll - loss * t) ** 2 for nll, t in zip(row_nll, row_tokens))
+    return math.sqrt(n / (n - 1) * residuals) / tokens
 
 
 def score(model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, eval_cfg: Any) -> Scores:
@@ -209,7 +231,8 @@ class LmTask(Task):
 
     def validate(self, model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, config: Any,
                  want: tuple[str, ...] = ()) -> dict[str, float]:
-        result = heldout_loss(model, held_out.encoded, held_out.pad_id, config.eval.batch_size)
+        # Per-row losses let the fit diagnosis pair two validations of the same rows (eval/diagnosis.py).
+        result = heldout_loss(model, held_out.encoded, held_out.pad_id, config.eval.batch_size, per_row=True)
         generated = [m for m in want if m not in result]
         if generated and held_out.cases:
             answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], config.eval.max_new_tokens,
