@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import REPO, write_jsonl
 from tunelab.eval.diagnosis import Evidence, Point, diagnose, paired_se, read_curves
-from tunelab.train.rundir import read_metrics
+from tunelab.rundir import read_metrics
 
 FITTED = [(5, 0.21), (10, 0.04), (15, 0.02), (20, 0.0093), (25, 0.006), (30, 0.0044)]  # a quickstart train loss
 WORDS = "apple river stone cloud maple tiger lemon copper violet harbor candle meadow falcon silver pepper garden".split()
@@ -107,8 +107,8 @@ def test_heldout_loss_standard_error_is_over_rows(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tunelab.eval.loss import heldout_loss, ratio_se
-    from tunelab.tasks.base import IGNORE, Encoded
+    from tunelab.tasks.lm import heldout_loss, ratio_se
+    from tunelab.tasks.lm import IGNORE, Encoded
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
