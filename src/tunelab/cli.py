@@ -9,7 +9,6 @@ import argparse
 import os
 import shlex
 import sys
-from typing import Any
 
 from tunelab.errors import RunInterrupted, TunelabError
 

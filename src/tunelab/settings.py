@@ -24,3 +24,10 @@ def register_section(key: str, model: type[Section]) -> type[Section]:
         raise ValueError(f'config section "{key}" is already registered as {known.__name__}')
     SECTIONS[key] = model
     return model
+
+
+def require_sections(owner: str, keys: tuple[str, ...]) -> None:
+    """A method or task may only read sections that are registered (`owner`: e.g. 'method "lora"')."""
+    missing = [key for key in keys if key not in SECTIONS]
+    if missing:
+        raise ValueError(f"{owner} reads unregistered config sections {missing}")

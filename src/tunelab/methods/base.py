@@ -17,6 +17,7 @@ import torch
 
 from tunelab.errors import ConfigError
 from tunelab.models.loading import ModelSpec
+from tunelab.settings import require_sections
 
 
 class Method:
@@ -61,11 +62,7 @@ METHODS: dict[str, Method] = {}
 
 
 def register_method(method: Method) -> Method:
-    from tunelab.settings import SECTIONS
-
-    missing = [key for key in method.sections if key not in SECTIONS]
-    if missing:
-        raise ValueError(f'method "{method.name}" reads unregistered config sections {missing}')
+    require_sections(f'method "{method.name}"', method.sections)
     METHODS[method.name] = method
     return method
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from tunelab.models.loading import ModelSpec
+from tunelab.settings import require_sections
 
 # Evidence a task may take part in (Task.evidence).
 GENERATION = "generation"   # held-out answers are generated, shown as samples
@@ -126,11 +127,7 @@ TASKS: dict[str, Task] = {}
 
 
 def register_task(task: Task) -> Task:
-    from tunelab.settings import SECTIONS
-
-    missing = [key for key in task.sections if key not in SECTIONS]
-    if missing:
-        raise ValueError(f'task "{task.name}" reads unregistered config sections {missing}')
+    require_sections(f'task "{task.name}"', task.sections)
     TASKS[task.name] = task
     return task
 
