@@ -59,7 +59,7 @@ def test_run_directory_is_self_describing(full_run):
     versions = json.loads((d / "versions.json").read_text())
     assert {"tunelab", "torch", "transformers", "peft", "trl"} <= set(versions)
     summary = json.loads((d / "summary.json").read_text())
-    assert set(summary["before"]) == {"eval_loss", "perplexity", "exact_match", "token_f1"}
+    assert set(summary["before"]) == {"eval_loss", "eval_loss_se", "perplexity", "exact_match", "token_f1"}
     assert {"seconds", "tokens", "tokens_per_second"} <= set(summary["train"])
     assert summary["trainable_params"] == summary["total_params"]  # full fine-tune
 
@@ -108,5 +108,5 @@ def test_task_auto_trains_text_rows_as_causal_lm(tiny_config, tmp_path):
     config.data.eval = None
     result = run(config)
     assert result.summary["task"] == "causal_lm"
-    assert set(result.summary["after"]) == {"eval_loss", "perplexity"}  # no generation metrics for raw text
+    assert set(result.summary["after"]) == {"eval_loss", "eval_loss_se", "perplexity"}  # no generation metrics for raw text
     assert "task: causal_lm" in (result.run_dir / "config.yaml").read_text()
