@@ -40,23 +40,32 @@ def eval_config(target: str, overrides: list[str]) -> tuple[Any, Path | None]:
     return validate_config(raw), run_dir
 
 
-def evaluate_file(target: str, data: Path, overrides: list[str] = ()) -> dict[str, Any]:
-    """Scores of the target on the data file, as the run would have scored its held-out set."""
-    from tunelab.data import load_dataset
+def load_for_eval(config: Any, run_dir: Path | None, dataset: Any = None) -> tuple[Any, Any]:
+    """Tokenizer and model: the base as the run loaded it, with the run's trained weights when a run
+    directory was given. A classifier's labels come from the run's config (else from `dataset`)."""
     from tunelab.methods import get_method
     from tunelab.models import resolve_model
     from tunelab.models.loading import LoadRules, load_pair
-    from tunelab.train.run import choose_task
+    from tunelab.tasks import get_task
 
-    config, run_dir = eval_config(target, list(overrides))
-    dataset = load_dataset(data, config.data.format, config.data.columns)
-    task, method = choose_task(config, dataset), get_method(config.method)
+    task, method = get_task(config.task), get_method(config.method)
     spec, rules = task.model_spec(config, dataset), LoadRules.of(config)
     tokenizer, model = load_pair(resolve_model(config.model), spec, rules, **method.load_options(config, spec))
     if run_dir is not None:
         model = method.load(model, run_dir / "model", spec, rules)
-    held_out = task.held_out(config, tokenizer, dataset, None)
-    scores = task.evaluate(model, tokenizer, held_out, config)
+    return tokenizer, model
+
+
+def evaluate_file(target: str, data: Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """Scores of the target on the data file, as the run would have scored its held-out set."""
+    from tunelab.data import load_dataset
+    from tunelab.train.run import choose_task
+
+    config, run_dir = eval_config(target, list(overrides))
+    dataset = load_dataset(data, config.data.format, config.data.columns)
+    task = choose_task(config, dataset)
+    tokenizer, model = load_for_eval(config, run_dir, dataset)
+    scores = task.evaluate(model, tokenizer, task.held_out(config, tokenizer, dataset, None), config)
     return {"target": str(target), "data": str(data), "rows": len(dataset.rows), "metrics": scores.metrics}
 
 
