@@ -108,5 +108,5 @@ def test_task_auto_trains_text_rows_as_causal_lm(tiny_config, tmp_path):
     config.data.eval = None
     result = run(config)
     assert result.summary["task"] == "causal_lm"
-    assert set(result.summary["after"]) == {"eval_loss", "eval_loss_se", "perplexity"}  # no generation metrics for raw text
+    assert set(result.summary["after"]) == {"eval_loss", "perplexity"}  # raw text: no generation metrics; one held-out row: no SE
     assert "task: causal_lm" in (result.run_dir / "config.yaml").read_text()
