@@ -31,3 +31,14 @@ def require_sections(owner: str, keys: tuple[str, ...]) -> None:
     missing = [key for key in keys if key not in SECTIONS]
     if missing:
         raise ValueError(f"{owner} reads unregistered config sections {missing}")
+
+
+def import_submodules(package: str, path: list[str], skip: set[str]) -> None:
+    """Import every module of a registry package (each registers itself), in name order so that the
+    registry's order, and so every listing, is stable."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(path), key=lambda i: i.name):
+        if info.name not in skip and not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
