@@ -81,6 +81,12 @@ def test_lora_trains_only_the_adapter_and_counts_it_exactly(tiny_config):
     assert result.summary["trainable_params"] == 2 * per_layer
     saved = result.run_dir / "model"
     assert (saved / "adapter_model.safetensors").is_file() and (saved / "adapter_config.json").is_file()
+    resources = result.summary["resources"]
+    # the artifact is what PEFT wrote (fp32 adapter weights, config, model card), not the tokenizer saved beside it
+    written = ("adapter_model.safetensors", "adapter_config.json", "README.md")
+    assert resources["artifact_bytes"] == sum((saved / name).stat().st_size for name in written)
+    assert resources["artifact_bytes"] > 4 * result.summary["trainable_params"]
+    assert resources["peak_rss_bytes"] > 100 * 2**20  # torch alone is larger than this
 
 
 def test_held_out_split_of_train_when_no_eval_file(tiny_config):

@@ -87,6 +87,9 @@ def print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     t = summary["train"]
     print(f"\ntrained {summary['trainable_params']:,} parameters for {t['steps']} steps in {t['seconds']:.0f} s "
           f"({t['tokens_per_second']:.0f} tokens/s)")
+    if "resources" in summary:
+        r = summary["resources"]
+        print(f"artifact {r['artifact_bytes'] / 2**20:,.1f} MiB on disk, peak memory {r['peak_rss_bytes'] / 2**20:,.0f} MiB")
     print(f"run directory: {run_dir}  (report.html, report.md, summary.json, model/)")
 
 

@@ -42,6 +42,11 @@ def write_json(path: Path, value: Any) -> None:
     write_atomic(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
 
 
+def directory_bytes(path: Path) -> int:
+    """Bytes on disk of every file under a directory (an artifact's size)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version(), "platform": platform.platform()}
     for name in TRACKED:

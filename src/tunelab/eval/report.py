@@ -167,7 +167,15 @@ def training_line(summary: dict[str, Any]) -> str:
     return (f"Model `{summary['model']}`, method `{summary['method']}`, task `{summary['task']}`; "
             f"{summary['trainable_params']:,} of {summary['total_params']:,} parameters trained "
             f"({100 * summary['trainable_params'] / summary['total_params']:.2f}%) for {t['steps']} steps in "
-            f"{t['seconds']:.0f} s, {t['tokens']:,} tokens ({t['tokens_per_second']:.0f} tokens/s).")
+            f"{t['seconds']:.0f} s, {t['tokens']:,} tokens ({t['tokens_per_second']:.0f} tokens/s)." + resources_words(summary))
+
+
+def resources_words(summary: dict[str, Any]) -> str:
+    r = summary.get("resources")
+    if not r:
+        return ""
+    gpu = f", peak GPU memory {r['peak_gpu_bytes'] / 2**20:,.0f} MiB" if "peak_gpu_bytes" in r else ""
+    return f" Artifact {r['artifact_bytes'] / 2**20:,.1f} MiB on disk; peak memory {r['peak_rss_bytes'] / 2**20:,.0f} MiB{gpu}."
 
 
 def baseline_outputs(sample: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str, str]]:

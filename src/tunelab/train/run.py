@@ -25,7 +25,7 @@ from tunelab.events import Events, Listener
 from tunelab.methods import count_params, get_method
 from tunelab.models import resolve_model
 from tunelab.models.loading import LoadRules, load_pair
-from tunelab.rundir import MetricsLog, write_json, write_run_header, write_samples
+from tunelab.rundir import MetricsLog, directory_bytes, write_json, write_run_header, write_samples
 from tunelab.scoring.metrics import describe
 from tunelab.tasks import TASKS, Task, get_task, task_for_format
 from tunelab.train.guards import train_guarded
@@ -72,10 +72,12 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     found = evidence.after_training(model, tokenizer, task, prepared, before, zero_shot, after, config, run_dir, best,
                                     trained["steps"], events)
     method.save(model, run_dir / "model")
+    artifact_bytes = directory_bytes(run_dir / "model")  # what the method wrote, before the tokenizer joins it
     tokenizer.save_pretrained(run_dir / "model")
 
     summary = {"before": zero_shot.metrics, "after": after.metrics, "train": trained,
                "trainable_params": trainable, "total_params": total,
+               "resources": {"artifact_bytes": artifact_bytes, **peak_memory()},
                "model": config.model, "method": config.method, "task": config.task,
                "metrics": prepared.metrics, **prepared.info, **found}
     write_json(run_dir / "summary.json", summary)
@@ -104,6 +106,17 @@ def train(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Any, con
     return {"seconds": round(seconds, 2), "tokens": tokens,
             "tokens_per_second": round((tokens - progress.tokens_at_start) / seconds, 2),  # this process's
             "steps": trainer.state.global_step, "final_train_loss": output.training_loss}
+
+
+def peak_memory() -> dict[str, int]:
+    """This process's peak resident memory so far (training and every evaluation), and on CUDA the peak
+    GPU memory allocated."""
+    import resource
+
+    peak = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # Linux reports KiB
+    if torch.cuda.is_available():
+        peak["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated())
+    return peak
 
 
 def open_run_dir(config: RunConfig, train_data: Dataset, held_data: Dataset, resume: bool,
