@@ -138,3 +138,19 @@ def test_methods_without_merge_say_so():
         if not method.mergeable:
             with pytest.raises(ConfigError, match="cannot merge"):
                 method.merge(torch.nn.Linear(2, 2))
+
+
+def test_a_cuda_only_method_is_refused_before_any_model_loads(monkeypatch, tmp_path):
+    from tunelab.methods import base
+    from tunelab.train import run as run_module
+
+    class CudaOnly(base.Method):
+        name, devices = "cuda-only", ("cuda",)
+
+    monkeypatch.setitem(METHODS, "cuda-only", CudaOnly())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(run_module, "load_pair", lambda *a, **k: pytest.fail("a model was loaded"))
+    config = config_for("full")
+    config.method = "cuda-only"
+    with pytest.raises(ConfigError, match='"cuda-only" needs cuda; this machine has no GPU'):
+        run_module.run(config)

@@ -29,6 +29,13 @@ class Method:
     mergeable: bool = False
     devices: tuple[str, ...] = ("cpu", "cuda")
 
+    def check_machine(self, config: Any) -> None:
+        """Refuse, before any model loads, a method or option this machine cannot run (e.g. CUDA-only on CPU).
+        Overrides call super() and add their own options' needs."""
+        if "cpu" not in self.devices and not torch.cuda.is_available():
+            raise ConfigError(f'method "{self.name}" needs {" or ".join(self.devices)}; this machine has no GPU '
+                              f'(methods that run on CPU: see `tunelab methods`)')
+
     def load_options(self, config: Any, spec: ModelSpec) -> dict[str, Any]:
         """Extra from_pretrained options this method needs (e.g. a quantization_config that leaves the
         spec's new heads in full precision)."""

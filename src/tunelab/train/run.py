@@ -45,6 +45,7 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     if config.train.seeds:
         raise ConfigError("train.seeds asks for one run per seed: call tunelab.experiments.run_experiment")
     events = Events(on_event)
+    get_method(config.method).check_machine(config)
     train_data, held_data = load_data(config)
     task, method = get_task(config.task), get_method(config.method)
     spec, model_path = task.model_spec(config, train_data), resolve_model(config.model)
