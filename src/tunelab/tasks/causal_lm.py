@@ -24,8 +24,8 @@ from tunelab.tasks.lm import LmTask
 class CausalLmSettings(Section):
     packing: bool = Field(
         True, description="Put each micro-batch's documents end to end in one row (no padding, no attention across "
-                          "documents; position ids restart per document). Measured 1.3x the tokens/s on the bundled "
-                          "model (docs/tasks-lm.md).")
+                          "documents; position ids restart per document): no compute spent on padding "
+                          "(docs/tasks-lm.md).")
 
 
 register_section("causal_lm", CausalLmSettings)
