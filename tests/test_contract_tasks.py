@@ -25,7 +25,9 @@ ROWS = {
                           {"role": "assistant", "content": WORDS[i % 4]}]} for i in range(24)],
     "causal_lm": [{"text": f"The colour of item {i} is {WORDS[i % 4]}."} for i in range(24)],
     "classify": [{"text": f"item {i} looks {WORDS[i % 4]}", "label": WORDS[i % 4]} for i in range(24)],
+    "distill": [{"prompt": f"Colour {i}? ", "completion": WORDS[i % 4]} for i in range(24)],
 }
+EXTRA = {"distill": ["distill.teacher=tiny-random-llama"]}  # the student learns from a copy of itself
 MODEL = {"causal_lm": "tiny-random-llama", "sequence_classifier": "tiny-random-llama"}  # its last token is the label word
 
 
@@ -41,7 +43,7 @@ def setup(request, tmp_path_factory):
     path = write_jsonl(tmp / "rows.jsonl", ROWS[name])
     config = load_config(None, [f"data.train={path}", f"task={name}", f"model={MODEL[task.model_kind]}",
                                 "train.max_length=96", "eval.max_new_tokens=4", "eval.train_sample=8",
-                                "eval.few_shot_k=0", "method=full", "train.learning_rate=1e-3"])
+                                "eval.few_shot_k=0", "method=full", "train.learning_rate=1e-3", *EXTRA.get(name, [])])
     data = load_dataset(path, "auto")
     spec = task.model_spec(config, data)
     torch.manual_seed(0)

@@ -98,16 +98,20 @@ def resolve_model(name: str) -> Path:
 
 
 def _materialized(model: BundledModel) -> Path:
-    target = cache_dir() / "models" / f"{model.name}-v{model.version}"
+    return build_once(cache_dir() / "models" / f"{model.name}-v{model.version}", model.build)
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target`, built by `build(dir)` the first time it is asked for (atomically, under a file lock)."""
     if (target / ".complete").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(target.with_suffix(".lock")):
         if (target / ".complete").is_file():
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{model.name}-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            model.build(tmp)
+            build(tmp)
             (tmp / ".complete").write_text("ok\n")
             if target.exists():
                 shutil.rmtree(target)

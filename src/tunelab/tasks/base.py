@@ -71,6 +71,7 @@ class Task:
     evidence: frozenset[str] = frozenset()
     baseline_names: tuple[str, ...] = ()  # what `baselines` measures, for `tunelab tasks`
     default_metrics: tuple[str, ...] = ()
+    chosen_by_auto: bool = True           # False: only `task=<name>` picks it (it shares its formats with another)
 
     def model_spec(self, config: Any, train: Any) -> ModelSpec:
         """The model kind to load for these training rows; what it reads from them (a classifier's labels)
@@ -138,4 +139,4 @@ def get_task(name: str) -> Task:
 
 def task_for_format(fmt: str) -> str | None:
     """The registered task that trains on rows of this format, for task=auto."""
-    return next((name for name, task in TASKS.items() if fmt in task.formats), None)
+    return next((name for name, task in TASKS.items() if fmt in task.formats and task.chosen_by_auto), None)

@@ -1,16 +1,97 @@
-"""Continued pretraining on raw text: loss on every token, EOS appended so documents end."""
+"""Continued pretraining on raw text: loss on every token, EOS appended so documents end.
+
+With `causal_lm.packing` a micro-batch's documents go end to end in one row with no padding
+(transformers' DataCollatorWithFlattening): position ids restart at each document, and with no
+attention mask transformers builds the block-diagonal mask from them (sdpa, eager, flash), so no
+document attends to another. `use_cache=False` goes with every packed batch: a cache switches that
+detection off and the documents would see each other.
+"""
 
 from __future__ import annotations
 
-from tunelab.tasks.base import register_task
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from tunelab.data.tokens import IGNORE
+from tunelab.errors import ConfigError
+from tunelab.settings import Section, register_section
+from tunelab.tasks.base import ListDataset, Prepared, register_task
 from tunelab.tasks.lm import LmTask
+
+
+class CausalLmSettings(Section):
+    packing: bool = Field(
+        True, description="Put each micro-batch's documents end to end in one row (no padding, no attention across "
+                          "documents; position ids restart per document): no compute spent on padding "
+                          "(docs/tasks-lm.md).")
+
+
+register_section("causal_lm", CausalLmSettings)
+
+
+class PackedCollator:
+    """Padding-free batches of shape [1, total tokens]: a document's first label is IGNORE (it would be
+    predicted from the previous document's last token), everything else as the rows say."""
+
+    def __init__(self) -> None:
+        from transformers import DataCollatorWithFlattening
+
+        self.flatten = DataCollatorWithFlattening(separator_id=IGNORE)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.flatten([{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in rows])
+        return {**batch, "use_cache": False}
+
+
+@torch.no_grad()
+def check_packing(model: torch.nn.Module, rows: list[dict[str, Any]], tolerance: float = 1e-3) -> None:
+    """Refuse packing on a model whose attention ignores document boundaries: a document's logits must
+    not change when another document is packed before it."""
+    first, second = (list(r["input_ids"])[:16] for r in rows[:2])
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        alone = model(input_ids=torch.tensor([second], device=device), use_cache=False).logits[0]
+        batch = {k: v.to(device) for k, v in PackedCollator()([{"input_ids": first, "labels": first},
+                                                                {"input_ids": second, "labels": second}]).items()
+                 if k in ("input_ids", "position_ids")}
+        packed = model(**batch, use_cache=False).logits[0, len(first):]
+    finally:
+        model.train(was_training)
+    gap = (alone.float() - packed.float()).abs().max().item()
+    if gap > tolerance:
+        raise ConfigError(f"causal_lm.packing: this model ({type(model).__name__}, attention "
+                          f"{getattr(model.config, '_attn_implementation', '?')}) lets packed documents attend to "
+                          f"each other (logits differ by {gap:.3g}); set causal_lm.packing=false")
 
 
 class CausalLm(LmTask):
     name = "causal_lm"
     description = "Continued pretraining on raw text (loss on every token); metric: held-out perplexity."
     formats = ("text",)
+    sections = ("causal_lm",)
     default_metrics = ("perplexity",)
+
+    def prepare(self, config: Any, tokenizer: Any, train: Any, held: Any, events: Any) -> Prepared:
+        prepared = super().prepare(config, tokenizer, train, held, events)
+        prepared.info["packing"] = config.causal_lm.packing
+        return prepared
+
+    def trainer(self, model: torch.nn.Module, tokenizer: Any, prepared: Prepared, args: dict[str, Any],
+                callbacks: list[Any]) -> Any:
+        if not prepared.info.get("packing"):
+            return super().trainer(model, tokenizer, prepared, args, callbacks)
+        from transformers import Trainer, TrainingArguments
+
+        if len(prepared.train) > 1:
+            check_packing(model, prepared.train)
+        # A packed batch has no padding and no attention mask: every token it holds is a real one.
+        args = {**args, "include_num_input_tokens_seen": "all"}
+        return Trainer(model=model, args=TrainingArguments(**args), train_dataset=ListDataset(prepared.train),
+                       data_collator=PackedCollator(), callbacks=callbacks)
 
 
 register_task(CausalLm())

@@ -1,0 +1,133 @@
+"""Distillation: the loss (0 between identical models, a hand-computed value on a fixture), gradient
+accumulation giving the big batch's update, students built from teacher layers, and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.conftest import write_jsonl
+from tunelab.config import load_config
+from tunelab.data import load_dataset
+from tunelab.data.tokens import IGNORE
+from tunelab.errors import ConfigError
+from tunelab.events import Events
+from tunelab.models import resolve_model
+from tunelab.models.loading import LoadRules, ModelSpec, load_model, load_pair
+from tunelab.models.students import chosen_layers, student_from_teacher
+from tunelab.tasks import get_task, task_for_format
+from tunelab.tasks.distill import DistillHeldOut, distill_loss, teacher_comparison
+from tunelab.train.trainer import common_args
+
+ROWS = [{"prompt": f"Item {i} colour? ", "completion": " ".join(["red", "green", "blue"][: 1 + i % 3]) * (1 + i % 2)}
+        for i in range(8)]
+
+
+def test_kl_is_zero_when_student_is_teacher(tokenizer):
+    model = load_model(resolve_model("tiny-random-llama")).eval()
+    ids = torch.tensor([tokenizer("The red fox jumps")["input_ids"]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert distill_loss(logits, logits.clone(), ids, temperature=2.0, alpha=0.0).item() == pytest.approx(0, abs=1e-6)
+
+
+def test_loss_matches_a_hand_computed_value():
+    # One supervised position (label 0 at position 1, predicted from position 0): student uniform over 3
+    # tokens, teacher logits [ln 2, 0, 0]; position 1's logits predict nothing and must not count.
+    student = torch.tensor([[[0.0, 0.0, 0.0], [5.0, -5.0, 0.0]]])
+    teacher = torch.tensor([[[math.log(2), 0.0, 0.0], [-5.0, 5.0, 0.0]]])
+    labels = torch.tensor([[IGNORE, 0]])
+    for t in (1.0, 2.0):
+        weights = [2 ** (1 / t), 1.0, 1.0]
+        p = [w / sum(weights) for w in weights]
+        kl = sum(pi * math.log(pi * 3) for pi in p)  # KL(teacher || uniform)
+        expected = 0.7 * t * t * kl + 0.3 * math.log(3)
+        assert distill_loss(student, teacher, labels, t, alpha=0.3).item() == pytest.approx(expected, rel=1e-5)
+    # with the trainer's count of the whole accumulated batch, the sum is divided by that count instead
+    assert distill_loss(student, teacher, labels, 1.0, 0.3, num_items=4).item() == \
+        pytest.approx(distill_loss(student, teacher, labels, 1.0, 0.3).item() / 4, rel=1e-6)
+
+
+@pytest.fixture
+def distill_setup(tmp_path):
+    path = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+
+    def make(*overrides: str):
+        config = load_config(None, [f"data.train={path}", "task=distill", "model=tiny-random-llama",
+                                    "distill.teacher=tiny-random-llama", "method=full", "train.max_length=32",
+                                    "eval.max_new_tokens=2", "eval.train_sample=0", *overrides])
+        task, data = get_task("distill"), load_dataset(path, "auto")
+        spec = task.model_spec(config, data)
+        torch.manual_seed(0)
+        tokenizer, model = load_pair(resolve_model(config.model), spec, LoadRules())
+        return config, task, tokenizer, model, task.prepare(config, tokenizer, data, data, None)
+
+    return make
+
+
+def one_step(config, task, tokenizer, model, prepared, out, batch_size, accum):
+    args = {**common_args(config, out), "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": accum,
+            "max_steps": 1, "optim": "sgd", "learning_rate": 1.0, "warmup_steps": 0, "save_strategy": "no",
+            "lr_scheduler_type": "constant"}
+    task.trainer(model, tokenizer, prepared, args, []).train()
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_accumulation_gives_the_big_batch_update(distill_setup, tmp_path):
+    # SGD, not Adam: Adam's update hardly changes when the gradient is scaled, which would hide the bug.
+    config, task, tokenizer, model, prepared = distill_setup()
+    start = torch.cat([p.detach().flatten() for p in model.parameters()])
+    prepared.teacher = load_model(resolve_model("tiny-random-llama")).eval()
+    with torch.no_grad():  # a teacher that differs from the student, so the KL term has a gradient
+        for p in prepared.teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    big = one_step(config, task, tokenizer, model, prepared, tmp_path / "a", 8, 1)
+    with torch.no_grad():
+        for p, s in zip(model.parameters(), torch.split(start, [p.numel() for p in model.parameters()])):
+            p.copy_(s.view_as(p))
+    accumulated = one_step(config, task, tokenizer, model, prepared, tmp_path / "b", 4, 2)
+    moved = (big - start).abs().max().item()
+    assert moved > 1e-3
+    assert (accumulated - big).abs().max().item() < 1e-4 * max(moved, 1.0)
+
+
+def test_task_auto_still_picks_sft():
+    assert task_for_format("prompt_completion") == "sft" and task_for_format("messages") == "sft"
+
+
+def test_teacher_with_another_tokenizer_is_refused(distill_setup):
+    with pytest.raises(ConfigError, match=r'distill.teacher: teacher "tiny-random-bert" \(30522 tokens\) and student '
+                                          r'"tiny-random-llama" \(49152 tokens\) have different tokenizers'):
+        distill_setup("distill.teacher=tiny-random-bert")
+
+
+def test_student_keeps_the_chosen_teacher_layers(tmp_path, monkeypatch):
+    monkeypatch.setattr("tunelab.models.students.cache_dir", lambda: tmp_path)
+    teacher_dir = resolve_model("tiny-random-llama")
+    teacher = load_model(teacher_dir).eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    whole = load_model(student_from_teacher(teacher_dir, [0, 1], LoadRules())).eval()
+    assert torch.equal(whole(input_ids=ids).logits, teacher(input_ids=ids).logits)
+    half = load_model(student_from_teacher(teacher_dir, chosen_layers(teacher_dir, [1]), LoadRules()))
+    assert half.config.num_hidden_layers == 1
+    assert torch.equal(half.model.layers[0].mlp.up_proj.weight, teacher.model.layers[1].mlp.up_proj.weight)
+    assert chosen_layers(teacher_dir, "every_other") == [0]
+    with pytest.raises(ConfigError, match=r"distill.student_layers: .* in 0-1 \(the teacher has 2 layers\), got \[2\]"):
+        chosen_layers(teacher_dir, [2])
+
+
+def test_student_layers_sets_model_to_the_built_student(distill_setup, tmp_path, monkeypatch):
+    monkeypatch.setattr("tunelab.models.students.cache_dir", lambda: tmp_path)
+    config, task, tokenizer, model, prepared = distill_setup("distill.student_layers=[1]")
+    assert model.config.num_hidden_layers == 1 and config.model.startswith(str(tmp_path / "students"))
+
+
+def test_gap_closed_and_speedup():
+    held = DistillHeldOut([], [], 0, metrics=["exact_match"], teacher={"exact_match": 0.8}, teacher_seconds=6.0,
+                          student_before={"exact_match": 0.2})
+    out = teacher_comparison(held, {"exact_match": 0.5}, seconds=2.0)
+    assert out == {"speedup": pytest.approx(3.0), "gap_closed": pytest.approx(0.5)}
+    held.teacher = {"exact_match": 0.2}  # no gap to close: no number rather than a division by zero
+    assert "gap_closed" not in teacher_comparison(held, {"exact_match": 0.5}, seconds=2.0)
