@@ -44,11 +44,11 @@ def test_every_registered_format_has_a_fixture():
 
 
 def texts_in(value: Any) -> list[str]:
-    """The text a field carries: a string, or the contents of chat turns."""
+    """The text a field carries: a string, a list of strings, or the contents of chat turns."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, list):
-        return [m["content"] for m in value]
+        return [m if isinstance(m, str) else m["content"] for m in value if isinstance(m, str) or "content" in m]
     return []
 
 

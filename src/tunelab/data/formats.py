@@ -441,7 +441,8 @@ class TaggedTokens(Format):
         return []
 
     def text(self, fields: Fields) -> str:
-        return " ".join(fields["tokens"])
+        """The words, then their tags: the same sentence tagged differently is not a duplicate."""
+        return " ".join(fields["tokens"]) + "\n" + " ".join(fields["tags"])
 
     def token_length(self, fields: Fields, tokenizer: Any, max_length: int) -> tuple[int, str]:
         n = len(tokenizer(fields["tokens"], is_split_into_words=True)["input_ids"])

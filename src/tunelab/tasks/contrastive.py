@@ -129,12 +129,20 @@ class Contrastive(Task):
         from datasets import Dataset
         from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
         from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+        from transformers import Trainer as TransformersTrainer
+
+        class Trainer(SentenceTransformerTrainer):
+            def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+                """A checkpoint holds what the method saved (LoadedEncoder.save), not a loadable
+                SentenceTransformer: load it into the wrapped transformer as transformers' Trainer does."""
+                TransformersTrainer._load_from_checkpoint(self, resume_from_checkpoint, model=self.model[0].model)
 
         wrapped = sentence_transformer(model, tokenizer, prepared.held_out.max_length)
         loss = MultipleNegativesRankingLoss(wrapped, scale=prepared.info["loss_scale"])
-        return SentenceTransformerTrainer(model=wrapped, args=SentenceTransformerTrainingArguments(**args),
-                                          train_dataset=Dataset.from_list(prepared.train), loss=loss,
-                                          callbacks=callbacks)
+        # transformers counts tokens from the model's main input, which sentence-transformers' batches lack
+        args = {**args, "include_num_input_tokens_seen": False}
+        return Trainer(model=wrapped, args=SentenceTransformerTrainingArguments(**args),
+                       train_dataset=Dataset.from_list(prepared.train), loss=loss, callbacks=callbacks)
 
     def validate(self, model: torch.nn.Module, tokenizer: Any, held_out: Retrieval, config: Any,
                  want: tuple[str, ...] = ()) -> dict[str, float]:

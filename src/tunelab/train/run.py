@@ -95,7 +95,7 @@ def train(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Any, con
     """The task's trainer under every guard; returns the summary's `train` entry."""
     progress = Progress(events, MetricsLog(run_dir / "metrics.jsonl"),
                         evidence.validation(task, tokenizer, prepared.held_out, config, best),
-                        config.train.eval_steps, best=best)
+                        config.train.eval_steps, best=best, model=model)
     watched = config.train.best_metric if best is not None else "eval_loss"
 
     def build(cfg: RunConfig) -> Any:
