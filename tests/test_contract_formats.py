@@ -22,6 +22,10 @@ VALID = {
     "messages": {"messages": CHAT},
     "classification": {"text": "a warm and funny film", "label": "positive"},
     "preference": {"prompt": "Pick a colour.", "chosen": "Blue.", "rejected": "I will not."},
+    "tagged_tokens": {"tokens": ["Ada", "lived", "in", "Paris"], "tags": ["B-PER", "O", "O", "B-LOC"]},
+    "entity_spans": {"text": "Ada lived in Paris", "spans": [{"start": 13, "end": 18, "label": "LOC"}]},
+    "pairs": {"anchor": "reset my password", "positive": "How to reset a password"},
+    "triplets": {"anchor": "reset my password", "positive": "How to reset a password", "negative": "Office hours"},
 }
 ALSO = {  # valid rows in each other form a shape reads (its optional fields), normalised on load
     "preference": {"input": {"messages": [{"role": "user", "content": "Pick a colour."}]},
@@ -40,11 +44,11 @@ def test_every_registered_format_has_a_fixture():
 
 
 def texts_in(value: Any) -> list[str]:
-    """The text a field carries: a string, or the contents of chat turns."""
+    """The text a field carries: a string, a list of strings, or the contents of chat turns."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, list):
-        return [m["content"] for m in value]
+        return [m if isinstance(m, str) else m["content"] for m in value if isinstance(m, str) or "content" in m]
     return []
 
 
@@ -54,6 +58,12 @@ def test_a_valid_row_is_clean_and_detected_as_itself(name):
     assert inspect_row(row, name) == []
     assert detect_format(row.fields) == name
     assert set(get_format(name).required) <= set(row.fields)
+
+
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_the_example_row_shown_in_errors_is_valid_and_detected_as_itself(name):
+    example = get_format(name).example
+    assert inspect_row(Row(1, example), name) == [] and detect_format(example) == name
 
 
 @pytest.mark.parametrize("name", sorted(set(ALSO) | {n for n in FORMATS if FORMATS[n].optional}))

@@ -26,9 +26,14 @@ ROWS = {
     "causal_lm": [{"text": f"The colour of item {i} is {WORDS[i % 4]}."} for i in range(24)],
     "classify": [{"text": f"item {i} looks {WORDS[i % 4]}", "label": WORDS[i % 4]} for i in range(24)],
     "distill": [{"prompt": f"Colour {i}? ", "completion": WORDS[i % 4]} for i in range(24)],
+    "ner": [{"tokens": ["the", WORDS[i % 4], "car", "of", f"Ann{i}"], "tags": ["O", "B-COL", "O", "O", "B-PER"]}
+            for i in range(24)],
+    "contrastive": [{"anchor": f"what colour is item {i}?", "positive": f"item {i} is {WORDS[i % 4]}"}
+                    for i in range(24)],
 }
 EXTRA = {"distill": ["distill.teacher=tiny-random-llama"]}  # the student learns from a copy of itself
-MODEL = {"causal_lm": "tiny-random-llama", "sequence_classifier": "tiny-random-llama"}  # its last token is the label word
+MODEL = {"causal_lm": "tiny-random-llama", "sequence_classifier": "tiny-random-llama",  # its last token is the label
+         "token_classifier": "tiny-random-bert", "embedding": "tiny-random-bert"}
 
 
 def test_every_registered_task_has_a_fixture():
@@ -54,10 +59,14 @@ def setup(request, tmp_path_factory):
 
 
 def test_rows_become_batches(setup):
-    batch = setup.task.collator(setup.tokenizer)(setup.prepared.train[:4])
-    assert batch["input_ids"].shape[0] == 4 and batch["attention_mask"].shape == batch["input_ids"].shape
-    assert batch["labels"].shape[0] == 4
-    assert len(setup.prepared.train) == len(ROWS[setup.task.name])
+    s = setup
+    args = {**common_args(s.config, s.tmp / "batches"), "per_device_train_batch_size": 4, "save_strategy": "no"}
+    batch = next(iter(s.task.trainer(s.model, s.tokenizer, s.prepared, args, []).get_train_dataloader()))
+    tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    ids = [k for k in tensors if k.endswith("input_ids")]  # a pair task's batch holds one set per text column
+    assert ids and all(tensors[k].shape[0] == 4 for k in tensors)
+    assert all(tensors[k.replace("input_ids", "attention_mask")].shape == tensors[k].shape for k in ids)
+    assert len(s.prepared.train) == len(ROWS[s.task.name])
 
 
 def test_a_few_steps_lower_the_loss(setup):
@@ -80,7 +89,8 @@ def test_evaluation_returns_the_declared_metrics_for_every_row(setup):
 
 
 class Uniform(torch.nn.Module):
-    """Every position gets the same logits: the loss is exactly log(classes); argmax is class 0."""
+    """Every position gets the same logits (an encoder: the same hidden state): the loss is exactly
+    log(classes); argmax is class 0."""
 
     def __init__(self, classes: int, config: object):
         super().__init__()
@@ -89,8 +99,10 @@ class Uniform(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None, **kwargs):
         shape = (*input_ids.shape, self.classes) if self.config.kind == "lm" else (input_ids.shape[0], self.classes)
+        if self.config.kind == "encoder":
+            return SimpleNamespace(last_hidden_state=torch.ones(*input_ids.shape, 4) + 0 * self.anchor)
         logits = torch.zeros(shape)
-        if self.config.kind != "lm":
+        if self.config.kind == "cls":
             logits[:, 0] = 1e-6  # ties broken towards the first label
         return SimpleNamespace(logits=logits + 0 * self.anchor)
 
@@ -104,6 +116,19 @@ def test_known_answer_uniform_model(setup):
         metrics = s.task.evaluate(stub, s.tokenizer, s.prepared.held_out, config).metrics
         assert metrics["eval_loss"] == pytest.approx(math.log(len(s.tokenizer)), rel=1e-6)
         assert metrics["perplexity"] == pytest.approx(len(s.tokenizer), rel=1e-4)
+        return
+    if s.task.model_kind == "token_classifier":  # every word predicted O: no entity found
+        stub = Uniform(len(config.ner.labels), SimpleNamespace(kind="lm", id2label=dict(enumerate(config.ner.labels))))
+        metrics = s.task.evaluate(stub, s.tokenizer, s.prepared.held_out, config).metrics
+        assert metrics["eval_loss"] == pytest.approx(math.log(len(config.ner.labels)), rel=1e-5)
+        assert metrics["entity_f1"] == metrics["entity_recall"] == 0.0
+        return
+    if s.task.model_kind == "embedding":  # every text embeds alike: each positive ties with the whole corpus
+        corpus = len(ROWS["contrastive"])
+        metrics = s.task.evaluate(Uniform(0, SimpleNamespace(kind="encoder")), s.tokenizer, s.prepared.held_out,
+                                  config).metrics
+        assert metrics["eval_loss"] == pytest.approx(math.log(corpus), rel=1e-5)
+        assert metrics["mrr"] == pytest.approx(1 / corpus) and metrics["recall_at_10"] == 0.0
         return
     labels = config.classify.labels
     stub = Uniform(len(labels), SimpleNamespace(kind="cls", id2label=dict(enumerate(labels))))

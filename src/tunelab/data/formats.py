@@ -19,6 +19,7 @@ never reject a row. Message keys are checked in `data.checks`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tunelab.data.checks import MISSING, Unreadable, check_turns, errors, string_problems
@@ -43,6 +44,7 @@ class Format:
     demo_stop: tuple[str, ...] = ()
     synth: bool = False                   # `data synth` writes it (`seed_input`, `compose`)
     answered: bool = False                # synth asks the teacher to answer each new input (`seed_answer`)
+    example: Fields = {}                  # one valid row, shown when rows of another shape are given
 
     @property
     def known(self) -> tuple[str, ...]:
@@ -167,6 +169,7 @@ class Text(Format):
     required = ("text",)
     detect_by = (("text",),)
     priority = 50
+    example = {"text": "The river Thames flows through London."}
     synth = True
 
     def check(self, row: Row) -> list[Problem]:
@@ -201,6 +204,7 @@ class PromptCompletion(Format):
     required = ("prompt", "completion")
     detect_by = (("prompt", "completion"),)
     priority = 30
+    example = {"prompt": "Capital of France?", "completion": " Paris"}
     demos = True
     demo_stop = (DEMO_SEPARATOR,)  # chat turns end at the template's end-of-turn token: no stop string there
     synth = True
@@ -247,6 +251,8 @@ class Messages(Format):
     required = ("messages",)
     detect_by = (("messages",),)
     priority = 10
+    example = {"messages": [{"role": "user", "content": "Capital of France?"},
+                            {"role": "assistant", "content": "Paris."}]}
     demos = True
     synth = True
     answered = True
@@ -299,6 +305,7 @@ class Classification(Format):
     required = ("text", "label")
     detect_by = (("text", "label"),)
     priority = 40
+    example = {"text": "a warm and funny film", "label": "positive"}
     label_field = "label"
     synth = True
 
@@ -342,6 +349,7 @@ class Preference(Format):
     optional = OPENAI_DPO
     detect_by = (("chosen",), ("rejected",), ("preferred_output",))
     priority = 20
+    example = {"prompt": "Pick a colour.", "chosen": "Blue.", "rejected": "I will not."}
 
     def check(self, row: Row) -> list[Problem]:
         if "input" in row.fields:
@@ -388,3 +396,149 @@ class Preference(Format):
 
 
 register_format(Preference())
+
+
+TAG = re.compile(r"O|[BI]-\S+")  # BIO (IOB2) tags: O, B-TYPE, I-TYPE
+
+
+def _string_list(row: Row, key: str) -> tuple[list[str] | None, list[Problem]]:
+    """The field as a non-empty list of non-empty strings, or the problem naming the first bad item."""
+    value = row.fields.get(key, MISSING)
+    if value is MISSING:
+        return None, [Problem(row.line, key, "missing; expected a list of strings", "missing_field")]
+    if not isinstance(value, list) or not value:
+        return None, [Problem(row.line, key, f"expected a non-empty list of strings, got {type_name(value)}",
+                              "wrong_type")]
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            return None, [Problem(row.line, f"{key}[{i}]", f"expected a non-empty string, got {item!r}",
+                                  "wrong_type")]
+    return value, []
+
+
+class TaggedTokens(Format):
+    """Words with one BIO tag each (token classification, e.g. named entities)."""
+
+    name = "tagged_tokens"
+    required = ("tokens", "tags")
+    detect_by = (("tokens", "tags"),)
+    priority = 60
+    example = {"tokens": ["Ada", "Lovelace", "lived", "in", "London", "."],
+               "tags": ["B-PER", "I-PER", "O", "O", "B-LOC", "O"]}
+
+    def check(self, row: Row) -> list[Problem]:
+        tokens, problems = _string_list(row, "tokens")
+        tags, tag_problems = _string_list(row, "tags")
+        problems += tag_problems
+        if tokens is None or tags is None:
+            return problems
+        if len(tags) != len(tokens):
+            return [Problem(row.line, "tags", f"{len(tags)} tags for {len(tokens)} tokens; expected one tag per token",
+                            "length_mismatch")]
+        bad = next((i for i, tag in enumerate(tags) if not TAG.fullmatch(tag)), None)
+        if bad is not None:
+            return [Problem(row.line, f"tags[{bad}]", f'expected O, B-TYPE or I-TYPE, got "{tags[bad]}"', "wrong_tag")]
+        return []
+
+    def text(self, fields: Fields) -> str:
+        """The words, then their tags: the same sentence tagged differently is not a duplicate."""
+        return " ".join(fields["tokens"]) + "\n" + " ".join(fields["tags"])
+
+    def token_length(self, fields: Fields, tokenizer: Any, max_length: int) -> tuple[int, str]:
+        n = len(tokenizer(fields["tokens"], is_split_into_words=True)["input_ids"])
+        return n, "tags" if n > max_length else ""
+
+
+register_format(TaggedTokens())
+
+
+class EntitySpans(Format):
+    """A text with labelled character spans `[{"start", "end", "label"}]` (end exclusive); a token
+    classifier learns them as BIO tags on the text's words."""
+
+    name = "entity_spans"
+    required = ("text", "spans")
+    detect_by = (("text", "spans"),)
+    priority = 35  # before text (50) and classification (40): these rows carry a text too
+    example = {"text": "Ada Lovelace lived in London.",
+               "spans": [{"start": 0, "end": 12, "label": "PER"}, {"start": 22, "end": 28, "label": "LOC"}]}
+
+    def check(self, row: Row) -> list[Problem]:
+        problems = string_problems(row, ("text",))
+        spans = row.fields.get("spans", MISSING)
+        if spans is MISSING:
+            return problems + [Problem(row.line, "spans", "missing; expected a list of {start, end, label}",
+                                       "missing_field")]
+        if not isinstance(spans, list):
+            return problems + [Problem(row.line, "spans", f"expected a list of {{start, end, label}}, got "
+                                                          f"{type_name(spans)}", "wrong_type")]
+        if problems:
+            return problems
+        return self._check_spans(row.line, spans, len(row.fields["text"]))
+
+    def _check_spans(self, line: int, spans: list[Any], size: int) -> list[Problem]:
+        last_end = 0
+        for i, span in sorted(enumerate(spans), key=lambda s: s[1].get("start", 0) if isinstance(s[1], dict) else 0):
+            where = f"spans[{i}]"
+            if not isinstance(span, dict) or set(span) != {"start", "end", "label"}:
+                return [Problem(line, where, f"expected {{start, end, label}}, got {span!r}", "wrong_span")]
+            start, end, label = span["start"], span["end"], span["label"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)) \
+                    or not 0 <= start < end <= size:
+                return [Problem(line, where, f"start and end must be integers with 0 <= start < end <= {size} "
+                                             f"(the text's length), got {start!r}, {end!r}", "wrong_span")]
+            if not isinstance(label, str) or not label.strip() or any(c.isspace() for c in label):
+                return [Problem(line, f"{where}.label", f"expected a label without spaces, got {label!r}",
+                                "wrong_span")]
+            if start < last_end:
+                return [Problem(line, where, "overlaps another span; entities must not overlap", "wrong_span")]
+            last_end = end
+        return []
+
+    def text(self, fields: Fields) -> str:
+        return fields["text"]
+
+    def token_length(self, fields: Fields, tokenizer: Any, max_length: int) -> tuple[int, str]:
+        n = _count(tokenizer, fields["text"])
+        return n, "text" if n > max_length else ""
+
+
+register_format(EntitySpans())
+
+
+class Pairs(Format):
+    """An anchor and a positive that should embed close together (sentence-embedding training with
+    in-batch negatives: every other row's positive is a negative)."""
+
+    name = "pairs"
+    required = ("anchor", "positive")
+    detect_by = (("anchor", "positive"),)
+    priority = 70
+    example = {"anchor": "how do I reset my password?", "positive": "To reset your password, open Settings."}
+
+    def check(self, row: Row) -> list[Problem]:
+        return string_problems(row, self.required)
+
+    def text(self, fields: Fields) -> str:
+        return "\n".join(fields[k] for k in self.required)
+
+    def token_length(self, fields: Fields, tokenizer: Any, max_length: int) -> tuple[int, str]:
+        sizes = {k: _count(tokenizer, fields[k]) for k in self.required}
+        longest = max(sizes, key=sizes.get)
+        return sizes[longest], longest if sizes[longest] > max_length else ""
+
+
+register_format(Pairs())
+
+
+class Triplets(Pairs):
+    """A pair with a hard negative: a text that should embed farther from the anchor than the positive."""
+
+    name = "triplets"
+    required = ("anchor", "positive", "negative")
+    detect_by = (("anchor", "positive", "negative"),)
+    priority = 65  # before pairs, whose fields it has
+    example = {**Pairs.example, "negative": "Our office is open from 9 to 5."}
+
+
+register_format(Triplets())

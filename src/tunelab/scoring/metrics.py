@@ -97,6 +97,26 @@ def macro_f1(predictions: list[str], references: list[str]) -> float:
                           zero_division=0.0))
 
 
+def entity_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Entity-level precision, recall and F1 (seqeval, CoNLL rules) over rows of space-separated BIO tags:
+    an entity counts only when its type and both boundaries match."""
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    if not references:
+        return {"entity_precision": 0.0, "entity_recall": 0.0, "entity_f1": 0.0}
+    truth, guess = [r.split() for r in references], [p.split() for p in predictions]
+    return {name: float(score(truth, guess, zero_division=0)) for name, score in
+            (("entity_precision", precision_score), ("entity_recall", recall_score), ("entity_f1", f1_score))}
+
+
+def entity_metric(name: str) -> Corpus:
+    def corpus(predictions: list[str], references: list[str]) -> float:
+        return entity_scores(predictions, references)[name]
+
+    corpus.__name__ = name
+    return corpus
+
+
 def parse_json(text: str) -> Any:
     """The answer as JSON, or None when it is not valid JSON."""
     try:
@@ -138,6 +158,13 @@ for _metric in (
     Metric("json_valid", "valid JSON", mean_of(json_valid)),
     Metric("json_fields", "JSON fields", mean_of(json_fields)),
     Metric("perplexity", "perplexity", None, percent=False, higher_is_better=False),
+    Metric("entity_f1", "entity F1", entity_metric("entity_f1")),
+    Metric("entity_precision", "entity precision", entity_metric("entity_precision")),
+    Metric("entity_recall", "entity recall", entity_metric("entity_recall")),
+    # Retrieval over held-out embeddings: computed by the task from similarities, not from answers.
+    Metric("recall_at_1", "recall@1", None),
+    Metric("recall_at_10", "recall@10", None),
+    Metric("mrr", "MRR", None),
 ):
     register_metric(_metric)
 

@@ -7,6 +7,7 @@ It names no task and no method: it asks the registries and calls their contracts
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 
 from tunelab.config import RunConfig, dump_config, explain
 from tunelab.data import Dataset, load_dataset, split_rows
+from tunelab.data.formats import get_format
 from tunelab.errors import ConfigError, DataError
 from tunelab.eval import evidence
 from tunelab.eval.report_html import write_report
@@ -93,7 +95,7 @@ def train(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Any, con
     """The task's trainer under every guard; returns the summary's `train` entry."""
     progress = Progress(events, MetricsLog(run_dir / "metrics.jsonl"),
                         evidence.validation(task, tokenizer, prepared.held_out, config, best),
-                        config.train.eval_steps, best=best)
+                        config.train.eval_steps, best=best, model=model)
     watched = config.train.best_metric if best is not None else "eval_loss"
 
     def build(cfg: RunConfig) -> Any:
@@ -161,6 +163,7 @@ def choose_task(config: RunConfig, dataset: Dataset) -> Task:
             raise DataError(f'{dataset.path}: task=auto chose "{name}" for these rows, but\n{explain(err, {})}') from None
     task = get_task(config.task)
     if dataset.format not in task.formats:
-        raise DataError(f'{dataset.path}: rows are "{dataset.format}" but task "{task.name}" expects '
-                        f'{" or ".join(task.formats)}; set task= to match the data')
+        shapes = " or ".join(f'{name} ({"+".join(get_format(name).required)})' for name in task.formats)
+        raise DataError(f'{dataset.path}: rows are "{dataset.format}" but task "{task.name}" expects {shapes}, '
+                        f'e.g. {json.dumps(get_format(task.formats[0]).example)}; set task= to match the data')
     return task

@@ -62,8 +62,11 @@ class Progress(TrainerCallback):
     """Turns the trainer's state into metrics.jsonl rows and progress events; validates on schedule."""
 
     def __init__(self, events: Events, metrics: MetricsLog, validate: Validate | None, eval_steps: int,
-                 best: Any = None):
+                 best: Any = None, model: torch.nn.Module | None = None):
         self.events, self.metrics = events, metrics
+        # The run's model is what validations score and early stopping keeps; a library trainer may train
+        # it wrapped (sentence-transformers), and hands callbacks the wrapper.
+        self.model = model
         self.best = best  # an eval.early_stopping.BestWeights, or None
         self.measure, self.eval_steps = validate, eval_steps
         self.started = time.monotonic()
@@ -103,6 +106,7 @@ class Progress(TrainerCallback):
         })
 
     def validate(self, state, model, control=None) -> None:
+        model = self.model if self.model is not None else model
         if self.measure is None or model is None:
             return
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **self.measure(model)}

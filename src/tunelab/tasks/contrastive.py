@@ -1,0 +1,162 @@
+"""Sentence embeddings: contrastive fine-tuning of an encoder on anchor/positive pairs (or triplets with a
+hard negative), with in-batch negatives (sentence-transformers' MultipleNegativesRankingLoss).
+
+The run's model is the loaded transformer (kind `embedding`) made trainable by the method; for training it
+is wrapped, not copied, into a SentenceTransformer (that transformer + mean pooling), so the method's
+weights are what train and what the method saves. Scoring is retrieval on the held-out rows: each anchor
+is a query, every held-out positive and negative is the corpus, and the query's own positive is the one
+relevant text (recall@1, recall@10, MRR). The untuned encoder's numbers are the before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from tunelab.data.formats import get_format
+from tunelab.settings import Section, register_section
+from tunelab.tasks.base import Prepared, Scores, Task, register_task
+
+
+class ContrastiveSettings(Section):
+    scale: float = Field(20.0, gt=0, description="Inverse temperature of the loss: cosine similarities are "
+                                                 "multiplied by it before the softmax over candidates.")
+
+
+register_section("contrastive", ContrastiveSettings)
+
+
+@dataclass
+class Retrieval:
+    """Held-out queries and a corpus of unique texts; relevant[i] is the corpus index of query i's positive."""
+
+    queries: list[str]
+    corpus: list[str]
+    relevant: list[int]
+    lines: list[int]
+    max_length: int
+
+
+def retrieval_set(dataset: Any, max_length: int) -> Retrieval:
+    """Anchors become queries; positives and negatives, each text once, the corpus."""
+    corpus: dict[str, int] = {}
+    for row in dataset.rows:
+        for key in ("positive", "negative"):
+            if key in row:
+                corpus.setdefault(row[key], len(corpus))
+    return Retrieval([row["anchor"] for row in dataset.rows], list(corpus),
+                     [corpus[row["positive"]] for row in dataset.rows], list(dataset.lines), max_length)
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], max_length: int, batch_size: int) -> torch.Tensor:
+    """Unit-length mean-pooled last hidden states, the sentence embedding the wrapped model trains."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    try:
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt").to(device)
+            hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            mask = batch["attention_mask"][..., None].float()
+            out.append(torch.nn.functional.normalize((hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1))
+    finally:
+        model.train(was_training)
+    return torch.cat(out).cpu()
+
+
+def retrieval_scores(similarity: np.ndarray, relevant: list[int], scale: float) -> dict[str, float]:
+    """recall@1, recall@10 and MRR of each query's relevant text among all corpus texts (ties count
+    against the query), and eval_loss: the cross-entropy of the scaled similarities with the relevant text
+    as the target, the training loss over the whole held-out corpus."""
+    rows = np.arange(len(relevant))
+    own = similarity[rows, relevant]
+    rank = (similarity >= own[:, None]).sum(1)  # 1 is best; a tie with another text ranks below it
+    logits = scale * similarity
+    top = logits.max(1, keepdims=True)
+    log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(1))
+    return {"eval_loss": float(np.mean(log_norm - logits[rows, relevant])),
+            "recall_at_1": float(np.mean(rank <= 1)), "recall_at_10": float(np.mean(rank <= 10)),
+            "mrr": float(np.mean(1.0 / rank))}
+
+
+def sentence_transformer(model: torch.nn.Module, tokenizer: Any, max_length: int) -> Any:
+    """The run's transformer (its method applied) + mean pooling as a SentenceTransformer; no weights are copied."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from tunelab.models.sentence import LoadedEncoder
+
+    return SentenceTransformer(modules=[LoadedEncoder(model, tokenizer, max_length),
+                                        Pooling(model.config.hidden_size, "mean")],
+                               device=str(next(model.parameters()).device))
+
+
+class Contrastive(Task):
+    name = "contrastive"
+    description = "Sentence embeddings: contrastive tuning of an encoder on anchor/positive pairs or triplets " \
+                  "(in-batch negatives), scored by held-out retrieval."
+    formats = ("pairs", "triplets")
+    sections = ("contrastive",)
+    model_kind = "embedding"
+    default_metrics = ("recall_at_1", "recall_at_10", "mrr")
+
+    def metric_names(self, config: Any) -> list[str]:
+        return list(self.default_metrics)
+
+    def validation_metrics(self, config: Any) -> list[str]:
+        return ["eval_loss", *self.default_metrics]
+
+    def prepare(self, config: Any, tokenizer: Any, train: Any, held: Any, events: Any) -> Prepared:
+        sample = train.sample(config.eval.train_sample, config.train.seed)
+        columns = get_format(train.format).required  # the loss reads anchor, positive[, negative] in this order
+        return Prepared([{key: row[key] for key in columns} for row in train.rows],
+                        self.held_out(config, tokenizer, held, events), self.metric_names(config),
+                        train_sample=self.held_out(config, tokenizer, sample, events) if sample.rows else None,
+                        info={"loss_scale": config.contrastive.scale})
+
+    def held_out(self, config: Any, tokenizer: Any, dataset: Any, events: Any) -> Retrieval:
+        return retrieval_set(dataset, config.train.max_length)
+
+    def trainer(self, model: torch.nn.Module, tokenizer: Any, prepared: Prepared, args: dict[str, Any],
+                callbacks: list[Any]) -> Any:
+        from datasets import Dataset
+        from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+        from transformers import Trainer as TransformersTrainer
+
+        class Trainer(SentenceTransformerTrainer):
+            def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+                """A checkpoint holds what the method saved (LoadedEncoder.save), not a loadable
+                SentenceTransformer: load it into the wrapped transformer as transformers' Trainer does."""
+                TransformersTrainer._load_from_checkpoint(self, resume_from_checkpoint, model=self.model[0].model)
+
+        wrapped = sentence_transformer(model, tokenizer, prepared.held_out.max_length)
+        loss = MultipleNegativesRankingLoss(wrapped, scale=prepared.info["loss_scale"])
+        # transformers counts tokens from the model's main input, which sentence-transformers' batches lack
+        args = {**args, "include_num_input_tokens_seen": False}
+        return Trainer(model=wrapped, args=SentenceTransformerTrainingArguments(**args),
+                       train_dataset=Dataset.from_list(prepared.train), loss=loss, callbacks=callbacks)
+
+    def validate(self, model: torch.nn.Module, tokenizer: Any, held_out: Retrieval, config: Any,
+                 want: tuple[str, ...] = ()) -> dict[str, float]:
+        return self.evaluate(model, tokenizer, held_out, config).metrics
+
+    def evaluate(self, model: torch.nn.Module, tokenizer: Any, held_out: Retrieval, config: Any) -> Scores:
+        batch = config.eval.batch_size
+        queries = embed(model, tokenizer, held_out.queries, held_out.max_length, batch)
+        corpus = embed(model, tokenizer, held_out.corpus, held_out.max_length, batch)
+        similarity = (queries @ corpus.T).numpy()
+        found = similarity.argmax(1)
+        samples = [{"line": line, "prompt": query, "reference": held_out.corpus[want], "output": held_out.corpus[got]}
+                   for line, query, want, got in zip(held_out.lines, held_out.queries, held_out.relevant, found)]
+        return Scores(retrieval_scores(similarity, held_out.relevant, config.contrastive.scale), samples)
+
+
+register_task(Contrastive())
