@@ -7,28 +7,17 @@ from typing import Any
 
 import torch
 
-from tunelab.errors import ConfigError
 from tunelab.methods._peft import PeftMethod
 from tunelab.models.loading import ModelSpec
 
 
 class PromptLearning(PeftMethod):
     mergeable = False
-    # A token classifier's labels would not line up with the virtual tokens PEFT prepends, and an embedding
-    # model's pooled output would average them in: neither is wired here.
-    kinds = ("causal_lm", "sequence_classifier")
-    prepends_inputs = True  # virtual tokens go in front of the input embeddings (prefix tuning: into the cache)
-
-    def check_model(self, model: torch.nn.Module, spec: ModelSpec) -> None:
-        from transformers.modeling_layers import GenericForSequenceClassification
-
-        super().check_model(model, spec)
-        # PEFT feeds such a model inputs_embeds, so a decoder classifier cannot find each row's last real token
-        # and would pool a padding position: refuse rather than train on the wrong token.
-        if self.prepends_inputs and isinstance(model, GenericForSequenceClassification):
-            raise ConfigError(f'method "{self.name}" cannot train a decoder ({type(model).__name__}) as a classifier: '
-                              "PEFT passes it embeddings, so it cannot find each row's last token; use "
-                              "method=prefix-tuning or lora, or an encoder model")
+    # Classifiers: PEFT feeds a decoder classifier embeddings, so it pools a padding position instead of each
+    # row's last token, and an encoder's [CLS] pooler reads the first virtual token, not the input; a token
+    # classifier's labels would not line up with the prepended positions. Prefix tuning enters through the
+    # attention cache instead, so its classifiers see the input as it is (it declares sequence_classifier).
+    kinds: tuple[str, ...] = ("causal_lm",)
 
     def peft_config(self, model: torch.nn.Module, config: Any, spec: ModelSpec) -> Any:
         return self.prompt_config(model, config, task_type=spec.peft_task_type)

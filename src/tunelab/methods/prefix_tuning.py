@@ -30,7 +30,7 @@ class PrefixTuning(PromptLearning):
     trains = "per-layer prefix keys and values (via a projection MLP) (+ task heads)"
     default_learning_rate = 1e-3
     sections = ("prefix_tuning",)
-    prepends_inputs = False  # the prefix enters through the attention cache; input ids reach the model
+    kinds = ("causal_lm", "sequence_classifier")  # the prefix enters through the attention cache
 
     def prompt_config(self, model: torch.nn.Module, config: Any, task_type: str) -> Any:
         from peft import PrefixTuningConfig
