@@ -29,8 +29,10 @@ def wrap(model: torch.nn.Module, peft_config: Any, key: str) -> torch.nn.Module:
     try:
         return get_peft_model(model, peft_config)
     except NoMatchingPeftModuleError:
-        raise ConfigError(f"{key}: {getattr(peft_config, 'target_modules', None)} matches no layer of this model; "
-                          f"its linear layers are named {', '.join(linear_module_names(model))}") from None
+        targets = peft_config.target_modules
+        named = targets if isinstance(targets, str) else ", ".join(sorted(targets))  # PEFT holds them as a set
+        raise ConfigError(f"{key}: {named} matches no layer of this model; its linear layers are named "
+                          f"{', '.join(linear_module_names(model))}") from None
 
 
 class PeftMethod(Method):

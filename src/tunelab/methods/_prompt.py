@@ -3,10 +3,13 @@ of every input, nothing merged into the base weights, and the model kinds they c
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from tunelab.errors import ConfigError
 from tunelab.methods._peft import PeftMethod
 from tunelab.models.loading import ModelSpec
 
@@ -25,3 +28,15 @@ class PromptLearning(PeftMethod):
     def prompt_config(self, model: torch.nn.Module, config: Any, task_type: str) -> Any:
         """The PEFT config of this prompt-learning method."""
         raise NotImplementedError
+
+    @contextmanager
+    def disabled(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        from peft import PeftModelForCausalLM
+
+        # PEFT's switched-off view of prompt learning swaps only the forward: a classifier keeps its trained head
+        # (and PEFT 0.21.2 fails restoring a generation hook it never had), so only a causal LM has one here.
+        if not isinstance(model, PeftModelForCausalLM):
+            raise ConfigError(f'method "{self.name}" has no switched-off view of a classifier (its trained head '
+                              "stays on); use a method with an adapter (e.g. lora)")
+        with model.disable_adapter():
+            yield model

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tunelab.methods._peft import PeftMethod
 from tunelab.methods.base import head_names, register_method
@@ -27,6 +27,13 @@ class LoraSettings(Section):
     init: Literal[tuple(_INITS)] = Field(
         "default", description="Adapter initialisation (PEFT): default (A Kaiming-uniform, B zero), gaussian "
                                "(A normal, B zero), orthogonal (needs an even r); each starts as the base model.")
+
+
+    @model_validator(mode="after")
+    def _orthogonal_needs_even_rank(self) -> LoraSettings:
+        if self.init == "orthogonal" and self.r % 2:
+            raise ValueError(f"init=orthogonal pairs the rank's directions: r must be even, got {self.r}")
+        return self
 
 
 register_section("lora", LoraSettings)
