@@ -25,7 +25,7 @@ register_section("p_tuning", PTuningSettings)
 class PTuning(PromptLearning):
     name = "p-tuning"
     description = "P-tuning (PEFT): a small trained encoder makes virtual tokens before every input; base frozen."
-    trains = "a prompt encoder making virtual-token embeddings (+ task heads)"
+    trains = "a prompt encoder making virtual-token embeddings (causal LMs only)"
     default_learning_rate = 1e-3
     sections = ("p_tuning",)
 

@@ -27,7 +27,7 @@ register_section("prefix_tuning", PrefixTuningSettings)
 class PrefixTuning(PromptLearning):
     name = "prefix-tuning"
     description = "Prefix tuning (PEFT): trained keys and values of virtual tokens at every layer; base frozen."
-    trains = "per-layer prefix keys and values (via a projection MLP) (+ task heads)"
+    trains = "per-layer prefix keys and values via an MLP (causal LMs, sequence classifiers)"
     default_learning_rate = 1e-3
     sections = ("prefix_tuning",)
     kinds = ("causal_lm", "sequence_classifier")  # the prefix enters through the attention cache

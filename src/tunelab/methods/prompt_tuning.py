@@ -25,7 +25,7 @@ register_section("prompt_tuning", PromptTuningSettings)
 class PromptTuning(PromptLearning):
     name = "prompt-tuning"
     description = "Prompt tuning (PEFT): trained embeddings of virtual tokens before every input; base frozen."
-    trains = "virtual-token embeddings (+ task heads)"
+    trains = "virtual-token embeddings (causal LMs only)"
     default_learning_rate = 3e-2
     sections = ("prompt_tuning",)
 
