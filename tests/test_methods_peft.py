@@ -157,5 +157,6 @@ def test_prompt_learning_runs_through_sft_with_generation(tiny_config, method):
     s = run(tiny_config(f"method={method}", "train.learning_rate=1e-1", "eval.forgetting_probe=false",
                         "eval.few_shot_k=0")).summary
     assert {"exact_match", "token_f1"} <= set(s["after"])
-    # measured on the tiny model in 4 steps at 1e-1: prompt-tuning 10.77 -> , prefix-tuning 10.77 ->
+    # The tiny random model moves little under prompt learning: in these 4 steps at the default rates it fell
+    # 10.771 -> 10.754 (prompt-tuning, 3e-2) and -> 10.739 (prefix-tuning, 1e-3); at 1e-1 by more than 0.02.
     assert s["after"]["eval_loss"] < s["before"]["eval_loss"] - 0.02
