@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from tunelab.errors import ConfigError
-from tunelab.models.loading import ModelSpec
+from tunelab.models.loading import KINDS, ModelSpec
 from tunelab.settings import require_sections
 
 
@@ -28,6 +28,7 @@ class Method:
     sections: tuple[str, ...] = ()  # config sections this method reads (valid only with it)
     mergeable: bool = False
     devices: tuple[str, ...] = ("cpu", "cuda")
+    kinds: tuple[str, ...] = tuple(KINDS)  # model kinds (models.loading.KINDS) this method can train
 
     def check_machine(self, config: Any) -> None:
         """Refuse, before any model loads, a method or option this machine cannot run (e.g. CUDA-only on CPU).
@@ -35,6 +36,16 @@ class Method:
         if "cpu" not in self.devices and not torch.cuda.is_available():
             raise ConfigError(f'method "{self.name}" needs {" or ".join(self.devices)}; this machine has no GPU '
                               f'(methods that run on CPU: see `tunelab methods`)')
+
+    def check_model(self, model: torch.nn.Module, spec: ModelSpec) -> None:
+        """Refuse, right after loading, a model this method cannot train (a kind it does not declare)."""
+        if spec.kind not in self.kinds:
+            raise ConfigError(f'method "{self.name}" cannot train a {spec.kind.replace("_", " ")} model; it trains '
+                              f'{", ".join(k.replace("_", " ") for k in self.kinds)} models')
+
+    def training_args(self, config: Any) -> dict[str, Any]:
+        """TrainingArguments fields this method sets (e.g. its optimizer), added to every task's trainer."""
+        return {}
 
     def load_options(self, config: Any, spec: ModelSpec) -> dict[str, Any]:
         """Extra from_pretrained options this method needs (e.g. a quantization_config that leaves the

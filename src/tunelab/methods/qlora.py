@@ -28,6 +28,15 @@ class QloraSettings(Section):
 
 register_section("qlora", QloraSettings)
 
+
+class QuantizedSettings(Section):
+    paged_optimizer: bool = Field(
+        False, description="CUDA only: paged AdamW with 8-bit states (bitsandbytes paged_adamw_8bit), so optimizer "
+                           "memory spikes page to the CPU instead of running out of GPU memory.")
+
+
+register_section("quantized", QuantizedSettings)
+
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -36,8 +45,17 @@ class Qlora(Lora):
     description = "LoRA over a 4-bit NF4 base with double quantization (bitsandbytes; CPU or CUDA)."
     trains = "low-rank adapters on linear layers of a 4-bit base (+ task heads)"
     default_learning_rate = 1e-3
-    sections = ("lora", "qlora")
+    sections = ("lora", "qlora", "quantized")
     mergeable = True  # onto a full-precision base
+
+    def check_machine(self, config: Any) -> None:
+        super().check_machine(config)
+        if config.quantized.paged_optimizer and not torch.cuda.is_available():
+            raise ConfigError(f"quantized.paged_optimizer=true needs a CUDA GPU (paged memory is CUDA's); this machine "
+                              f"has none: set quantized.paged_optimizer=false to train {self.name} on CPU")
+
+    def training_args(self, config: Any) -> dict[str, Any]:
+        return {"optim": "paged_adamw_8bit"} if config.quantized.paged_optimizer else {}
 
     def load_options(self, config: Any, spec: ModelSpec) -> dict[str, Any]:
         from transformers import BitsAndBytesConfig
@@ -59,7 +77,7 @@ class Qlora(Lora):
 
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
         if quantized_layers(model):
-            raise ConfigError("qlora: merging into 4-bit layers would lose the adapter; load the adapter onto "
+            raise ConfigError(f"{self.name}: merging into quantized layers would lose the adapter; load the adapter onto "
                               "the full-precision base (method.load on a base loaded without quantization) and "
                               "merge that")
         return super().merge(model)

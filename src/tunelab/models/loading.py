@@ -89,17 +89,21 @@ def load_model(path: Path, spec: ModelSpec = ModelSpec(), rules: LoadRules = Loa
 
 
 def quantized_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """bitsandbytes' 4-bit and 8-bit linear layers."""
     import bitsandbytes as bnb
 
-    return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    return [m for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
 
 
 def keep_gradients_flowing(model: torch.nn.Module) -> None:
     """On avx512_bf16 CPUs, Linear4bit repacks its weight on the first eval-mode no-grad forward and
     gradients stop flowing afterwards, silently (bitsandbytes 0.50.2): keep the unpacked path from the
     moment of loading, since a run evaluates the base before the method is applied."""
+    import bitsandbytes as bnb
+
     for layer in quantized_layers(model):
-        layer.support_avx512bf16_for_cpu = False
+        if isinstance(layer, bnb.nn.Linear4bit):
+            layer.support_avx512bf16_for_cpu = False
 
 
 def load_pair(path: Path, spec: ModelSpec, rules: LoadRules, **method_options: Any) -> tuple[Any, torch.nn.Module]:

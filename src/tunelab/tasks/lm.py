@@ -106,6 +106,7 @@ def heldout_loss(model: torch.nn.Module, examples: list[Encoded], pad_id: int, b
             batch = collate(examples[start:start + batch_size], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits[:, -batch["input_ids"].size(1):]  # prompt learning puts virtual-token positions first
             shift_logits = logits[:, :-1].float()
             shift_labels = batch["labels"][:, 1:]
             nll = torch.nn.functional.cross_entropy(

@@ -56,6 +56,7 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     torch.manual_seed(config.train.seed)
     tokenizer, model = load_pair(model_path, spec, LoadRules.of(config),
                                  **method.load_options(config, spec))
+    method.check_model(model, spec)
     prepared = task.prepare(config, tokenizer, train_data, held_data, events)
     best = evidence.early_stopping(config, task)
 

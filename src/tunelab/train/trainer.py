@@ -17,6 +17,7 @@ from transformers import PrinterCallback, TrainerCallback
 
 from tunelab.config import RunConfig
 from tunelab.events import Events
+from tunelab.methods import get_method
 from tunelab.rundir import MetricsLog
 
 Validate = Callable[[torch.nn.Module], dict[str, float]]
@@ -55,6 +56,7 @@ def common_args(config: RunConfig, checkpoint_dir: Path) -> dict[str, Any]:
         disable_tqdm=True,
         dataloader_num_workers=0,
         **precision_flags(t.precision),
+        **get_method(config.method).training_args(config),
     )
 
 
