@@ -95,10 +95,13 @@ def test_only_the_methods_parameters_change_and_the_count_is_exact(trained, meth
     assert count_params(tuned)[0] == sum(p.numel() for p in unique.values())
 
 
-# Cases that learn slowly by design, with their measured fall. bitfit on the random 32-wide BERT: a bias moves
-# every row alike and the frozen pooler's features are ~0.1, so only the 96-weight classifier tells rows apart
-# (measured 1.10 -> 0.92, steadily; 0.66 at 3e-2).
-SLOW_FALL = {("bitfit", "bert_classifier"): 0.1}
+# Cases that learn slowly by design, with their measured fall. On the random 32-wide BERT the frozen pooler's
+# features are small (mean |x| 0.076, rows differ by 0.049), so methods that keep the body frozen move the
+# classifier slowly: bitfit 1.10 -> 0.92 (a bias moves every row alike), adapter 1.10 -> 0.97, both steadily.
+# An adapter reads the projection outputs of the random tiny Llama, which are small: 10.74 -> 10.43 whether
+# Pfeiffer or Houlsby, reduction 16 or 4, relu or silu (capacity is not what limits it).
+SLOW_FALL = {("bitfit", "bert_classifier"): 0.1, ("adapter", "bert_classifier"): 0.08,
+             ("adapter", "causal_lm"): 0.2}
 
 
 @pytest.mark.parametrize("method,kind", CASES)
