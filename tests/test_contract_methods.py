@@ -101,7 +101,9 @@ def test_only_the_methods_parameters_change_and_the_count_is_exact(trained, meth
 # An adapter reads the projection outputs of the random tiny Llama, which are small: 10.74 -> 10.43 whether
 # Pfeiffer or Houlsby, reduction 16 or 4, relu or silu (capacity is not what limits it).
 SLOW_FALL = {("bitfit", "bert_classifier"): 0.1, ("adapter", "bert_classifier"): 0.08,
-             ("adapter", "causal_lm"): 0.2}
+             ("adapter", "causal_lm"): 0.2,
+             # 0.5% of each 64-wide weight is ~21 entries: 10.74 -> 10.38 (causal), 1.10 -> 0.97 (BERT)
+             ("diff-pruning", "causal_lm"): 0.2, ("diff-pruning", "bert_classifier"): 0.08}
 
 
 @pytest.mark.parametrize("method,kind", CASES)
