@@ -29,9 +29,12 @@ def config_for(method: str, alias: str = "tiny-random-llama"):
 
 
 def load(method: str, kind: str, quantized: bool = True):
+    """A base as the method's load_options ask (quantized=False: the same, in full precision)."""
     alias, spec = KINDS[kind]
     torch.manual_seed(0)  # the new head starts the same in every load
-    options = METHODS[method].load_options(config_for(method, alias), spec) if quantized else {}
+    options = METHODS[method].load_options(config_for(method, alias), spec)
+    if not quantized:  # keep options that shape the model (bitfit's bias slots); drop the quantized placement
+        options = {k: v for k, v in options.items() if k not in ("quantization_config", "device_map")}
     return load_pair(resolve_model(alias), spec, LoadRules(), **options)[1], spec
 
 
@@ -95,15 +98,15 @@ def test_only_the_methods_parameters_change_and_the_count_is_exact(trained, meth
     assert count_params(tuned)[0] == sum(p.numel() for p in unique.values())
 
 
-# Cases that learn slowly by design, with their measured fall. On the random 32-wide BERT the frozen pooler's
-# features are small (mean |x| 0.076, rows differ by 0.049), so methods that keep the body frozen move the
-# classifier slowly: bitfit 1.10 -> 0.92 (a bias moves every row alike), adapter 1.10 -> 0.97, both steadily.
-# An adapter reads the projection outputs of the random tiny Llama, which are small: 10.74 -> 10.43 whether
-# Pfeiffer or Houlsby, reduction 16 or 4, relu or silu (capacity is not what limits it).
-SLOW_FALL = {("bitfit", "bert_classifier"): 0.1, ("adapter", "bert_classifier"): 0.08,
-             ("adapter", "causal_lm"): 0.2,
-             # 0.5% of each 64-wide weight is ~21 entries: 10.74 -> 10.38 (causal), 1.10 -> 0.97 (BERT)
-             ("diff-pruning", "causal_lm"): 0.2, ("diff-pruning", "bert_classifier"): 0.08}
+# Cases that learn slowly by design, with their measured fall in these 12 steps. The frozen-body methods train
+# few tensors of a random model whose features are small (the tiny BERT's pooled features: mean |x| 0.076,
+# rows differ by 0.049): bitfit 0.31 (causal) and 0.17 (BERT: a bias moves every row alike); adapter 0.30
+# (causal: the same whether Pfeiffer or Houlsby, reduction 16 or 4, relu or silu) and 0.13 (BERT); diff-pruning
+# at 0.5% (~21 entries of a 64x64 weight) 0.35 and 0.13; freeze on BERT (embeddings, pooler frozen) 0.38.
+SLOW_FALL = {("bitfit", "causal_lm"): 0.2, ("bitfit", "bert_classifier"): 0.1,
+             ("adapter", "causal_lm"): 0.2, ("adapter", "bert_classifier"): 0.08,
+             ("diff-pruning", "causal_lm"): 0.2, ("diff-pruning", "bert_classifier"): 0.08,
+             ("freeze", "bert_classifier"): 0.25}
 
 
 @pytest.mark.parametrize("method,kind", CASES)
