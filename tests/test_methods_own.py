@@ -137,7 +137,7 @@ def test_bitfit_saves_only_biases(tmp_path):
 # diff-pruning
 
 def test_diff_pruning_stores_only_density_times_n_entries_and_reloads_exactly(tmp_path):
-    base, model, config = tuned("diff-pruning", "diff_pruning.density=0.01")
+    base, model, _ = tuned("diff-pruning", "diff_pruning.density=0.01")
     assert torch.equal(logits(model), base)
     step(model, 3)
     METHODS["diff-pruning"].save(model, tmp_path)
