@@ -64,6 +64,11 @@ class Method:
         """Rebuild the tuned model from a base model (as `load_options` asked) and what `save` wrote."""
         raise NotImplementedError
 
+    def info(self, model: torch.nn.Module) -> dict[str, Any]:
+        """What this method chose while training that a reader of the run needs (e.g. a mask's achieved
+        density); recorded as `method_info` in summary.json."""
+        return {}
+
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
         """A plain transformers model computing what the tuned model computes."""
         raise ConfigError(f'method "{self.name}" cannot merge into the base weights; keep it as an adapter')

@@ -83,6 +83,7 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
                "trainable_params": trainable, "total_params": total,
                "resources": {"artifact_bytes": artifact_bytes, **peak_memory()},
                "model": config.model, "method": config.method, "task": config.task,
+               "method_info": method.info(model),
                "metrics": prepared.metrics, **prepared.info, **found}
     write_json(run_dir / "summary.json", summary)
     write_samples(run_dir, zero_shot.samples, after.samples, {k: b.scores.samples for k, b in before.baselines.items()})
