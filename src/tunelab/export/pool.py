@@ -35,9 +35,9 @@ def load_target(target: str) -> tuple[Any, torch.nn.Module]:
 
         return AutoTokenizer.from_pretrained(path), AutoPeftModelForCausalLM.from_pretrained(path).eval()
     from tunelab.models import resolve_model
-    from tunelab.models.loading import load_pair
+    from tunelab.models.loading import LoadRules, ModelSpec, load_pair
 
-    tokenizer, model = load_pair(resolve_model(target))
+    tokenizer, model = load_pair(resolve_model(target), ModelSpec(), LoadRules())
     return tokenizer, model.eval()
 
 
@@ -48,7 +48,7 @@ class AdapterSet:
         from peft import PeftModel
 
         from tunelab.models import resolve_model
-        from tunelab.models.loading import LoadRules, load_pair
+        from tunelab.models.loading import LoadRules, ModelSpec, load_pair
 
         if not runs:
             raise ConfigError("adapters: give at least one NAME=RUN_DIR")
@@ -58,7 +58,8 @@ class AdapterSet:
             raise ConfigError(f"adapters: the runs tune different base models ({', '.join(sorted(models))}); "
                               "adapters share one base")
         first = next(iter(sources.values()))
-        self.tokenizer, base = load_pair(resolve_model(first.config.model), rules=LoadRules.of(first.config))
+        self.tokenizer, base = load_pair(resolve_model(first.config.model), ModelSpec(),
+                                          LoadRules.of(first.config))
         self.names = list(sources)
         model = None
         for name, source in sources.items():
