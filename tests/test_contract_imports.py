@@ -19,10 +19,11 @@ LAYERS = [
     {"config"},
     {"eval"},
     {"train"},
+    {"export"},
     {"experiments"},
     {"cli", "cli_output"},
 ]
-CLI_MODULES = {"tunelab.cli", "tunelab.cli_output", "tunelab.data.cli", "tunelab.eval.cli"}
+CLI_MODULES = {"tunelab.cli", "tunelab.cli_output", "tunelab.data.cli", "tunelab.eval.cli", "tunelab.export.cli"}
 
 
 def module_name(path: Path) -> str:

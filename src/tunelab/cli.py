@@ -62,9 +62,11 @@ def _parser() -> argparse.ArgumentParser:
 
     from tunelab.data.cli import add_data_commands
     from tunelab.eval.cli import add_eval_commands
+    from tunelab.export.cli import add_export_commands
 
     add_data_commands(sub)
     add_eval_commands(sub)
+    add_export_commands(sub)
 
     options = sub.add_parser("options", help="list every config key with its default and meaning")
     options.set_defaults(handler=_cmd_options)
