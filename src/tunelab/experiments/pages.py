@@ -15,13 +15,13 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto
          "td:first-child,th:first-child{text-align:left}img{max-width:100%}")
 
 
-def figure(width: float = 7.0, height: float = 4.0) -> tuple[Any, Any]:
+def figure(width: float = 7.0, height: float = 4.0, ncols: int = 1) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    return pyplot.subplots(figsize=(width, height))
+    return pyplot.subplots(1, ncols, figsize=(width, height))
 
 
 def save_png(fig: Any, path: Path) -> str:

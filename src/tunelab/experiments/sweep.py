@@ -108,6 +108,7 @@ def open_study(out: Path, opts: SweepOptions, config: Any, higher: bool) -> optu
                "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[opts.sampler]()
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if opts.prune else optuna.pruners.NopPruner()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna.create_study(storage=storage, study_name=opts.study_name or f"{config.name}-sweep",
                                direction="maximize" if higher else "minimize", sampler=sampler, pruner=pruner,
                                load_if_exists=True)
@@ -154,7 +155,7 @@ def pruning_listener(trial: optuna.Trial, metric: str, prune: bool, events: Even
     the pruner says this trial is behind."""
     def listen(event: dict[str, Any]) -> None:
         if events.listener is not None:
-            events.listener({**event, "trial": trial.number})
+            events.listener(event)
         if event["type"] != "eval" or metric not in event:
             return
         trial.report(float(event[metric]), event["step"])
@@ -208,6 +209,8 @@ def score_once(raw: dict[str, Any], values: dict[str, Any], run_dir: Path, metri
         summary = json.loads(record.read_text(encoding="utf-8"))
     config = variant(raw, values)
     config.output_dir = None
+    config.data.train = config.data.train.resolve()  # best.yaml lives elsewhere; its paths must not move
+    config.data.eval = config.data.eval.resolve() if config.data.eval else None
     return {"trial": trial, "params": values, "run_dir": str(run_dir), "metric": metric,
             "held_out": summary["after"].get(metric), "after": summary["after"], "config_yaml": dump_config(config)}
 
