@@ -100,6 +100,7 @@ def carve_validation(config: Any, out: Path, fraction: float) -> tuple[dict[str,
 
 def open_study(out: Path, opts: SweepOptions, config: Any, higher: bool) -> optuna.Study:
     out.mkdir(parents=True, exist_ok=True)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
     url = opts.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     storage = RDBStorage(url, heartbeat_interval=opts.heartbeat, grace_period=2 * opts.heartbeat,
                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
@@ -108,7 +109,6 @@ def open_study(out: Path, opts: SweepOptions, config: Any, higher: bool) -> optu
                "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[opts.sampler]()
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if opts.prune else optuna.pruners.NopPruner()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna.create_study(storage=storage, study_name=opts.study_name or f"{config.name}-sweep",
                                direction="maximize" if higher else "minimize", sampler=sampler, pruner=pruner,
                                load_if_exists=True)
