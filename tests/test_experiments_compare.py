@@ -11,10 +11,10 @@ from tunelab.experiments.compare import compare, entries_from, pareto_front
 
 
 def test_pareto_front_keeps_points_no_other_beats_on_metric_and_cost():
-    points = [(0.9, 100.0), (0.8, 50.0), (0.7, 60.0), (0.9, 120.0), (0.5, 10.0)]
-    assert pareto_front(points, higher_is_better=True) == [True, True, False, False, True]
-    # a loss: lower is better, so (0.5, 10) dominates everything slower
-    assert pareto_front(points, higher_is_better=False) == [False, False, False, False, True]
+    points = [(0.9, 100.0), (0.8, 50.0), (0.7, 60.0), (0.9, 120.0), (0.5, 10.0), (0.4, 10.0)]
+    assert pareto_front(points, higher_is_better=True) == [True, True, False, False, True, False]  # ties count
+    # a loss: lower is better, so (0.4, 10) dominates every other point
+    assert pareto_front(points, higher_is_better=False) == [False, False, False, False, False, True]
 
 
 def test_methods_from_one_config_drop_sections_they_do_not_read(tiny_config):
@@ -40,7 +40,7 @@ def test_every_method_gets_the_same_token_budget(tiny_config, tmp_path):
     assert board["steps"] == 5  # 20 rows / batch 4, one epoch
     assert {r["steps"] for r in rows.values()} == {5}  # early stopping was turned off for the comparison
     assert len({r["train_tokens"] for r in rows.values()}) == 1 and rows["lora"]["train_tokens"] > 0
-    assert rows["full"]["trainable_params"] > 100 * rows["lora"]["trainable_params"]
+    assert rows["full"]["trainable_params"] > 50 * rows["lora"]["trainable_params"]
     assert rows["full"]["artifact_bytes"] > rows["lora"]["artifact_bytes"]
     assert any(r["pareto"] for r in rows.values())
     saved = json.loads((tmp_path / "cmp" / "leaderboard.json").read_text())
