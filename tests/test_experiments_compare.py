@@ -35,7 +35,11 @@ def test_every_method_gets_the_same_token_budget(tiny_config, tmp_path):
                           "train.batch_size=4", "train.epochs=1", "train.max_length=48", "eval.generate=false",
                           "eval.forgetting_probe=false", "eval.few_shot_k=0", "eval.train_sample=0",
                           "train.early_stopping_patience=2", "train.eval_steps=1"])
-    board = compare(entries_from(raw, "full,lora,qlora", None, None, []), 1, tmp_path / "cmp", raw)
+    entries = entries_from(raw, "full,lora,qlora", None, None, [])
+    entries.append(entries_from({**raw, "lora": {"target_modules": ["no_such_layer"]}}, "lora", None, None, [])[0])
+    entries[-1].label = "broken"  # a run that fails: listed as failed, the others still compare
+    board = compare(entries, 1, tmp_path / "cmp", raw)
+    assert board["failed"] == ["broken"]
     rows = {e["label"]: e for e in board["entries"]}
     assert board["steps"] == 5  # 20 rows / batch 4, one epoch
     assert {r["steps"] for r in rows.values()} == {5}  # early stopping was turned off for the comparison

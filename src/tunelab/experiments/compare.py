@@ -91,7 +91,10 @@ def compare(entries: list[Entry], seeds: int, out_dir: Path | None, base: dict[s
             entry.raw.setdefault("train", {})["seeds"] = [first + i for i in range(seeds)]
         events.emit("entry_started", message=f"[{n}/{len(entries)}] {entry.label}")
         rows.append(run_entry(entry, out))
-    board = leaderboard(rows, steps, out)
+    failed = [r["label"] for r in rows if r["summary"] is None]
+    if len(failed) == len(rows):
+        raise RunAborted(f"compare: every entry failed ({', '.join(failed)}); see their run directories in {out}")
+    board = {**leaderboard([r for r in rows if r["summary"] is not None], steps, out), "failed": failed}
     write_compare_files(out, board)
     return board
 
@@ -107,9 +110,8 @@ def run_entry(entry: Entry, out: Path) -> dict[str, Any]:
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "tunelab.cli", "run", str(config_path)], env=os.environ.copy())
     wall = time.monotonic() - started
-    if done.returncode != 0:
-        raise RunAborted(f"compare: {entry.label} failed (exit {done.returncode}); its run directory: {run_dir}")
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    # A failed entry (say, a method this machine cannot run) is listed as failed; the others still compare.
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8")) if done.returncode == 0 else None
     return {"label": entry.label, "run_dir": str(run_dir), "wall_seconds": round(wall, 1), "summary": summary}
 
 
@@ -183,6 +185,8 @@ def write_compare_files(out: Path, board: dict[str, Any]) -> None:
     budget = f"{board['steps']} optimizer steps each (early stopping off)" if board["steps"] else "each config's own budget"
     intro = [f"Held-out {describe(board['metric']).label}; {budget}. Pareto: no other entry is at least as good "
              "on the metric and as cheap in wall time.", "Each entry's run directory holds its full report."]
+    if board["failed"]:
+        intro.append(f"Failed (see their run directories): {', '.join(board['failed'])}.")
     write_pages(out, "leaderboard", "tunelab compare", intro, {"Leaderboard": board_table(board)},
                 {"Metric against cost (Pareto)": pareto_png(board, out)})
 
@@ -190,4 +194,6 @@ def write_compare_files(out: Path, board: dict[str, Any]) -> None:
 def print_leaderboard(board: dict[str, Any]) -> None:
     print()
     print("\n".join(md_table(board_table(board))))
+    if board["failed"]:
+        print(f"\nfailed: {', '.join(board['failed'])} (see their run directories)")
     print(f"\nleaderboard: {Path(board['out_dir']) / 'leaderboard.md'}, {Path(board['out_dir']) / 'leaderboard.html'}")
