@@ -113,6 +113,9 @@ def test_a_sweep_killed_mid_trial_resumes_without_repeating_finished_trials(swee
     assert summary["states"]["complete"] == 3
     assert summary["best"]["validation"] == min(t.value for t in trials if t.value is not None)
     assert summary["best"]["held_out"] is not None and (tmp_path / "sw" / "best.yaml").is_file()
+    best_yaml = (tmp_path / "sw" / "best.yaml").read_text()
+    assert "max_steps: 2" in best_yaml and "early_stopping_patience: 0" in best_yaml
+    assert str(tmp_path / "train.jsonl") in best_yaml  # the full training rows, an absolute path
 
 
 def test_two_workers_on_one_storage_share_the_study(sweep_setup):
@@ -131,3 +134,15 @@ def test_two_workers_on_one_storage_share_the_study(sweep_setup):
     assert len(set(run_dirs)) == len(run_dirs) and all((Path(d) / "summary.json").is_file() for d in run_dirs)
     best = list((tmp_path / "sw").glob("best-trial-*"))
     assert len(best) == 1  # the held-out set was scored once, by one worker
+
+
+def test_the_held_out_run_trains_the_steps_validation_chose_without_early_stopping():
+    from optuna.trial import create_trial
+
+    from tunelab.experiments.sweep import fixed_length, steps_chosen
+
+    assert steps_chosen({"early_stopping": {"best_step": 30}, "train": {"steps": 50}}) == 30
+    assert steps_chosen({"early_stopping": None, "train": {"steps": 50}}) == 50
+    trial = create_trial(value=1.0, user_attrs={"steps": 30})
+    assert fixed_length(trial) == {"train.max_steps": 30, "train.early_stopping_patience": 0}
+    assert fixed_length(None) == {} and fixed_length(create_trial(value=1.0)) == {}

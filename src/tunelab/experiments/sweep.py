@@ -67,10 +67,13 @@ def sweep(raw: dict[str, Any], opts: SweepOptions, on_event: Listener | None = N
     enqueue_default(study, dims, config)
     events = Events(on_event)
     run_trials(study, objective(raw, dims, extra, metric, out, opts, events), opts, events)
-    held_extra = {"train.best_metric": metric} if "train.best_metric" in extra else {}
-    best = score_once(raw, {**study.best_trial.params, **held_extra}, out / f"best-trial-{study.best_trial.number:03d}",
-                      metric, events, trial=study.best_trial.number)
-    default = score_once(raw, held_extra, out / "default-config", metric, events) if opts.score_default else None
+    top = study.best_trial
+    best = score_once(raw, {**top.params, **fixed_length(top)}, out / f"best-trial-{top.number:03d}", metric, events,
+                      trial=top.number)
+    default = None
+    if opts.score_default:
+        first = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("default")), None)
+        default = score_once(raw, fixed_length(first) if first else {}, out / "default-config", metric, events)
     summary = sweep_summary(study, dims, metric, best, default, opts, out)
     write_sweep_files(out, study, summary, best["config_yaml"])
     return summary
@@ -144,10 +147,25 @@ def objective(raw: dict[str, Any], dims: list[Dimension], extra: dict[str, Any],
         value = result.summary["after"].get(metric)
         if value is None:
             raise ConfigError(f'trial {trial.number}: the run measured no "{metric}" on the validation split')
+        trial.set_user_attr("steps", steps_chosen(result.summary))
         events.emit("trial_finished", trial=trial.number, value=float(value), metric=metric)
         return float(value)
 
     return run_trial
+
+
+def steps_chosen(summary: dict[str, Any]) -> int:
+    """The steps a trial's run settled on: its best validation's step under early stopping, else all it ran."""
+    stopping = summary.get("early_stopping") or {}
+    return int(stopping.get("best_step") or summary["train"]["steps"])
+
+
+def fixed_length(trial: optuna.trial.FrozenTrial | None) -> dict[str, Any]:
+    """Train the held-out run for the steps the trial chose on validation, with early stopping off: with
+    `epochs=auto` it would otherwise stop on the held-out set, and the held-out number would be chosen by it."""
+    if trial is None or "steps" not in trial.user_attrs:
+        return {}
+    return {"train.max_steps": trial.user_attrs["steps"], "train.early_stopping_patience": 0}
 
 
 def pruning_listener(trial: optuna.Trial, metric: str, prune: bool, events: Events) -> Listener:
