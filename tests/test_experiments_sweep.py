@@ -14,7 +14,8 @@ import optuna
 import pytest
 
 from tunelab.errors import ConfigError
-from tunelab.experiments.sweep import SweepOptions, sweep
+from tunelab.events import Events
+from tunelab.experiments.sweep import FINISHED, SweepOptions, pruning_listener, sweep
 from tests.conftest import write_jsonl
 
 QUICK = ["model=tiny-random-llama", "train.batch_size=4", "train.max_steps=2", "train.max_length=48",
@@ -107,10 +108,12 @@ def test_a_sweep_killed_mid_trial_resumes_without_repeating_finished_trials(swee
     summary = sweep(raw_of(overrides), SweepOptions(path, trials=3, out_dir=tmp_path / "sw", storage=storage,
                                                     heartbeat=1, metric="eval_loss"))
     trials = trials_of(storage)
-    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
-    assert trials[2].params == killed.params  # the killed trial was run again with its own parameters
+    assert [t.state.name for t in trials[:2]] == ["COMPLETE", "FAIL"]  # the killed trial is marked failed
+    assert len(trials) == 4 and all(t.state in FINISHED for t in trials[2:])  # completed or pruned
+    # ... and run again with its own parameters (before or after a new trial, as its heartbeat goes stale)
+    assert [t.params for t in trials[2:]].count(killed.params) == 1
     assert first_summary.stat().st_mtime_ns == finished_at  # the finished trial was not repeated
-    assert summary["states"]["complete"] == 3
+    assert summary["states"]["complete"] + summary["states"]["pruned"] == 3
     assert summary["best"]["validation"] == min(t.value for t in trials if t.value is not None)
     assert summary["best"]["held_out"] is not None and (tmp_path / "sw" / "best.yaml").is_file()
     best_yaml = (tmp_path / "sw" / "best.yaml").read_text()
@@ -127,11 +130,12 @@ def test_two_workers_on_one_storage_share_the_study(sweep_setup):
     for w in workers:
         assert w.wait(timeout=1800) == 0, w.stderr.read().decode()[-2000:]
     trials = trials_of(storage)
-    finished = [t for t in trials if t.state.name == "COMPLETE"]
+    finished = [t for t in trials if t.state in FINISHED]
     assert 4 <= len(finished) <= 5  # each worker may start one trial while the last ones run elsewhere
     assert {t.user_attrs["worker"].split(":")[1] for t in finished} == {str(w.pid) for w in workers}
     run_dirs = [t.user_attrs["run_dir"] for t in finished]
-    assert len(set(run_dirs)) == len(run_dirs) and all((Path(d) / "summary.json").is_file() for d in run_dirs)
+    assert len(set(run_dirs)) == len(run_dirs)
+    assert all((Path(t.user_attrs["run_dir"]) / "summary.json").is_file() for t in finished if t.state.name == "COMPLETE")
     best = list((tmp_path / "sw").glob("best-trial-*"))
     assert len(best) == 1  # the held-out set was scored once, by one worker
 
@@ -146,3 +150,18 @@ def test_the_held_out_run_trains_the_steps_validation_chose_without_early_stoppi
     trial = create_trial(value=1.0, user_attrs={"steps": 30})
     assert fixed_length(trial) == {"train.max_steps": 30, "train.early_stopping_patience": 0}
     assert fixed_length(None) == {} and fixed_length(create_trial(value=1.0)) == {}
+
+
+def test_a_validation_behind_the_pruner_stops_the_run_with_trial_pruned():
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=1.0))
+    trial, seen = study.ask(), []
+    listen = pruning_listener(trial, "eval_loss", True, Events(seen.append))
+    listen({"type": "eval", "step": 1, "eval_loss": 0.5})
+    listen({"type": "step", "step": 2, "loss": 9.0})  # not a validation: not reported
+    with pytest.raises(optuna.TrialPruned, match="eval_loss 5 at step 3"):
+        listen({"type": "eval", "step": 3, "eval_loss": 5.0})
+    assert [e["type"] for e in seen] == ["eval", "step", "eval", "trial_pruned"]
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert study.trials[0].intermediate_values == {1: 0.5, 3: 5.0}
+    unpruned = study.ask()
+    pruning_listener(unpruned, "eval_loss", False, Events())({"type": "eval", "step": 3, "eval_loss": 5.0})
