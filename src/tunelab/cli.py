@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_eval_commands(sub)
     add_export_commands(sub)
+    from tunelab.cli_output import ConsoleProgress
+    from tunelab.experiments.commands import add_experiment_commands
+
+    add_experiment_commands(sub, ConsoleProgress)
 
     options = sub.add_parser("options", help="list every config key with its default and meaning")
     options.set_defaults(handler=_cmd_options)

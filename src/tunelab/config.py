@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
@@ -38,7 +38,10 @@ class DataConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: float = Field(3.0, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
+    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto", description="Passes over the training data (ignored when max_steps > 0); auto: up to a budget "
+                            "chosen from the data size, validating on schedule, stopping when the task's metric "
+                            "stops improving and keeping the best weights.")
     max_steps: int = Field(-1, ge=-1, description="Optimizer steps to run; -1 means use epochs.")
     learning_rate: float | None = Field(
         None, gt=0, lt=1, description="Peak learning rate; default: the method's own (lora 1e-3, full 2e-5).")
@@ -201,13 +204,18 @@ def _suggest(word: str, choices: list[str]) -> str:
 
 def load_config(path: str | Path | None, overrides: list[str] = (), base_dir: Path | None = None) -> RunConfig:
     """Read a YAML config (optional), apply `key=value` overrides, and validate everything."""
+    return validate_config(load_raw(path, overrides))
+
+
+def load_raw(path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
+    """The settings as the user wrote them (file plus overrides), before validation fills in defaults."""
     raw: dict[str, Any] = {}
     if path is not None:
         raw = _read_yaml(Path(path))
         _anchor_paths(raw, Path(path).resolve().parent)
     for item in overrides:
         _apply_override(raw, item)
-    return validate_config(raw)
+    return raw
 
 
 def validate_config(raw: dict[str, Any]) -> RunConfig:

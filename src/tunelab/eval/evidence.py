@@ -64,8 +64,10 @@ def check_best_metric(config: Any, task: Task) -> None:
 
 def validation(task: Task, tokenizer: Any, held_out: Any, config: Any,
                best: BestWeights | None) -> Callable[[torch.nn.Module], dict[str, float]]:
-    """What a validation during training measures: the task's cheap numbers plus the watched metric."""
-    want = (best.metric,) if best is not None else ()
+    """What a validation during training measures: the task's cheap numbers plus the watched metric (watched
+    without early stopping too, so a sweep can prune on it)."""
+    watched = best.metric if best is not None else config.train.best_metric
+    want = () if watched == "eval_loss" else (watched,)
     return lambda model: task.validate(model, tokenizer, held_out, config, want)
 
 

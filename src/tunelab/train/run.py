@@ -30,6 +30,7 @@ from tunelab.models.loading import LoadRules, load_pair
 from tunelab.rundir import MetricsLog, directory_bytes, write_json, write_run_header, write_samples
 from tunelab.scoring.metrics import describe
 from tunelab.tasks import TASKS, Task, get_task, task_for_format
+from tunelab.train.budget import resolve_epochs
 from tunelab.train.guards import train_guarded
 from tunelab.train.resume import find_run_dir, prepare_resume
 from tunelab.train.trainer import Progress, common_args, quiet
@@ -50,6 +51,7 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     get_method(config.method).check_machine(config)
     train_data, held_data = load_data(config)
     task, method = get_task(config.task), get_method(config.method)
+    budget = resolve_epochs(config, task, len(train_data.rows))  # epochs=auto: numbers before config.yaml is written
     spec, model_path = task.model_spec(config, train_data), resolve_model(config.model)
     run_dir, resume_from = open_run_dir(config, train_data, held_data, resume, events)
 
@@ -79,7 +81,7 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     artifact_bytes = directory_bytes(run_dir / "model")  # what the method wrote, before the tokenizer joins it
     tokenizer.save_pretrained(run_dir / "model")
 
-    summary = {"before": zero_shot.metrics, "after": after.metrics, "train": trained,
+    summary = {"before": zero_shot.metrics, "after": after.metrics, "train": {**trained, "auto_budget": budget},
                "trainable_params": trainable, "total_params": total,
                "resources": {"artifact_bytes": artifact_bytes, **peak_memory()},
                "model": config.model, "method": config.method, "task": config.task,

@@ -2,7 +2,7 @@
 
 Today: repeatability, the same config once per seed in `train.seeds`, every metric as mean and 95%
 interval. Each seed's run is a normal run directory (`seed-N/` under the parent); the parent holds
-the aggregate summary.json and report.md. `compare` and `sweep` belong here too.
+the aggregate summary.json and report.md. `compare` and `sweep` are modules of this package.
 """
 
 from __future__ import annotations
@@ -10,19 +10,21 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
-from typing import Any
-
-from scipy.stats import t as student_t
+from typing import TYPE_CHECKING, Any
 
 from tunelab.eval.report import fmt, md_table
 from tunelab.events import Listener
 from tunelab.rundir import choose_run_dir, write_atomic, write_json
-from tunelab.train.run import RunResult, run
 from tunelab.scoring.metrics import describe
+
+if TYPE_CHECKING:
+    from tunelab.train.run import RunResult
 
 
 def run_experiment(config: Any, on_event: Listener | None = None, resume: bool = False) -> RunResult:
     """What `tunelab run` does with a config: one run, or one per seed when `train.seeds` is set."""
+    from tunelab.train.run import run  # not at import time: the CLI's parser imports this package
+
     if config.train.seeds:
         return run_repeated(config, on_event)
     return run(config, on_event, resume)
@@ -37,6 +39,8 @@ def sections(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def t95(df: int) -> float:
     """Two-sided 95% critical value of Student's t with df degrees of freedom."""
+    from scipy.stats import t as student_t
+
     return float(student_t.ppf(0.975, df))
 
 
@@ -63,6 +67,8 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
 
 def run_repeated(config: Any, on_event: Listener | None = None) -> RunResult:
     """One run per seed, then the parent directory's summary: means in before/after, intervals in `repeat`."""
+    from tunelab.train.run import RunResult, run
+
     parent = choose_run_dir(config)
     results = []
     for seed in config.train.seeds:

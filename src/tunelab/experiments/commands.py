@@ -1,0 +1,123 @@
+"""`tunelab compare` and `tunelab sweep`: argument parsing and live progress; the work is in compare.py
+and sweep.py. The console progress class comes from the CLI layer (passed in, not imported)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+from tunelab.events import Event
+
+def split_config(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    config_path, overrides = args.config, list(args.overrides)
+    if config_path and "=" in config_path and not config_path.endswith((".yaml", ".yml")):
+        config_path, overrides = None, [config_path, *overrides]
+    return config_path, overrides
+
+
+class TrialProgress:
+    """The run's progress bar, with a line saying which trial or entry is running and how it ended."""
+
+    def __init__(self, console: Any):
+        self.console = console
+
+    def __call__(self, event: Event) -> None:
+        kind = event["type"]
+        if kind == "trial_started":
+            shown = ", ".join(f"{k}={v}" for k, v in event["params"].items())
+            self.console.say(f"trial {event['trial']} (sweep of {event['of']}): {shown}")
+        elif kind == "trial_finished":
+            self.console.say(f"trial {event['trial']}: {event['metric']} {event['value']:.4g} on validation")
+        elif kind == "trial_pruned":
+            self.console.close()
+            self.console.say(f"trial {event['trial']}: pruned at step {event['step']} (behind earlier trials)")
+        elif kind in ("waiting", "entry_started"):
+            self.console.say(event["message"])
+        elif kind == "scoring_held_out":
+            self.console.say(f"scoring the {'best' if event['trial'] is not None else 'unchanged'} config on the "
+                             f"held-out set: {event['run_dir']}")
+        else:
+            self.console(event)
+
+
+def add_experiment_commands(sub: Any, console: Any) -> None:
+    sweep = sub.add_parser("sweep", help="search config keys (e.g. lora.r, train.learning_rate) with Optuna",
+                           description="Search the keys of space.yaml; every trial is a normal run judged on a "
+                                       "validation split of train; the best config is scored once on held-out.")
+    sweep.add_argument("config", nargs="?", help="YAML config file")
+    sweep.add_argument("overrides", nargs="*", help="key=value settings applied to every trial")
+    sweep.add_argument("--space", required=True, type=Path, help="YAML: key -> [choices] or {low, high, log}")
+    sweep.add_argument("--trials", type=int, default=8, help="finished trials wanted (all workers together)")
+    sweep.add_argument("--storage", help="Optuna database URL (default: sqlite in the sweep directory); workers "
+                                         "given the same URL and study share the trials")
+    sweep.add_argument("--study", dest="study_name", help="study name (default: <name>-sweep)")
+    sweep.add_argument("--out", dest="out_dir", type=Path, help="sweep directory (default: runs/<name>-sweep)")
+    sweep.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
+    sweep.add_argument("--no-prune", dest="prune", action="store_false", help="run every trial to its end")
+    sweep.add_argument("--metric", help="objective (default: the task's first metric)")
+    sweep.add_argument("--validation-fraction", type=float, default=0.2, help="share of train held for validation")
+    sweep.add_argument("--heartbeat", type=int, default=10, help="seconds between a trial's liveness marks")
+    sweep.add_argument("--score-default", action="store_true", help="also score the unchanged config on held-out")
+    sweep.set_defaults(handler=lambda args: _cmd_sweep(args, console))
+
+    compare = sub.add_parser("compare", help="train several methods, models or configs on one budget; leaderboard",
+                             description="Same data, model and token budget for each entry; prints and saves a "
+                                         "leaderboard and a Pareto plot (metric against cost).")
+    compare.add_argument("config", nargs="?", help="YAML config file (the base of every entry)")
+    compare.add_argument("overrides", nargs="*", help="key=value settings applied to every entry")
+    compare.add_argument("--methods", help="comma-separated methods, e.g. full,lora,qlora")
+    compare.add_argument("--models", help="comma-separated base models")
+    compare.add_argument("--configs", nargs="+", type=Path, help="whole configs to compare")
+    compare.add_argument("--seeds", type=int, default=1, help="runs per entry; metrics as mean and 95%% interval")
+    compare.add_argument("--out", dest="out_dir", type=Path, help="compare directory (default: runs/<name>-compare)")
+    compare.set_defaults(handler=lambda args: _cmd_compare(args, console))
+
+
+def _cmd_sweep(args: argparse.Namespace, console: Any) -> int:
+    from tunelab.config import load_raw
+    from tunelab.experiments.sweep import SweepOptions, sweep
+
+    path, overrides = split_config(args)
+    opts = SweepOptions(args.space, args.trials, args.out_dir, args.storage, args.study_name, args.sampler,
+                        args.prune, args.metric, args.validation_fraction, args.heartbeat, args.score_default)
+    progress = console()
+    try:
+        summary = sweep(load_raw(path, overrides), opts, on_event=TrialProgress(progress))
+    finally:
+        progress.close()
+    print_sweep(summary)
+    return 0
+
+
+def print_sweep(summary: dict[str, Any]) -> None:
+    from tunelab.eval.report import fmt
+
+    metric, best, default = summary["metric"], summary["best"], summary["default"]
+    states = ", ".join(f"{n} {s}" for s, n in summary["states"].items() if n)
+    print(f"\nsweep {summary['study']}: {states}")
+    print(f"best trial {best['trial']}: {best['params']}")
+    print(f"  {metric}: validation {fmt(metric, best['validation'])}, held-out {fmt(metric, best['held_out'])}")
+    if default["validation"] is not None or default["held_out"] is not None:
+        print(f"unchanged config: validation {fmt(metric, default['validation'])}, "
+              f"held-out {fmt(metric, default['held_out'])}")
+    print(f"best config: {Path(summary['out_dir']) / 'best.yaml'}   report: {Path(summary['out_dir']) / 'report.html'}")
+
+
+def _cmd_compare(args: argparse.Namespace, console: Any) -> int:
+    from tunelab.config import load_raw
+    from tunelab.experiments.compare import compare, entries_from
+
+    path, overrides = split_config(args)
+    raw = load_raw(path, overrides) if path or overrides else None
+    entries = entries_from(raw, args.methods, args.models, args.configs, overrides)
+    progress = console()
+    try:
+        board = compare(entries, args.seeds, args.out_dir, raw, on_event=TrialProgress(progress))
+    finally:
+        progress.close()
+    from tunelab.experiments.compare import print_leaderboard
+
+    print_leaderboard(board)
+    return 0

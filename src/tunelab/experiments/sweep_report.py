@@ -1,0 +1,60 @@
+"""A sweep's report: the trials table (trials.csv, report.md/html) and Optuna's plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tunelab.eval.report import fmt
+from tunelab.experiments.pages import save_png, write_pages
+from tunelab.rundir import write_atomic
+
+
+def trial_rows(study: optuna.Study) -> list[tuple[str, ...]]:
+    trials = study.get_trials(deepcopy=False)
+    keys = sorted({k for t in trials for k in t.params})
+    rows = [("trial", "state", "value", *keys, "run directory")]
+    for t in trials:
+        value = "-" if t.value is None else f"{t.value:.4g}"
+        if t.state.name == "PRUNED" and t.intermediate_values:
+            value = f"pruned at step {t.last_step}"
+        rows.append((str(t.number), t.state.name.lower(), value, *(str(t.params.get(k, "-")) for k in keys),
+                     t.user_attrs.get("run_dir", "-")))
+    return rows
+
+
+def plots(study: optuna.Study, out: Path) -> dict[str, str]:
+    """Optimisation history and parameter importance (the latter needs two finished trials that differ)."""
+    from optuna.visualization import matplotlib as ovm
+
+    images = {}
+    for name, caption, draw in (("history", "Optimisation history", ovm.plot_optimization_history),
+                                ("importance", "Parameter importance", ovm.plot_param_importances)):
+        try:
+            axes = draw(study)
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            continue  # too few finished trials to draw it
+        images[caption] = save_png(axes.figure, out / f"{name}.png")
+    return images
+
+
+def write_sweep_report(out: Path, study: optuna.Study, summary: dict[str, Any]) -> None:
+    rows = trial_rows(study)
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    write_atomic(out / "trials.csv", buffer.getvalue())
+    metric, best, default = summary["metric"], summary["best"], summary["default"]
+    intro = [f"Objective: {metric} on a validation split carved from the training rows ({summary['direction']}).",
+             f"Best: trial {best['trial']} with {best['params']}: validation {fmt(metric, best['validation'])}, "
+             f"held-out {fmt(metric, best['held_out'])} (scored once, trained on all training rows).",
+             f"Best config, ready for tunelab run: {out / 'best.yaml'}"]
+    if default["validation"] is not None or default["held_out"] is not None:
+        intro.append(f"Unchanged config: validation {fmt(metric, default['validation'])}, "
+                     f"held-out {fmt(metric, default['held_out'])}.")
+    space = [("key", "searched over"), *summary["space"].items()]
+    write_pages(out, "report", f"tunelab sweep: {summary['study']}", intro,
+                {"Search space": space, "Trials": rows}, plots(study, out))

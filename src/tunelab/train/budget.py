@@ -1,0 +1,49 @@
+"""train.epochs=auto: a training budget chosen from the data size, spent only while validation improves.
+
+The budget is a ceiling, not a target: validation runs on a schedule on the task's own metric, training
+stops after `PATIENCE` validations without a better value, and the best weights are kept (eval/early_stopping).
+Small data gets more passes (each pass teaches less), large data fewer; see docs/compare-sweep.md for the
+measurement behind these numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+TARGET_EXAMPLES = 1000      # examples seen at most, before the epoch bounds apply
+MIN_EPOCHS, MAX_EPOCHS = 2, 8
+VALIDATIONS_PER_EPOCH = 2
+PATIENCE = 2
+
+
+def auto_epochs(n_rows: int) -> int:
+    """Passes over n_rows training rows the budget allows."""
+    return min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_EXAMPLES / max(n_rows, 1))))
+
+
+def watched_metric(config: Any, task: Any) -> str:
+    """The task's first metric when a validation can measure it, else the held-out loss."""
+    allowed = task.validation_metrics(config)
+    return next((m for m in task.metric_names(config) if m in allowed), "eval_loss")
+
+
+def resolve_epochs(config: Any, task: Any, n_rows: int) -> dict[str, Any] | None:
+    """Replace epochs=auto by numbers (written into the run's config.yaml, so a resume finds the same ones);
+    the chosen budget, or None when the user fixed the length."""
+    t = config.train
+    if t.epochs != "auto":
+        return None
+    if t.max_steps > 0:
+        t.epochs = 1.0  # max_steps decides the length; epochs is not read
+        return None
+    per_epoch = math.ceil(n_rows / (t.batch_size * t.grad_accum))
+    t.epochs = float(auto_epochs(n_rows))
+    if not t.eval_steps:
+        t.eval_steps = max(1, per_epoch // VALIDATIONS_PER_EPOCH)
+    if not t.early_stopping_patience:
+        t.early_stopping_patience = PATIENCE
+    if "best_metric" not in t.model_fields_set:
+        t.best_metric = watched_metric(config, task)
+    return {"epochs": t.epochs, "max_steps": int(t.epochs) * per_epoch, "eval_steps": t.eval_steps,
+            "patience": t.early_stopping_patience, "metric": t.best_metric}

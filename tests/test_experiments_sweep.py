@@ -1,0 +1,167 @@
+"""tunelab sweep: the search space is checked before any trial; a killed sweep resumes without repeating
+finished trials; two workers on one storage share the study."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tunelab.errors import ConfigError
+from tunelab.events import Events
+from tunelab.experiments.sweep import FINISHED, SweepOptions, pruning_listener, sweep
+from tests.conftest import write_jsonl
+
+QUICK = ["model=tiny-random-llama", "train.batch_size=4", "train.max_steps=2", "train.max_length=48",
+         "train.eval_steps=1", "eval.generate=false", "eval.forgetting_probe=false", "eval.few_shot_k=0",
+         "eval.train_sample=0", "train.save_steps=0"]
+
+
+@pytest.fixture
+def sweep_setup(tmp_path, chat_rows):
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows[:20])
+    held = write_jsonl(tmp_path / "eval.jsonl", chat_rows[20:])
+    overrides = [f"data.train={train}", f"data.eval={held}", *QUICK]
+
+    def space(text: str) -> Path:
+        path = tmp_path / "space.yaml"
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return tmp_path, overrides, space
+
+
+def raw_of(overrides):
+    from tunelab.config import load_raw
+
+    return load_raw(None, overrides)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("lora.rank: [4, 8]\n", '"lora.rank": not a config key (did you mean "lora.r"?)'),
+    ("train.learning_rate: {low: 1.0e-2, high: 1.0e-4}\n", "low 0.01 is above high 0.0001; train.learning_rate "
+                                                             "allows a number > 0 and < 1"),
+    ("train.learning_rate: {low: 0, high: 1.0e-3, log: true}\n", "a log range needs low > 0, got 0"),
+    ("lora.r: [8, 0]\n", '"lora.r": the value 0 is refused'),
+    ("lora.dropout: {low: 0.0, high: 1.5}\n", "lora.dropout allows a number >= 0 and < 1"),
+    ("train.lr_scheduler: [linear, cosinus]\n", "allows one of linear|cosine|constant|constant_with_warmup"),
+])
+def test_a_bad_space_fails_before_any_trial_naming_key_and_range(sweep_setup, text, expected):
+    tmp_path, overrides, space = sweep_setup
+    with pytest.raises(ConfigError) as err:
+        sweep(raw_of(overrides), SweepOptions(space(text), trials=2, out_dir=tmp_path / "sw"))
+    assert expected in str(err.value)
+    assert not (tmp_path / "sw").exists()  # no study, no split, no trial
+
+
+def test_a_good_space_is_accepted_with_ints_floats_and_choices(sweep_setup):
+    from tunelab.experiments.space import load_space
+
+    _, overrides, space = sweep_setup
+    dims = load_space(space("lora.r: {low: 2, high: 16, log: true}\ntrain.learning_rate: {low: 1.0e-4, high: 1.0e-2}\n"
+                            "lora.alpha: [8, 16]\n"), raw_of(overrides))
+    assert [(d.key, d.integer) for d in dims] == [("lora.r", True), ("train.learning_rate", False), ("lora.alpha", False)]
+
+
+def sweep_command(tmp_path: Path, overrides: list[str], space: Path, trials: int, storage: str) -> list[str]:
+    return [sys.executable, "-m", "tunelab.cli", "sweep", *overrides, "--space", str(space), "--trials", str(trials),
+            "--out", str(tmp_path / "sw"), "--storage", storage, "--heartbeat", "1", "--metric", "eval_loss"]
+
+
+def trials_of(storage: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name="run-sweep", storage=storage).get_trials()
+    except KeyError:
+        return []
+
+
+def wait_for(condition, process, timeout=900.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        assert process.poll() is None, "the sweep ended before the moment the test waits for"
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+def test_a_sweep_killed_mid_trial_resumes_without_repeating_finished_trials(sweep_setup):
+    tmp_path, overrides, space = sweep_setup
+    path = space("train.learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}\n")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    worker = subprocess.Popen(sweep_command(tmp_path, overrides, path, 3, storage), start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    states = lambda: [t.state.name for t in trials_of(storage)]  # noqa: E731
+    wait_for(lambda: states()[:2] == ["COMPLETE", "RUNNING"], worker)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    first_summary = tmp_path / "sw" / "trial-000" / "summary.json"
+    finished_at = first_summary.stat().st_mtime_ns
+    killed = trials_of(storage)[1]
+
+    summary = sweep(raw_of(overrides), SweepOptions(path, trials=3, out_dir=tmp_path / "sw", storage=storage,
+                                                    heartbeat=1, metric="eval_loss"))
+    trials = trials_of(storage)
+    assert [t.state.name for t in trials[:2]] == ["COMPLETE", "FAIL"]  # the killed trial is marked failed
+    assert len(trials) == 4 and all(t.state in FINISHED for t in trials[2:])  # completed or pruned
+    # ... and run again with its own parameters (before or after a new trial, as its heartbeat goes stale)
+    assert [t.params for t in trials[2:]].count(killed.params) == 1
+    assert first_summary.stat().st_mtime_ns == finished_at  # the finished trial was not repeated
+    assert summary["states"]["complete"] + summary["states"]["pruned"] == 3
+    assert summary["best"]["validation"] == min(t.value for t in trials if t.value is not None)
+    assert summary["best"]["held_out"] is not None and (tmp_path / "sw" / "best.yaml").is_file()
+    best_yaml = (tmp_path / "sw" / "best.yaml").read_text()
+    assert "max_steps: 2" in best_yaml and "early_stopping_patience: 0" in best_yaml
+    assert str(tmp_path / "train.jsonl") in best_yaml  # the full training rows, an absolute path
+
+
+def test_two_workers_on_one_storage_share_the_study(sweep_setup):
+    tmp_path, overrides, space = sweep_setup
+    path = space("train.learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}\nlora.r: [2, 4, 8]\n")
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    workers = [subprocess.Popen(sweep_command(tmp_path, overrides, path, 4, storage), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE) for _ in range(2)]
+    for w in workers:
+        assert w.wait(timeout=1800) == 0, w.stderr.read().decode()[-2000:]
+    trials = trials_of(storage)
+    finished = [t for t in trials if t.state in FINISHED]
+    assert 4 <= len(finished) <= 5  # each worker may start one trial while the last ones run elsewhere
+    assert {t.user_attrs["worker"].split(":")[1] for t in finished} == {str(w.pid) for w in workers}
+    run_dirs = [t.user_attrs["run_dir"] for t in finished]
+    assert len(set(run_dirs)) == len(run_dirs)
+    assert all((Path(t.user_attrs["run_dir"]) / "summary.json").is_file() for t in finished if t.state.name == "COMPLETE")
+    best = list((tmp_path / "sw").glob("best-trial-*"))
+    assert len(best) == 1  # the held-out set was scored once, by one worker
+
+
+def test_the_held_out_run_trains_the_steps_validation_chose_without_early_stopping():
+    from optuna.trial import create_trial
+
+    from tunelab.experiments.sweep import fixed_length, steps_chosen
+
+    assert steps_chosen({"early_stopping": {"best_step": 30}, "train": {"steps": 50}}) == 30
+    assert steps_chosen({"early_stopping": None, "train": {"steps": 50}}) == 50
+    trial = create_trial(value=1.0, user_attrs={"steps": 30})
+    assert fixed_length(trial) == {"train.max_steps": 30, "train.early_stopping_patience": 0}
+    assert fixed_length(None) == {} and fixed_length(create_trial(value=1.0)) == {}
+
+
+def test_a_validation_behind_the_pruner_stops_the_run_with_trial_pruned():
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=1.0))
+    trial, seen = study.ask(), []
+    listen = pruning_listener(trial, "eval_loss", True, Events(seen.append))
+    listen({"type": "eval", "step": 1, "eval_loss": 0.5})
+    listen({"type": "step", "step": 2, "loss": 9.0})  # not a validation: not reported
+    with pytest.raises(optuna.TrialPruned, match="eval_loss 5 at step 3"):
+        listen({"type": "eval", "step": 3, "eval_loss": 5.0})
+    assert [e["type"] for e in seen] == ["eval", "step", "eval", "trial_pruned"]
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert study.trials[0].intermediate_values == {1: 0.5, 3: 5.0}
+    unpruned = study.ask()
+    pruning_listener(unpruned, "eval_loss", False, Events())({"type": "eval", "step": 3, "eval_loss": 5.0})

@@ -1,0 +1,44 @@
+"""train.epochs=auto: a budget from the data size, validation on the task's metric, early stopping."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunelab.tasks import get_task
+from tunelab.train.budget import MAX_EPOCHS, MIN_EPOCHS, auto_epochs, resolve_epochs
+
+
+@pytest.mark.parametrize("rows, epochs", [(10, MAX_EPOCHS), (200, 5), (240, 5), (500, 2), (100_000, MIN_EPOCHS)])
+def test_small_data_gets_more_passes_within_bounds(rows, epochs):
+    assert auto_epochs(rows) == epochs
+
+
+def test_auto_is_the_default_and_sets_schedule_patience_and_metric(tiny_config):
+    config = tiny_config("train.max_steps=-1", "train.batch_size=4", "eval.metrics=[exact_match]")
+    assert config.train.epochs == "auto"
+    budget = resolve_epochs(config, get_task("sft"), 40)
+    assert budget == {"epochs": 8.0, "max_steps": 80, "eval_steps": 5, "patience": 2, "metric": "exact_match"}
+    assert config.train.early_stopping_patience == 2 and config.train.best_metric == "exact_match"
+
+
+def test_what_the_user_set_is_kept(tiny_config):
+    config = tiny_config("train.max_steps=-1", "train.eval_steps=3", "train.best_metric=eval_loss",
+                         "train.early_stopping_patience=5")
+    budget = resolve_epochs(config, get_task("sft"), 40)
+    assert (budget["eval_steps"], budget["patience"], budget["metric"]) == (3, 5, "eval_loss")
+    fixed = tiny_config("train.epochs=2", "train.max_steps=-1")
+    assert resolve_epochs(fixed, get_task("sft"), 40) is None and fixed.train.epochs == 2.0
+    steps = tiny_config()  # max_steps=4: epochs is not read
+    assert resolve_epochs(steps, get_task("sft"), 40) is None and steps.train.epochs == 1.0
+
+
+def test_an_auto_run_validates_stops_early_and_keeps_the_best(tiny_config):
+    from tunelab.train.run import run
+
+    result = run(tiny_config("train.max_steps=-1", "eval.generate=false", "eval.forgetting_probe=false",
+                             "eval.few_shot_k=0", "eval.train_sample=0", "train.learning_rate=0.5"))
+    budget, stopping = result.summary["train"]["auto_budget"], result.summary["early_stopping"]
+    assert budget["epochs"] == MAX_EPOCHS and budget["metric"] == "eval_loss"
+    assert stopping["stopped_early_at"] is not None  # a rate of 0.5 wrecks the model: validation stops improving
+    assert result.summary["train"]["steps"] < budget["max_steps"]
+    assert stopping["best_step"] < stopping["final_step"] and stopping["restored"]
