@@ -161,3 +161,36 @@ def test_bf16_autocast_keeps_the_loss_close(tiny):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = supervised_nll(parts, batch)[0].mean()
     assert bf16.dtype == torch.float32 and bf16.item() == pytest.approx(fp32.item(), rel=0.02)
+
+
+def test_batched_generation_equals_one_prompt_at_a_time(tiny_model_dir, tokenizer):
+    """Left-padded, length-sorted batches give the loop's greedy answers, stop strings included."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.scoring.generate import generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompts = [tokenizer(f"Q{i} " + "A1 " * (i % 5) + "Q2")["input_ids"] for i in range(7)]
+    for stop in ((), (" Plant",)):
+        looped = [generate(model, tokenizer, [p], 12, stop=stop)[0] for p in prompts]
+        assert generate(model, tokenizer, prompts, 12, batch_size=4, stop=stop) == looped
+    assert len(set(looped)) > 1  # the prompts lead to different answers, so a mix-up would show
+
+
+def test_validation_generates_with_the_held_out_stop_strings(monkeypatch):
+    from types import SimpleNamespace
+
+    from tunelab.tasks.lm import GenerationCase, HeldOut
+
+    asked = {}
+
+    def fake_generate(model, tokenizer, prompts, max_new_tokens, batch_size, stop=()):
+        asked["stop"] = stop
+        return ["x"] * len(prompts)
+
+    monkeypatch.setattr("tunelab.tasks.lm.generate", fake_generate)
+    monkeypatch.setattr("tunelab.tasks.lm.heldout_loss", lambda *a, **k: {"eval_loss": 1.0})
+    held = HeldOut([], [GenerationCase([1, 2], "x")], 0, stop=("\n\n",))
+    config = SimpleNamespace(eval=SimpleNamespace(max_new_tokens=4, batch_size=2))
+    result = Sft().validate(None, None, held, config, want=("exact_match",))
+    assert asked["stop"] == ("\n\n",) and result["exact_match"] == 1.0

@@ -332,7 +332,7 @@ class LmTask(Task):
         generated = [m for m in want if m not in result]
         if generated and held_out.cases:
             answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], config.eval.max_new_tokens,
-                               batch_size=config.eval.batch_size)
+                               batch_size=config.eval.batch_size, stop=held_out.stop)
             result.update(generation_scores(generated, answers, [c.reference for c in held_out.cases]))
         return result
 
