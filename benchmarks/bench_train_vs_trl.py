@@ -133,7 +133,8 @@ def child_eval(opts, record: dict) -> None:
     tokenizer, model = load_pair(resolve_model(cfg.model), ModelSpec("causal_lm"), LoadRules.of(cfg))
     cases = get_task(cfg.task).held_out(cfg, tokenizer, held, Events()).cases[: opts.eval_examples]
     prompts, new = [c.prompt_ids for c in cases], cfg.eval.max_new_tokens
-    generate(model, tokenizer, prompts[:2], 4, batch_size=2)  # warm-up
+    generate(model, tokenizer, prompts, 2, batch_size=cfg.eval.batch_size)  # warm-up, both ways
+    generate(model, tokenizer, prompts[:1], 2, batch_size=1)
     started = time.perf_counter()
     batched = generate(model, tokenizer, prompts, new, batch_size=cfg.eval.batch_size)
     record["batched_s"] = time.perf_counter() - started
