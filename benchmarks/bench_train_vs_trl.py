@@ -36,7 +36,6 @@ ABLATION = {
     "tunelab-all-off": ALL_OFF,
     "only-supervised-head": ALL_OFF + ["speed.supervised_head=true"],
     "only-padding-free": ALL_OFF + ["speed.padding_free=true"],
-    "only-group-by-length": ALL_OFF + ["speed.group_by_length=true"],
     "only-dropout-0": ALL_OFF + ["lora.dropout=0"],
     "all-on": ["speed.supervised_head=true", "speed.padding_free=true", "lora.dropout=0"],
 }
