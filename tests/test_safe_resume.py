@@ -27,7 +27,8 @@ MAX_STEPS = 5
 # 12 rows, micro-batch 2, accumulation 2: 3 steps per epoch, so a run crosses an epoch boundary and most
 # checkpoints sit mid-epoch; LoRA dropout makes the result depend on the restored RNG state.
 SETTINGS = ["model=tiny-random-llama", "train.batch_size=2", "train.grad_accum=2", f"train.max_steps={MAX_STEPS}",
-            "train.max_length=64", "eval.generate=false", "train.save_steps=1", "train.logging_steps=1"]
+            "train.max_length=64", "eval.generate=false", "train.save_steps=1", "train.logging_steps=1",
+            "lora.dropout=0.05"]  # not the default: dropout is what makes the restored RNG state matter
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,8 @@ class TrainConfig(Section):
                                                     "before the run stops.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
-        "auto", description="auto: bf16 on a CUDA device that has it, else fp32.")
+        "auto", description="auto: bf16 autocast on a CUDA device or CPU (AVX512-BF16/AMX) that has it natively, "
+                          "else fp32.")
     early_stopping_patience: int = Field(
         0, ge=0, description="Stop after this many validations without a better best_metric; 0 means off. "
                              "The best weights are restored for the final numbers.")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,29 +52,45 @@ class Validated:
 
 
 def validate_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> Validated:
-    """Read a file and validate each row; a row with a problem is left out of `rows`, never lost."""
+    """Read a file and validate each row as it streams past; a row with a problem is left out of `rows`,
+    never lost. Only the valid rows (normalised) are kept: the raw records are dropped as they are checked."""
     path = Path(path)
-    records = list(read_rows(path, columns))
-    if not records:
-        raise DataError(f"{path}: no rows; expected one JSON object per line")
-    rows = [r for r in records if isinstance(r, Row)]
-    problems = [r for r in records if isinstance(r, Problem)]
+    records = iter(read_rows(path, columns))
+    head = _first_rows(records, DETECT_ROWS) if fmt == "auto" else []
     if fmt == "auto":
+        rows = [r for r in head if isinstance(r, Row)]
         fmt = _detect(path, rows) if rows else "unknown"
     elif fmt not in FORMATS:
         raise DataError(f'{path}: unknown format "{fmt}"; expected one of {"|".join(FORMATS)}')
-    good, invalid, warnings = [], [], []
-    for row in rows:
-        found = inspect_row(row, fmt)
+    good, invalid, problems, warnings, total = [], [], [], [], 0
+    for record in itertools.chain(head, records):
+        total += 1
+        if isinstance(record, Problem):
+            problems.append(record)
+            continue
+        found = inspect_row(record, fmt)
         errors = [p for p in found if not p.warning]
         problems.extend(errors)
         warnings.extend(p for p in found if p.warning)
         if errors:
-            invalid.append(row)
+            invalid.append(record)
         else:
-            good.append(Row(row.line, normalize_row(row.fields, fmt)))
+            good.append(Row(record.line, normalize_row(record.fields, fmt)))
+    if not total:
+        raise DataError(f"{path}: no rows; expected one JSON object per line")
     problems.sort(key=lambda p: p.line)
-    return Validated(path, fmt, good, problems, len(records), invalid, warnings)
+    return Validated(path, fmt, good, problems, total, invalid, warnings)
+
+
+def _first_rows(records: Iterator[Row | Problem], n: int) -> list[Row | Problem]:
+    """Records read up to the n-th parsable row (what format detection looks at)."""
+    head, seen = [], 0
+    for record in records:
+        head.append(record)
+        seen += isinstance(record, Row)
+        if seen >= n:
+            break
+    return head
 
 
 def load_dataset(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> Dataset:

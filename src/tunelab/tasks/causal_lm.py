@@ -72,7 +72,7 @@ class CausalLm(LmTask):
     name = "causal_lm"
     description = "Continued pretraining on raw text (loss on every token); metric: held-out perplexity."
     formats = ("text",)
-    sections = ("causal_lm",)
+    sections = (*LmTask.sections, "causal_lm")
     default_metrics = ("perplexity",)
 
     def prepare(self, config: Any, tokenizer: Any, train: Any, held: Any, events: Any) -> Prepared:

@@ -7,18 +7,36 @@ ids and labels, and a held-out row a prompt with its reference answer, is the fo
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from tunelab.data.formats import get_format
 from tunelab.data.tokens import IGNORE, encode_text
 from tunelab.errors import DataError
 from tunelab.scoring.generate import generate
+from tunelab.scoring.lm_loss import lm_parts, supervised_nll
 from tunelab.scoring.metrics import describe, fit_metrics, generation_scores
-from tunelab.tasks.base import FORGETTING, GENERATION, Prepared, Scores, Task
+from tunelab.settings import Section, register_section
+from tunelab.tasks.base import FORGETTING, GENERATION, ListDataset, Prepared, Scores, Task
+
+
+class SpeedSettings(Section):
+    """Training shortcuts that leave the loss unchanged; each is measured in benchmarks/RESULTS.md."""
+
+    supervised_head: bool = Field(True, description="Apply the output head only at supervised tokens (same loss, "
+                                                    "less compute); off: the model's own full-vocabulary forward.")
+    padding_free: bool = Field(False, description="Train on flattened batches: a micro-batch's examples back to back "
+                                                  "in one row, no padding, attention kept within each example.")
+    group_by_length: bool = Field(False, description="Draw micro-batches of similar length (less padding); "
+                                                     "changes the data order.")
+
+
+register_section("speed", SpeedSettings)
 
 
 @dataclass
@@ -88,6 +106,60 @@ class Collator:
         return collate([Encoded(list(r["input_ids"]), list(r["labels"])) for r in rows], self.pad_id)
 
 
+class FlatCollator:
+    """Padding-free batches: transformers' flattening collator (the micro-batch in one row, position ids
+    restarting at each example, each example's first label IGNORE so no loss crosses a boundary).
+
+    It adds an all-ones attention mask only so that the Trainer counts every token as input;
+    `LmTrainer` drops it before the forward, where the position ids mark the boundaries (a mask would
+    hide them and let examples attend to each other).
+    """
+
+    def __init__(self):
+        from transformers import DataCollatorWithFlattening
+
+        self.flatten = DataCollatorWithFlattening(return_tensors="pt")
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.flatten([{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in rows])
+        batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+        return batch
+
+
+@dataclass
+class LmPrepared(Prepared):
+    """An LM task's prepared data and the speed settings its trainer follows."""
+
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
+
+
+@functools.cache
+def lm_trainer_class() -> type:
+    """transformers' Trainer with one change: the loss applies the output head only at supervised tokens
+    (`scoring.lm_loss`), normalised by the Trainer's token count so gradient accumulation is exact."""
+    from transformers import Trainer
+
+    class LmTrainer(Trainer):
+        supervised_head = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if "position_ids" in inputs:  # flattened: see FlatCollator
+                inputs = {k: v for k, v in inputs.items() if k != "attention_mask"}
+            parts = lm_parts(self.accelerator.unwrap_model(model)) \
+                if self.supervised_head and not return_outputs else None
+            if parts is None:
+                extra = {"use_cache": False} if "position_ids" in inputs else {}
+                return super().compute_loss(model, {**inputs, **extra}, return_outputs, num_items_in_batch)
+            nll, _ = supervised_nll(parts, inputs)
+            if num_items_in_batch is None:  # the Trainer then divides by the accumulation steps itself
+                return nll.sum() / max(nll.numel(), 1)
+            loss = nll.sum() / num_items_in_batch
+            # Mirrors Trainer.compute_loss: the count was summed over processes, the gradients are averaged.
+            return loss * self.accelerator.num_processes if self.args.average_tokens_across_devices else loss
+
+    return LmTrainer
+
+
 @torch.no_grad()
 def heldout_loss(model: torch.nn.Module, examples: list[Encoded], pad_id: int, batch_size: int = 8,
                  per_row: bool = False) -> dict[str, Any]:
@@ -101,19 +173,13 @@ def heldout_loss(model: torch.nn.Module, examples: list[Encoded], pad_id: int, b
     model.eval()
     device = next(model.parameters()).device
     row_nll, row_tokens = [], []
+    parts = lm_parts(model)
     try:
         for start in range(0, len(examples), batch_size):
             batch = collate(examples[start:start + batch_size], pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits = logits[:, -batch["input_ids"].size(1):]  # prompt learning puts virtual-token positions first
-            shift_logits = logits[:, :-1].float()
-            shift_labels = batch["labels"][:, 1:]
-            nll = torch.nn.functional.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                ignore_index=IGNORE, reduction="none").view(shift_labels.shape)
-            row_nll += nll.sum(dim=1).tolist()
-            row_tokens += (shift_labels != IGNORE).sum(dim=1).tolist()
+            nll, tokens = row_losses(model, parts, {k: v.to(device) for k, v in batch.items()})
+            row_nll += nll
+            row_tokens += tokens
     finally:
         model.train(was_training)
     loss = sum(row_nll) / max(sum(row_tokens), 1)
@@ -123,6 +189,20 @@ def heldout_loss(model: torch.nn.Module, examples: list[Encoded], pad_id: int, b
     if per_row:
         out.update(eval_row_nll=row_nll, eval_row_tokens=row_tokens)
     return out
+
+
+def row_losses(model: torch.nn.Module, parts: Any, batch: dict[str, torch.Tensor]) -> tuple[list[float], list[int]]:
+    """Each row's summed loss and supervised-token count; through the supervised-only head when `parts`."""
+    if parts is not None:
+        nll, rows = supervised_nll(parts, batch)
+        n = batch["input_ids"].shape[0]
+        return torch.zeros(n).index_add_(0, rows, nll).tolist(), torch.bincount(rows, minlength=n).tolist()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, -batch["input_ids"].size(1):]  # prompt learning puts virtual-token positions first
+    shift_logits, shift_labels = logits[:, :-1].float(), batch["labels"][:, 1:]
+    nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                                            ignore_index=IGNORE, reduction="none").view(shift_labels.shape)
+    return nll.sum(dim=1).tolist(), (shift_labels != IGNORE).sum(dim=1).tolist()
 
 
 def ratio_se(row_nll: list[float], row_tokens: list[int], loss: float) -> float:
@@ -155,6 +235,7 @@ class LmTask(Task):
     """A task whose model is a causal LM trained on token labels."""
 
     evidence = frozenset({FORGETTING})
+    sections = ("speed",)
 
     @property
     def generative(self) -> bool:
@@ -182,8 +263,9 @@ class LmTask(Task):
                                     t.max_length, t.seed)
         sample = train.sample(config.eval.train_sample, t.seed)
         held_out = self.held_out(config, tokenizer, held, events)
-        return Prepared([e.as_row() for e in examples], held_out, held_out.metrics,
-                        self.held_out(config, tokenizer, sample, None, held_out.metrics) if sample.rows else None)
+        return LmPrepared([e.as_row() for e in examples], held_out, held_out.metrics,
+                          self.held_out(config, tokenizer, sample, None, held_out.metrics) if sample.rows else None,
+                          speed=config.speed or SpeedSettings())
 
     def encode_all(self, dataset: Any, tokenizer: Any, max_length: int, events: Any) -> list[Encoded]:
         """Encode every row; rows left with nothing to learn after truncation are reported, then skipped."""
@@ -230,6 +312,20 @@ class LmTask(Task):
     def collator(self, tokenizer: Any) -> Collator:
         return Collator(tokenizer.pad_token_id)
 
+    def trainer(self, model: torch.nn.Module, tokenizer: Any, prepared: Prepared, args: dict[str, Any],
+                callbacks: list[Any]) -> Any:
+        """The LM trainer with the run's speed settings: supervised-only head, flattened or length-grouped batches."""
+        from transformers import TrainingArguments
+
+        speed = getattr(prepared, "speed", None) or SpeedSettings()
+        if speed.group_by_length:
+            args = {**args, "train_sampling_strategy": "group_by_length"}
+        trainer = lm_trainer_class()(model=model, args=TrainingArguments(**args),
+                                     train_dataset=ListDataset(prepared.train), callbacks=callbacks,
+                                     data_collator=FlatCollator() if speed.padding_free else self.collator(tokenizer))
+        trainer.supervised_head = speed.supervised_head
+        return trainer
+
     def validate(self, model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, config: Any,
                  want: tuple[str, ...] = ()) -> dict[str, float]:
         # Per-row losses let the fit diagnosis pair two validations of the same rows (eval/diagnosis.py).
@@ -237,7 +333,7 @@ class LmTask(Task):
         generated = [m for m in want if m not in result]
         if generated and held_out.cases:
             answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], config.eval.max_new_tokens,
-                               batch_size=config.eval.batch_size)
+                               batch_size=config.eval.batch_size, stop=held_out.stop)
             result.update(generation_scores(generated, answers, [c.reference for c in held_out.cases]))
         return result
 

@@ -24,10 +24,24 @@ Validate = Callable[[torch.nn.Module], dict[str, float]]
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
+    """auto: bf16 autocast where the hardware does bf16 natively (CUDA that has it, a CPU with AVX512-BF16
+    or AMX), fp32 elsewhere: a CPU without them emulates bf16 and is slower than in fp32."""
     cuda = torch.cuda.is_available()
     if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        native = torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16()
+        precision = "bf16" if native else "fp32"
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (the avx512_bf16 or amx_bf16 flag in /proc/cpuinfo)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:  # not Linux: no evidence of native bf16, so stay in fp32
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 def common_args(config: RunConfig, checkpoint_dir: Path) -> dict[str, Any]:
