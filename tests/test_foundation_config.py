@@ -40,8 +40,11 @@ def test_out_of_range_value_says_the_bound():
 
 
 def test_unknown_method_lists_the_registry_and_suggests():
+    from tunelab.methods import METHODS
+
     message = error_of("method=lroa")
-    assert 'expected one of full|lora|qlora, got "lroa" (did you mean "lora"?)' in message
+    assert f'expected one of {"|".join(sorted(METHODS))}, got "lroa" (did you mean "lora"?)' in message
+    assert len(METHODS) >= 14 and "ia3" in message and "diff-pruning" in message
 
 
 def test_missing_required_key():
