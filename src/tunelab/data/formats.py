@@ -43,6 +43,7 @@ class Format:
     demo_stop: tuple[str, ...] = ()
     synth: bool = False                   # `data synth` writes it (`seed_input`, `compose`)
     answered: bool = False                # synth asks the teacher to answer each new input (`seed_answer`)
+    example: Fields = {}                  # one valid row, shown when rows of another shape were given
 
     @property
     def known(self) -> tuple[str, ...]:
@@ -167,6 +168,7 @@ class Text(Format):
     required = ("text",)
     detect_by = (("text",),)
     priority = 50
+    example = {"text": "Tunelab tunes small models on a laptop."}
     synth = True
 
     def check(self, row: Row) -> list[Problem]:
@@ -201,6 +203,7 @@ class PromptCompletion(Format):
     required = ("prompt", "completion")
     detect_by = (("prompt", "completion"),)
     priority = 30
+    example = {"prompt": "Capital of France?", "completion": " Paris"}
     demos = True
     demo_stop = (DEMO_SEPARATOR,)  # chat turns end at the template's end-of-turn token: no stop string there
     synth = True
@@ -247,6 +250,8 @@ class Messages(Format):
     required = ("messages",)
     detect_by = (("messages",),)
     priority = 10
+    example = {"messages": [{"role": "user", "content": "Capital of France?"},
+                            {"role": "assistant", "content": "Paris"}]}
     demos = True
     synth = True
     answered = True
@@ -299,6 +304,7 @@ class Classification(Format):
     required = ("text", "label")
     detect_by = (("text", "label"),)
     priority = 40
+    example = {"text": "Great battery, awful screen.", "label": "mixed"}
     label_field = "label"
     synth = True
 
@@ -342,6 +348,7 @@ class Preference(Format):
     optional = OPENAI_DPO
     detect_by = (("chosen",), ("rejected",), ("preferred_output",))
     priority = 20
+    example = {"prompt": "Capital of France?", "chosen": "Paris", "rejected": "Lyon"}
 
     def check(self, row: Row) -> list[Problem]:
         if "input" in row.fields:
@@ -381,6 +388,17 @@ class Preference(Format):
     def text(self, fields: Fields) -> str:
         return "\n".join(_joined(fields[k]) for k in ("prompt", "chosen", "rejected"))
 
+    def generation_prompt(self, fields: Fields, tokenizer: Any) -> Prompt:
+        """The prompt, with the chosen answer as the reference."""
+        if isinstance(fields["prompt"], list) or isinstance(fields["chosen"], list):
+            prompt = fields["prompt"] if isinstance(fields["prompt"], list) else \
+                [{"role": "user", "content": fields["prompt"]}] if fields["prompt"] else []
+            chosen = fields["chosen"] if isinstance(fields["chosen"], list) else \
+                [{"role": "assistant", "content": fields["chosen"]}]
+            return chat_prompt(prompt + chosen, tokenizer)
+        ids = tokenizer(fields["prompt"], add_special_tokens=True)["input_ids"]
+        return Prompt(ids, fields["chosen"], fields["prompt"])
+
     def token_length(self, fields: Fields, tokenizer: Any, max_length: int) -> tuple[int, str]:
         sizes = {k: _count(tokenizer, _joined(fields["prompt"]) + _joined(fields[k])) for k in ("chosen", "rejected")}
         longest = max(sizes, key=sizes.get)
@@ -388,3 +406,37 @@ class Preference(Format):
 
 
 register_format(Preference())
+
+
+class PromptOnly(Format):
+    """A prompt alone (a string or chat turns ending with a user turn): what online RL answers and scores."""
+
+    name = "prompt"
+    required = ("prompt",)
+    detect_by = (("prompt",),)
+    priority = 90  # after every shape that has a prompt and more
+    example = {"prompt": "Reply with a JSON object naming the capital of France."}
+
+    def check(self, row: Row) -> list[Problem]:
+        value = row.fields.get("prompt", MISSING)
+        if isinstance(value, list):
+            return check_turns(row.line, "prompt", value, need_assistant=False)
+        return string_problems(row, ("prompt",))
+
+    def text(self, fields: Fields) -> str:
+        return _joined(fields["prompt"])
+
+    def token_length(self, fields: Fields, tokenizer: Any, max_length: int) -> tuple[int, str]:
+        n = _count(tokenizer, _joined(fields["prompt"]))
+        return n, "prompt" if n > max_length else ""
+
+    def generation_prompt(self, fields: Fields, tokenizer: Any) -> Prompt:
+        """The prompt as the policy reads it (chat turns through the template); there is no reference."""
+        if isinstance(fields["prompt"], list):
+            text = tokenizer.apply_chat_template(fields["prompt"], tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            return Prompt(ids, "", _joined(fields["prompt"]))
+        return Prompt(tokenizer(fields["prompt"], add_special_tokens=True)["input_ids"], "", fields["prompt"])
+
+
+register_format(PromptOnly())

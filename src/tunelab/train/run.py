@@ -148,6 +148,14 @@ def load_data(config: RunConfig) -> tuple[Dataset, Dataset]:
     return train, held
 
 
+def example_row(fmt: str) -> str:
+    import json
+
+    from tunelab.data.formats import get_format
+
+    return json.dumps(get_format(fmt).example)
+
+
 def choose_task(config: RunConfig, dataset: Dataset) -> Task:
     """The configured task, or for task=auto the one that trains on the data's format (written back)."""
     if config.task == "auto":
@@ -162,5 +170,6 @@ def choose_task(config: RunConfig, dataset: Dataset) -> Task:
     task = get_task(config.task)
     if dataset.format not in task.formats:
         raise DataError(f'{dataset.path}: rows are "{dataset.format}" but task "{task.name}" expects '
-                        f'{" or ".join(task.formats)}; set task= to match the data')
+                        f'{" or ".join(task.formats)} rows, e.g. {example_row(task.formats[0])}; '
+                        'set task= to match the data')
     return task
