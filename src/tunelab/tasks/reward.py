@@ -8,10 +8,12 @@ the mean r(chosen) - r(rejected). The tuned model is what `rlhf.reward_model` po
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from tunelab.errors import ConfigError
 from tunelab.models.loading import ModelSpec
 from tunelab.scoring.metrics import pairwise_scores
 from tunelab.tasks.base import Scores, Task, register_task
@@ -120,4 +122,25 @@ class Reward(Task):
         return Scores(metrics, samples)
 
 
-register_task(Reward())
+REWARD = register_task(Reward())
+
+
+def load_reward_run(run_dir: Path) -> tuple[Any, torch.nn.Module]:
+    """Tokenizer and frozen tuned model of a finished `reward` run (its base model and method as its config.yaml
+    names them), for `rlhf.reward_model`."""
+    import yaml
+
+    from tunelab.methods import get_method
+    from tunelab.models import resolve_model
+    from tunelab.models.loading import LoadRules, load_pair
+
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / "model").is_dir():
+        raise ConfigError(f"rlhf.reward_model: {run_dir} is not a finished run directory (config.yaml and model/)")
+    raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    if raw.get("task") != REWARD.name:
+        raise ConfigError(f'rlhf.reward_model: {run_dir} is a run of task "{raw.get("task")}"; expected "reward"')
+    spec, rules = REWARD.model_spec(None, None), LoadRules(bool(raw.get("allow_pickle")), bool(raw.get("trust_remote_code")))
+    tokenizer, base = load_pair(resolve_model(raw["model"]), spec, rules)
+    model = get_method(raw["method"]).load(base, run_dir / "model", spec, rules).eval()
+    model.requires_grad_(False)
+    return tokenizer, model
