@@ -135,6 +135,9 @@ class Dpo(LmTask):
         return PairsHeldOut([], cases, tokenizer.pad_token_id, metrics, chosen=chosen, rejected=rejected,
                             beta=config.dpo.beta)
 
+    def collator(self, tokenizer: Any) -> Any:
+        raise NotImplementedError("DPOTrainer tokenizes and batches its own rows")
+
     def trainer(self, model: torch.nn.Module, tokenizer: Any, prepared: TrlPrepared, args: dict[str, Any],
                 callbacks: list[Any]) -> Any:
         from peft import PeftModel

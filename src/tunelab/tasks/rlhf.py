@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -94,6 +96,8 @@ class CheckedReward:
 
 def load_reward_function(name: str) -> CheckedReward:
     module, _, attr = name.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # "importable from the working directory", also under the console script
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as err:
@@ -175,6 +179,9 @@ class Rlhf(LmTask):
         cases = self.generation_cases(dataset, tokenizer, config.eval.max_examples)
         prompts = [row["prompt"] for row in dataset.rows][: len(cases)]
         return PromptSet(cases, prompts, reward_of(config))
+
+    def collator(self, tokenizer: Any) -> Any:
+        raise NotImplementedError("GRPOTrainer/RLOOTrainer tokenizes and batches its own rows")
 
     def trainer(self, model: torch.nn.Module, tokenizer: Any, prepared: TrlPrepared, args: dict[str, Any],
                 callbacks: list[Any]) -> Any:
