@@ -22,6 +22,7 @@ VALID = {
     "messages": {"messages": CHAT},
     "classification": {"text": "a warm and funny film", "label": "positive"},
     "preference": {"prompt": "Pick a colour.", "chosen": "Blue.", "rejected": "I will not."},
+    "prompt": {"prompt": "Pick a colour."},
 }
 ALSO = {  # valid rows in each other form a shape reads (its optional fields), normalised on load
     "preference": {"input": {"messages": [{"role": "user", "content": "Pick a colour."}]},
@@ -136,7 +137,7 @@ def test_labels_copy_their_tokens_and_length_counts_them(name, tokenizer):
     assert tokenizer.decode(ids[last - 1]).strip() in at(fields, cut)  # the field named holds the cut answer
 
 
-@pytest.mark.parametrize("name", having("generation_prompt"))
+@pytest.mark.parametrize("name", [n for n in having("generation_prompt") if n in having("encode")])
 def test_the_generation_prompt_is_the_training_prefix(name, tokenizer):
     shape, fields = get_format(name), VALID[name]
     ids, labels = shape.encode(fields, tokenizer)
