@@ -161,3 +161,38 @@ def test_rlhf_batch_holds_whole_groups():
     config = load_config(None, ["data.train=x.jsonl", "task=rlhf", "rlhf.reward_function=a:b", "train.batch_size=6"])
     with pytest.raises(ConfigError, match="train.batch_size: 6 must be a multiple of rlhf.num_generations"):
         TASKS["rlhf"].model_spec(config, None)
+
+
+def test_rlhf_scores_with_a_reward_run_as_the_reward_task_does_and_trains_by_rloo(tmp_path):
+    from tunelab.tasks.reward import REWARD, load_reward_run, rewards
+    from tunelab.train.run import run
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"Colour {i}?", "chosen": "red", "rejected": "no"}
+                                                   for i in range(12)])
+    reward_run = run(load_config(None, [f"data.train={pairs}", "task=reward", "model=tiny-random-llama",
+                                        "method=lora", f"output_dir={tmp_path / 'rm'}", "train.max_steps=2",
+                                        "train.batch_size=4", "train.max_length=64"])).run_dir
+    one = write_jsonl(tmp_path / "one.jsonl", [{"prompt": "Colour 3?", "chosen": "blue", "rejected": "no"}])
+    s = prepared_for("rlhf", tmp_path, [{"prompt": f"Colour {i}?"} for i in range(4)], "method=lora",
+                     f"rlhf.reward_model={reward_run}", "rlhf.algorithm=rloo", "train.batch_size=4",
+                     "rlhf.max_completion_length=4", "rlhf.num_generations=2")
+    tokenizer, model = load_reward_run(reward_run)
+    held = REWARD.held_out(s.config, tokenizer, load_dataset(one, "auto"), None)
+    expected = rewards(model, held.chosen, tokenizer.pad_token_id, 4)
+    assert s.prepared.held_out.reward(prompts=["Colour 3?"], completions=["blue"]) == pytest.approx(expected)
+
+    policy = get_method("lora").apply(s.model, s.config, s.spec)
+    args = {**common_args(s.config, tmp_path / "ck"), "max_steps": 1, "save_strategy": "no"}
+    trainer = s.task.trainer(policy, s.tokenizer, s.prepared, args, [])
+    assert type(trainer).__name__ == "RLOOTrainer" and trainer.args.num_generations == 2
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_rlhf_refuses_a_run_of_another_task_as_reward_model(tmp_path):
+    from tunelab.tasks.reward import load_reward_run
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "config.yaml").write_text("task: sft\nmodel: tiny-random-llama\nmethod: lora\n")
+    with pytest.raises(ConfigError, match='is a run of task "sft"; expected "reward"'):
+        load_reward_run(tmp_path)
