@@ -26,6 +26,7 @@ VALID = {
     "entity_spans": {"text": "Ada lived in Paris", "spans": [{"start": 13, "end": 18, "label": "LOC"}]},
     "pairs": {"anchor": "reset my password", "positive": "How to reset a password"},
     "triplets": {"anchor": "reset my password", "positive": "How to reset a password", "negative": "Office hours"},
+    "prompt": {"prompt": "Pick a colour."},
 }
 ALSO = {  # valid rows in each other form a shape reads (its optional fields), normalised on load
     "preference": {"input": {"messages": [{"role": "user", "content": "Pick a colour."}]},
@@ -146,7 +147,7 @@ def test_labels_copy_their_tokens_and_length_counts_them(name, tokenizer):
     assert tokenizer.decode(ids[last - 1]).strip() in at(fields, cut)  # the field named holds the cut answer
 
 
-@pytest.mark.parametrize("name", having("generation_prompt"))
+@pytest.mark.parametrize("name", [n for n in having("generation_prompt") if n in having("encode")])
 def test_the_generation_prompt_is_the_training_prefix(name, tokenizer):
     shape, fields = get_format(name), VALID[name]
     ids, labels = shape.encode(fields, tokenizer)

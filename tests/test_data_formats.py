@@ -74,7 +74,11 @@ def test_format_is_detected_by_majority_not_the_first_row(tmp_path):
     assert [(p.line, p.field) for p in checked.problems] == [(1, "prompt"), (1, "completion")]
 
 
-def test_run_refuses_rows_no_task_trains_on(tmp_path, tiny_config):
+def test_run_refuses_rows_no_task_trains_on(tmp_path, tiny_config, monkeypatch):
+    from tunelab.tasks import TASKS
+
+    for name in [n for n, task in TASKS.items() if "preference" in task.formats]:
+        monkeypatch.delitem(TASKS, name)  # every shipped format has a task now: take away preference's
     rows = [{"prompt": f"q {i}", "chosen": "yes", "rejected": "no"} for i in range(6)]
     train = write_jsonl(tmp_path / "pairs.jsonl", rows)
     config = tiny_config(f"data.train={train}", "data.eval=null")

@@ -205,3 +205,8 @@ def test_a_generation_metric_without_generations_is_refused(tmp_path, code_words
 
     with pytest.raises(ConfigError, match='train.best_metric: "exact_match" is not measured when task "sft" validates'):
         quick_run(tmp_path, code_words, "train.early_stopping_patience=2", "train.best_metric=exact_match")
+
+
+def test_without_a_held_out_loss_the_fit_is_not_measured():
+    ev = Evidence([(1, 0.9), (2, 0.1)], [], held_out_after={"mean_reward": 0.5})
+    assert diagnose(ev)["verdict"] == "not measured" and diagnose(ev)["suggestions"] == []

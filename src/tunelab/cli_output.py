@@ -66,7 +66,8 @@ class ConsoleProgress:
 
         shown = [f"{describe(k).label} {fmt(k, v)}" for k, v in e.items()
                  if k not in ("type", "time", "step", "epoch", "eval_loss") and isinstance(v, (int, float))]
-        self.say(f"step {e['step']}: eval loss {e['eval_loss']:.4f}" + (f" ({', '.join(shown)})" if shown else ""))
+        loss = f"eval loss {e['eval_loss']:.4f}" if "eval_loss" in e else "eval"  # an RL task has no held-out loss
+        self.say(f"step {e['step']}: {loss}" + (f" ({', '.join(shown)})" if shown else ""))
 
     def close(self) -> None:
         if self.bar is not None:

@@ -389,6 +389,17 @@ class Preference(Format):
     def text(self, fields: Fields) -> str:
         return "\n".join(_joined(fields[k]) for k in ("prompt", "chosen", "rejected"))
 
+    def generation_prompt(self, fields: Fields, tokenizer: Any) -> Prompt:
+        """The prompt, with the chosen answer as the reference."""
+        if isinstance(fields["prompt"], list) or isinstance(fields["chosen"], list):
+            prompt = fields["prompt"] if isinstance(fields["prompt"], list) else \
+                [{"role": "user", "content": fields["prompt"]}] if fields["prompt"] else []
+            chosen = fields["chosen"] if isinstance(fields["chosen"], list) else \
+                [{"role": "assistant", "content": fields["chosen"]}]
+            return chat_prompt(prompt + chosen, tokenizer)
+        ids = tokenizer(fields["prompt"], add_special_tokens=True)["input_ids"]
+        return Prompt(ids, fields["chosen"], fields["prompt"])
+
     def token_length(self, fields: Fields, tokenizer: Any, max_length: int) -> tuple[int, str]:
         sizes = {k: _count(tokenizer, _joined(fields["prompt"]) + _joined(fields[k])) for k in ("chosen", "rejected")}
         longest = max(sizes, key=sizes.get)
@@ -542,3 +553,37 @@ class Triplets(Pairs):
 
 
 register_format(Triplets())
+
+
+class PromptOnly(Format):
+    """A prompt alone (a string or chat turns ending with a user turn): what online RL answers and scores."""
+
+    name = "prompt"
+    required = ("prompt",)
+    detect_by = (("prompt",),)
+    priority = 90  # after every shape that has a prompt and more
+    example = {"prompt": "Reply with a JSON object naming the capital of France."}
+
+    def check(self, row: Row) -> list[Problem]:
+        value = row.fields.get("prompt", MISSING)
+        if isinstance(value, list):
+            return check_turns(row.line, "prompt", value, need_assistant=False)
+        return string_problems(row, ("prompt",))
+
+    def text(self, fields: Fields) -> str:
+        return _joined(fields["prompt"])
+
+    def token_length(self, fields: Fields, tokenizer: Any, max_length: int) -> tuple[int, str]:
+        n = _count(tokenizer, _joined(fields["prompt"]))
+        return n, "prompt" if n > max_length else ""
+
+    def generation_prompt(self, fields: Fields, tokenizer: Any) -> Prompt:
+        """The prompt as the policy reads it (chat turns through the template); there is no reference."""
+        if isinstance(fields["prompt"], list):
+            text = tokenizer.apply_chat_template(fields["prompt"], tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            return Prompt(ids, "", _joined(fields["prompt"]))
+        return Prompt(tokenizer(fields["prompt"], add_special_tokens=True)["input_ids"], "", fields["prompt"])
+
+
+register_format(PromptOnly())

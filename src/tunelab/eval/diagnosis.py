@@ -21,6 +21,7 @@ SUGGEST = {
     "underfitting": ["more epochs or steps (train.epochs, train.max_steps)", "a higher learning rate",
                      "a larger rank (lora.r) or method=full"],
     "good fit": [],
+    "not measured": [],
 }
 Z = 2.0  # a change must exceed about two standard errors (95%) before it counts as one
 
@@ -191,6 +192,10 @@ def stop_sooner(ev: Evidence, findings: list[Finding]) -> str:
 def diagnose(ev: Evidence) -> dict[str, Any]:
     """{"verdict", "findings", "suggestions"}: overfitting wins over underfitting when both show."""
     findings = [f for f in (rule(ev) for rule in RULES) if f is not None]
+    if not findings and not ev.eval_curve and "eval_loss" not in ev.held_out_after:
+        # No held-out loss (online RL has none) and nothing else spoke: "good fit" would claim what was not measured.
+        return {"verdict": "not measured", "findings": [{"diagnosis": "not measured", "evidence":
+                "the task reports no held-out loss to compare with the training loss"}], "suggestions": []}
     kinds = {f["diagnosis"] for f in findings}
     verdict = next((k for k in ("overfitting", "underfitting") if k in kinds), "good fit")
     chosen = [f for f in findings if f["diagnosis"] == verdict]

@@ -165,12 +165,24 @@ for _metric in (
     Metric("recall_at_1", "recall@1", None),
     Metric("recall_at_10", "recall@10", None),
     Metric("mrr", "MRR", None),
+    # Scored by preference and RL tasks from rewards, not from generations against references.
+    Metric("pairwise_accuracy", "pairwise accuracy", None),
+    Metric("reward_margin", "reward margin", None, percent=False),
+    Metric("mean_reward", "mean reward", None, percent=False),
 ):
     register_metric(_metric)
 
 LOSS_ONLY = {m.name: m for m in (
     Metric("eval_loss", "eval loss", None, percent=False, higher_is_better=False),
     Metric("eval_loss_se", "eval loss SE", None, percent=False, higher_is_better=False, compared=False))}
+
+
+def pairwise_scores(chosen: list[float], rejected: list[float]) -> dict[str, float]:
+    """Share of pairs whose chosen reward is strictly higher (a tie is not a win) and the mean margin."""
+    if not chosen:
+        return {"pairwise_accuracy": 0.0, "reward_margin": 0.0}
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    return {"pairwise_accuracy": sum(m > 0 for m in margins) / len(margins), "reward_margin": sum(margins) / len(margins)}
 
 
 def describe(name: str) -> Metric:

@@ -1,0 +1,213 @@
+"""Online RL from a reward (TRL's GRPOTrainer, or RLOOTrainer with `rlhf.algorithm: rloo`) on prompt rows.
+
+The reward is either a Python function the user names (`rlhf.reward_function: "module:function"`) or a
+reward model trained by the `reward` task (`rlhf.reward_model: <its run directory>`). A function is called
+as TRL calls it:
+
+    def f(prompts: list, completions: list, **kwargs) -> list[float]
+
+one float per completion; prompts and completions are strings for string prompts, and chat turns for chat
+prompts (a completion is then `[{"role": "assistant", "content": ...}]`); `kwargs` carries TRL's extras
+(`completion_ids`, `trainer_state`, ...), so accept and ignore what you do not read. A function that
+raises or returns anything but one real number per completion stops the run with an error naming it and
+the prompt. Held out, `mean_reward` is the reward of the model's greedy answer to each prompt.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from tunelab.errors import ConfigError, DataError
+from tunelab.models.loading import ModelSpec
+from tunelab.scoring.generate import generate
+from tunelab.settings import Section, register_section
+from tunelab.tasks.base import FORGETTING, GENERATION, Scores, register_task
+from tunelab.tasks.lm import GenerationCase, LmTask
+from tunelab.tasks.preference import TrlPrepared, trl_config, trl_dataset
+
+
+class RlhfSettings(Section):
+    algorithm: Literal["grpo", "rloo"] = Field("grpo", description="TRL's online RL trainer: GRPO or RLOO.")
+    reward_function: str | None = Field(
+        None, pattern=r"^[\w.]+:\w+$",
+        description='The reward as "module:function" (importable from the working directory), called as '
+                    "f(prompts, completions, **kwargs) -> list[float].")
+    reward_model: Path | None = Field(None, description="The reward as the run directory of a `reward` task run.")
+    num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group compared).")
+    max_completion_length: int = Field(32, ge=1, description="Tokens generated per completion, in training and "
+                                                             "for the held-out mean reward.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the training completions.")
+    beta: float = Field(0.0, ge=0, description="KL penalty towards the base; 0 needs no reference model.")
+
+    @model_validator(mode="after")
+    def one_reward(self) -> RlhfSettings:
+        if (self.reward_function is None) == (self.reward_model is None):
+            raise ValueError("set exactly one of rlhf.reward_function and rlhf.reward_model")
+        return self
+
+
+register_section("rlhf", RlhfSettings)
+
+
+def _prompt_text(prompt: Any) -> str:
+    return prompt if isinstance(prompt, str) else prompt[-1]["content"]
+
+
+class CheckedReward:
+    """The user's reward function, each call checked: an exception or a non-number names the function and
+    the prompt it failed on."""
+
+    def __init__(self, fn: Any, name: str):
+        self.fn, self.name, self.__name__ = fn, name, name.split(":")[-1]
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+        try:
+            out = self.fn(prompts=prompts, completions=completions, **kwargs)
+        except Exception as err:  # the user's code: any failure is reported with the prompt it failed on
+            raise DataError(f'rlhf.reward_function "{self.name}" raised {type(err).__name__}: {err} '
+                            f'(on prompt {_prompt_text(self._failing(prompts, completions)[0])!r})') from None
+        if not isinstance(out, (list, tuple)) or len(out) != len(completions):
+            raise DataError(f'rlhf.reward_function "{self.name}" must return a list of {len(completions)} numbers '
+                            f"(one per completion), got {type(out).__name__} (on prompt {_prompt_text(prompts[0])!r})")
+        for value, prompt in zip(out, prompts):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise DataError(f'rlhf.reward_function "{self.name}" returned {value!r}, expected a finite number '
+                                f"(on prompt {_prompt_text(prompt)!r})")
+        return [float(v) for v in out]
+
+    def _failing(self, prompts: list[Any], completions: list[Any]) -> tuple[Any, Any]:
+        """The first (prompt, completion) the function raises on alone, else the first of the batch."""
+        for prompt, completion in zip(prompts, completions):
+            try:
+                self.fn(prompts=[prompt], completions=[completion])
+            except Exception:  # noqa: BLE001 - looking for the culprit
+                return prompt, completion
+        return prompts[0], completions[0]
+
+
+def load_reward_function(name: str) -> CheckedReward:
+    module, _, attr = name.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # "importable from the working directory", also under the console script
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f'rlhf.reward_function: cannot load "{name}": {err}') from None
+    if not callable(fn):
+        raise ConfigError(f'rlhf.reward_function: "{name}" is not a function(prompts, completions, **kwargs)')
+    return CheckedReward(fn, name)
+
+
+class RewardModel:
+    """A `reward` run's model as a reward function: scores prompt + completion as the reward task trained it."""
+
+    def __init__(self, run_dir: Path):
+        from tunelab.tasks.reward import load_reward_run
+
+        self.__name__ = f"reward_model:{run_dir.name}"
+        self.tokenizer, self.model = load_reward_run(run_dir)
+
+    def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+        from tunelab.tasks.preference import render_pair
+        from tunelab.tasks.reward import rewards, sequence
+
+        texts = []
+        for prompt, completion in zip(prompts, completions):
+            head, answer, _ = render_pair({"prompt": prompt, "chosen": completion, "rejected": ""}, self.tokenizer)
+            texts.append(sequence(head + answer, self.tokenizer, 4096))
+        return rewards(self.model, texts, self.tokenizer.pad_token_id, batch_size=16)
+
+
+def reward_of(config: Any) -> Any:
+    r = config.rlhf
+    return load_reward_function(r.reward_function) if r.reward_function else RewardModel(Path(r.reward_model))
+
+
+@dataclass
+class PromptSet:
+    """Held-out prompts: as the policy reads them (cases), as the reward reads them, and the reward itself."""
+
+    cases: list[GenerationCase]
+    prompts: list[Any]
+    reward: Any
+
+
+class Rlhf(LmTask):
+    name = "rlhf"
+    description = "Online RL (TRL GRPO or RLOO) on prompt rows against a reward function or a reward model."
+    formats = ("prompt",)
+    sections = ("rlhf",)
+    evidence = frozenset({GENERATION, FORGETTING})
+    default_metrics = ("mean_reward",)
+
+    def model_spec(self, config: Any, train: Any) -> ModelSpec:
+        if config.train.batch_size % config.rlhf.num_generations:
+            raise ConfigError(f"train.batch_size: {config.train.batch_size} must be a multiple of "
+                              f"rlhf.num_generations ({config.rlhf.num_generations}): a batch holds whole groups")
+        return ModelSpec(self.model_kind)
+
+    def metric_names(self, config: Any) -> list[str]:
+        return list(self.default_metrics)
+
+    def validation_metrics(self, config: Any) -> list[str]:
+        return list(self.default_metrics)
+
+    def batch_multiple(self, config: Any) -> int:
+        return config.rlhf.num_generations
+
+    def prepare(self, config: Any, tokenizer: Any, train: Any, held: Any, events: Any) -> TrlPrepared:
+        held_out = self.held_out(config, tokenizer, held, events)
+        sample = train.sample(config.eval.train_sample, config.train.seed)
+        r = config.rlhf
+        return TrlPrepared([{"prompt": row["prompt"]} for row in train.rows], held_out, self.metric_names(config),
+                           PromptSet(self.generation_cases(sample, tokenizer, 0), [row["prompt"] for row in sample.rows],
+                                     held_out.reward) if sample.rows else None,
+                           options={"algorithm": r.algorithm, "reward": held_out.reward,
+                                    "num_generations": r.num_generations, "temperature": r.temperature,
+                                    "max_completion_length": r.max_completion_length, "beta": r.beta})
+
+    def held_out(self, config: Any, tokenizer: Any, dataset: Any, events: Any) -> PromptSet:
+        cases = self.generation_cases(dataset, tokenizer, config.eval.max_examples)
+        prompts = [row["prompt"] for row in dataset.rows][: len(cases)]
+        return PromptSet(cases, prompts, reward_of(config))
+
+    def collator(self, tokenizer: Any) -> Any:
+        raise NotImplementedError("GRPOTrainer/RLOOTrainer tokenizes and batches its own rows")
+
+    def trainer(self, model: torch.nn.Module, tokenizer: Any, prepared: TrlPrepared, args: dict[str, Any],
+                callbacks: list[Any]) -> Any:
+        from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+        o = dict(prepared.options)
+        config_class, trainer_class = (GRPOConfig, GRPOTrainer) if o.pop("algorithm") == "grpo" else \
+            (RLOOConfig, RLOOTrainer)
+        reward = o.pop("reward")
+        return trainer_class(model=model, reward_funcs=reward, args=trl_config(config_class, args, **o),
+                             train_dataset=trl_dataset(prepared.train), processing_class=tokenizer,
+                             callbacks=callbacks)
+
+    def validate(self, model: torch.nn.Module, tokenizer: Any, held_out: PromptSet, config: Any,
+                 want: tuple[str, ...] = ()) -> dict[str, float]:
+        return self.evaluate(model, tokenizer, held_out, config).metrics
+
+    def evaluate(self, model: torch.nn.Module, tokenizer: Any, held_out: PromptSet, config: Any) -> Scores:
+        answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], config.rlhf.max_completion_length,
+                           batch_size=config.eval.batch_size)
+        completions = [a if isinstance(p, str) else [{"role": "assistant", "content": a}]
+                       for p, a in zip(held_out.prompts, answers)]
+        scores = held_out.reward(prompts=held_out.prompts, completions=completions) if answers else []
+        samples = [{"line": c.line, "prompt": c.prompt_text, "reference": "", "output": a, "reward": s}
+                   for c, a, s in zip(held_out.cases, answers, scores)]
+        return Scores({"mean_reward": sum(scores) / len(scores) if scores else 0.0}, samples)
+
+
+register_task(Rlhf())

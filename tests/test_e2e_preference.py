@@ -1,0 +1,32 @@
+"""End to end on the bundled SmolLM2: short reward and DPO runs on the preference example (JSON answers
+beat prose) improve their held-out preference metrics over the untuned model. rlhf is measured by hand
+(docs/tasks-preference.md): GRPO on the bundled model takes longer than these tests may."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.conftest import EXAMPLES
+from tunelab.config import load_config
+from tunelab.train.run import run
+
+SHORT = ["train.max_steps=10", "eval.forgetting_probe=false", "eval.few_shot_k=0", "eval.train_sample=8"]
+
+
+@pytest.mark.e2e
+def test_reward_model_learns_the_preference(tmp_path):
+    config = load_config(EXAMPLES / "reward.yaml", [f"output_dir={tmp_path / 'run'}", *SHORT])
+    before, after = (run(config).summary[k] for k in ("before", "after"))
+    assert after["pairwise_accuracy"] >= before["pairwise_accuracy"] + 0.2
+    assert after["reward_margin"] > before["reward_margin"] and after["eval_loss"] < before["eval_loss"]
+
+
+@pytest.mark.e2e
+def test_dpo_moves_the_policy_towards_the_chosen_answers(tmp_path):
+    config = load_config(EXAMPLES / "dpo.yaml", [f"output_dir={tmp_path / 'run'}", "eval.max_examples=8",
+                                                 "eval.metrics=[pairwise_accuracy,reward_margin,json_valid]", *SHORT])
+    before, after = (run(config).summary[k] for k in ("before", "after"))
+    assert before["eval_loss"] == pytest.approx(math.log(2))  # the untuned policy is its own reference
+    assert after["pairwise_accuracy"] >= 0.8 and after["reward_margin"] > 0 and after["eval_loss"] < math.log(2)
