@@ -5,6 +5,7 @@ fixture whose answer is known."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from types import SimpleNamespace
 
 import pytest
@@ -57,7 +58,7 @@ def setup(request, tmp_path_factory):
     path = write_jsonl(tmp / "rows.jsonl", ROWS[name])
     config = load_config(None, [f"data.train={path}", f"task={name}", f"model={MODEL[task.model_kind]}",
                                 "train.max_length=96", "eval.max_new_tokens=4", "eval.train_sample=8",
-                                "eval.few_shot_k=0", "method=full", "train.learning_rate=1e-3",
+                                "eval.few_shot_k=0", "method=full", "train.learning_rate=1e-3", "train.epochs=1",
                                 *OVERRIDES.get(name, [])])
     data = load_dataset(path, "auto")
     spec = task.model_spec(config, data)
@@ -74,11 +75,15 @@ def test_rows_become_batches(setup):
     s = setup
     args = {**common_args(s.config, s.tmp / "batches"), "per_device_train_batch_size": 4, "save_strategy": "no"}
     batch = next(iter(s.task.trainer(s.model, s.tokenizer, s.prepared, args, []).get_train_dataloader()))
-    tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)} if isinstance(batch, dict) else {}
+    tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)} if isinstance(batch, Mapping) else {}
     ids = [k for k in tensors if k.endswith("input_ids")]  # a pair task's batch holds one set per text column
     if not ids:
         pytest.skip("an online-RL trainer batches raw prompts and generates its own tokens (its loss test covers it)")
-    assert all(tensors[k].shape[0] == 4 for k in ids)
+    if "position_ids" in tensors and tensors["input_ids"].shape[0] == 1:  # padding-free: four rows end to end
+        assert int((tensors["position_ids"] == 0).sum()) == 4
+        return
+    per_row = 2 if s.data.format == "preference" else 1  # TRL stacks a pair's chosen and rejected sequences
+    assert all(tensors[k].shape[0] == 4 * per_row for k in ids), {k: tuple(v.shape) for k, v in tensors.items()}
     assert all(tensors[k.replace("input_ids", "attention_mask")].shape == tensors[k].shape for k in ids)
     assert len(s.prepared.train) == len(ROWS[s.task.name])
 

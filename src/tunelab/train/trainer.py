@@ -16,6 +16,7 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from tunelab.config import RunConfig
+from tunelab.errors import ConfigError
 from tunelab.events import Events
 from tunelab.methods import get_method
 from tunelab.rundir import MetricsLog
@@ -47,6 +48,9 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
 def common_args(config: RunConfig, checkpoint_dir: Path) -> dict[str, Any]:
     """TrainingArguments fields every task's trainer gets (a TRL config takes the same fields)."""
     t = config.train
+    if t.epochs == "auto":
+        raise ConfigError("train.epochs=auto is a budget the run resolves from the data (train.budget.resolve_epochs); "
+                          "resolve it, or set train.epochs or train.max_steps, before building trainer arguments")
     return dict(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=t.batch_size,
