@@ -12,7 +12,7 @@ from tunelab.config import load_config
 from tunelab.errors import ConfigError
 from tunelab.methods import METHODS, count_params
 from tunelab.models import resolve_model
-from tunelab.models.loading import LoadRules, ModelSpec, load_pair
+from tunelab.models.loading import full_precision, LoadRules, ModelSpec, load_pair
 
 KINDS = {
     "causal_lm": ("tiny-random-llama", ModelSpec("causal_lm")),
@@ -39,8 +39,8 @@ def load(method: str, kind: str, quantized: bool = True):
     alias, spec = KINDS[kind]
     torch.manual_seed(0)  # the new head starts the same in every load
     options = METHODS[method].load_options(config_for(method, alias), spec)
-    if not quantized:  # keep options that shape the model (bitfit's bias slots); drop the quantized placement
-        options = {k: v for k, v in options.items() if k not in ("quantization_config", "device_map")}
+    if not quantized:
+        options = full_precision(options)
     return load_pair(resolve_model(alias), spec, LoadRules(), **options)[1], spec
 
 

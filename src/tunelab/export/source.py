@@ -64,10 +64,11 @@ def load_tuned(source: Source, full_precision: bool = False) -> tuple[Any, torch
     """Tokenizer and the run's tuned model, as the run built it; full_precision loads the base without the
     method's load options (no 4-bit base), which is what a merge needs."""
     from tunelab.models import resolve_model
-    from tunelab.models.loading import LoadRules, load_pair
+    from tunelab.models.loading import LoadRules, full_precision as without_quantization, load_pair
 
     spec, rules, method = spec_of(source), LoadRules.of(source.config), source.method
-    options = {} if full_precision else method.load_options(source.config, spec)
+    options = method.load_options(source.config, spec)
+    options = without_quantization(options) if full_precision else options
     tokenizer, base = load_pair(resolve_model(source.config.model), spec, rules, **options)
     model = method.load(base, source.run_dir / "model", spec, rules)
     return tokenizer, model.eval()

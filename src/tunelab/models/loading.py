@@ -88,6 +88,12 @@ def load_model(path: Path, spec: ModelSpec = ModelSpec(), rules: LoadRules = Loa
     return model if placed else model.to(device())
 
 
+def full_precision(options: dict[str, Any]) -> dict[str, Any]:
+    """A method's load options without the quantized placement: what a merge or an export loads. Options that
+    shape the model (bitfit's bias slots) stay."""
+    return {k: v for k, v in options.items() if k not in ("quantization_config", "device_map")}
+
+
 def quantized_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """bitsandbytes' 4-bit and 8-bit linear layers."""
     import bitsandbytes as bnb
