@@ -172,7 +172,7 @@ def test_a_bom_on_the_first_jsonl_line_is_read(tmp_path):
 
 @pytest.mark.parametrize("text,overrides,message", [
     ("a: " + "[" * 10_000 + "]" * 10_000, [], "nested too deeply"),
-    ("data: {train: x}", ["train.epochs=inf"], "train.epochs: Input should be a finite number"),
+    ("data: {train: x}", ["train.epochs=inf"], 'train.epochs: expected a positive number of passes or "auto", got "inf"'),
     ("data: {train: x}", ["train.learning_rate=.nan"], "train.learning_rate: Input should be a finite number"),
     ("data: {train: x}", ["output_dir=a\0b"], "output_dir: contains a NUL byte"),
 ])

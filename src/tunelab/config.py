@@ -7,6 +7,7 @@ from it. Paths inside a YAML file are relative to that file; overrides are relat
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -70,6 +71,20 @@ class TrainConfig(Section):
                              "The best weights are restored for the final numbers.")
     best_metric: str = Field("eval_loss", description="Validation metric early stopping watches: eval_loss, "
                                                       "perplexity or a generation metric such as exact_match.")
+
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _epochs_number_or_auto(cls, value: Any) -> Any:
+        """One message for the two forms, instead of pydantic's one per branch of the union."""
+        if value == "auto":
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or number <= 0:
+            raise ValueError(f'expected a positive number of passes or "auto", got "{value}"')
+        return number
 
     @field_validator("best_metric")
     @classmethod

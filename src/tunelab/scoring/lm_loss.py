@@ -22,9 +22,9 @@ def lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] 
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
         return None
-    if model._forward_pre_hooks or model._forward_hooks:  # a method hooks the model's own forward (diff-pruning
-        return None                                        # chooses its mask there): the shortcut would skip it
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if any(m._forward_pre_hooks or m._forward_hooks for m in (model, base)):
+        return None  # something hooks the model's own forward (diff-pruning chooses its mask there): keep calling it
     config = getattr(base, "config", None)
     if config is None or any(getattr(config, key, None) not in (None, 1, 1.0) for key in _HEAD_EXTRAS):
         return None
