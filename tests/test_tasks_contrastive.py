@@ -53,7 +53,7 @@ def setup(tmp_path_factory):
     path = write_jsonl(tmp / "rows.jsonl", ROWS)
 
     def make(method: str):
-        config = load_config(None, [f"data.train={path}", "task=contrastive", "model=tiny-random-bert",
+        config = load_config(None, ["train.epochs=1", f"data.train={path}", "task=contrastive", "model=tiny-random-bert",
                                     f"method={method}", "train.max_length=32"])
         data, task = load_dataset(path, "auto"), get_task("contrastive")
         spec = task.model_spec(config, data)

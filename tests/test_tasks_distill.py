@@ -55,7 +55,7 @@ def distill_setup(tmp_path):
     path = write_jsonl(tmp_path / "rows.jsonl", ROWS)
 
     def make(*overrides: str):
-        config = load_config(None, [f"data.train={path}", "task=distill", "model=tiny-random-llama",
+        config = load_config(None, ["train.epochs=1", f"data.train={path}", "task=distill", "model=tiny-random-llama",
                                     "distill.teacher=tiny-random-llama", "method=full", "train.max_length=32",
                                     "eval.max_new_tokens=2", "eval.train_sample=0", *overrides])
         task, data = get_task("distill"), load_dataset(path, "auto")

@@ -50,7 +50,7 @@ class LengthReward(torch.nn.Module):
 
 def prepared_for(task_name: str, tmp_path: Path, rows: list, *overrides: str):
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
-    config = load_config(None, [f"data.train={path}", f"task={task_name}", "model=tiny-random-llama",
+    config = load_config(None, ["train.epochs=1", f"data.train={path}", f"task={task_name}", "model=tiny-random-llama",
                                 "train.max_length=64", "eval.generate=false", *overrides])
     data = load_dataset(path, "auto")
     task = TASKS[task_name]
@@ -104,7 +104,7 @@ def test_dpo_trainer_keeps_no_adapter_copy_and_trl_flags_are_ours(tmp_path):
 def test_trl_config_follows_tunelab_arguments(tmp_path):
     from trl import RewardConfig
 
-    config = load_config(None, ["data.train=x.jsonl", "train.gradient_checkpointing=true"])
+    config = load_config(None, ["train.epochs=1", "data.train=x.jsonl", "train.gradient_checkpointing=true"])
     args = trl_config(RewardConfig, common_args(config, tmp_path))
     assert args.gradient_checkpointing is True and args.bf16 is False
 
@@ -122,7 +122,7 @@ def test_dpo_on_prompt_completion_rows_names_the_schema_with_an_example(tmp_path
     with pytest.raises(DataError) as err:
         choose_task(config, load_dataset(path, "auto"))
     message = str(err.value)
-    assert 'rows are "prompt_completion"' in message and "expects preference rows" in message
+    assert 'rows are "prompt_completion"' in message and 'expects preference (prompt+chosen+rejected), e.g. {' in message
     example = json.loads(message.split("e.g. ", 1)[1].split("; set task=", 1)[0])
     assert validate_row(Row(1, example), "preference") == []
 
