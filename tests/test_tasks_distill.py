@@ -13,9 +13,8 @@ from tunelab.config import load_config
 from tunelab.data import load_dataset
 from tunelab.data.tokens import IGNORE
 from tunelab.errors import ConfigError
-from tunelab.events import Events
 from tunelab.models import resolve_model
-from tunelab.models.loading import LoadRules, ModelSpec, load_model, load_pair
+from tunelab.models.loading import LoadRules, load_model, load_pair
 from tunelab.models.students import chosen_layers, student_from_teacher
 from tunelab.tasks import get_task, task_for_format
 from tunelab.tasks.distill import DistillHeldOut, distill_loss, teacher_comparison
