@@ -18,7 +18,8 @@ SHORT = ["train.max_steps=10", "eval.forgetting_probe=false", "eval.few_shot_k=0
 @pytest.mark.e2e
 def test_reward_model_learns_the_preference(tmp_path):
     config = load_config(EXAMPLES / "reward.yaml", [f"output_dir={tmp_path / 'run'}", *SHORT])
-    before, after = (run(config).summary[k] for k in ("before", "after"))
+    summary = run(config).summary
+    before, after = summary["before"], summary["after"]
     assert after["pairwise_accuracy"] >= before["pairwise_accuracy"] + 0.2
     assert after["reward_margin"] > before["reward_margin"] and after["eval_loss"] < before["eval_loss"]
 
@@ -27,6 +28,7 @@ def test_reward_model_learns_the_preference(tmp_path):
 def test_dpo_moves_the_policy_towards_the_chosen_answers(tmp_path):
     config = load_config(EXAMPLES / "dpo.yaml", [f"output_dir={tmp_path / 'run'}", "eval.max_examples=8",
                                                  "eval.metrics=[pairwise_accuracy,reward_margin,json_valid]", *SHORT])
-    before, after = (run(config).summary[k] for k in ("before", "after"))
+    summary = run(config).summary
+    before, after = summary["before"], summary["after"]
     assert before["eval_loss"] == pytest.approx(math.log(2))  # the untuned policy is its own reference
     assert after["pairwise_accuracy"] >= 0.8 and after["reward_margin"] > 0 and after["eval_loss"] < math.log(2)
