@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from tunelab.errors import ConfigError, ModelError
-from tunelab.methods.base import head_names
-from tunelab.models.loading import ModelSpec
+from tunelab.methods.base import Method, head_names
+from tunelab.models.loading import LoadRules, ModelSpec
 
 TENSORS = "trained.safetensors"
 SETTINGS = "tunelab_method.json"
@@ -163,3 +163,27 @@ def detach(layer: torch.nn.Module, name: str) -> None:
 def attached(model: torch.nn.Module, kind: type[Attached]) -> list[Attached]:
     return [m for m in model.modules() if isinstance(m, kind)]
 
+
+
+class PartialMethod(Method):
+    """A method that trains some of the model's own (or attached) tensors: it saves only those, loads them
+    over a fresh base after rebuilding what `settings` describes, and is switched off by setting them back."""
+
+    def settings(self, model: torch.nn.Module) -> dict[str, Any]:
+        """What `rebuild` needs to give a fresh base the trained model's shape (saved beside the tensors)."""
+        return {}
+
+    def rebuild(self, base: torch.nn.Module, settings: dict[str, Any]) -> None:
+        """Attach to a fresh base what this method added before training (nothing by default)."""
+
+    def save(self, model: torch.nn.Module, directory: Path) -> None:
+        save_trained(model, directory, self.name, self.settings(model))
+
+    def load(self, base: torch.nn.Module, directory: Path, spec: ModelSpec, rules: LoadRules) -> torch.nn.Module:
+        self.rebuild(base, read_settings(directory, self.name))
+        return load_over(base, directory)
+
+    @contextmanager
+    def disabled(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        with swapped_to_base(model, self.name) as base:
+            yield base

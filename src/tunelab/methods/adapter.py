@@ -10,9 +10,6 @@ blocks project back to `hidden_size`. The up-projection starts at zero: an untra
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -20,8 +17,8 @@ from pydantic import Field
 
 from tunelab.errors import ConfigError
 from tunelab.methods import _partial
-from tunelab.methods.base import Method, register_method
-from tunelab.models.loading import LoadRules, ModelSpec
+from tunelab.methods.base import register_method
+from tunelab.models.loading import ModelSpec
 from tunelab.settings import Section, register_section
 
 ACTIVATIONS = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU, "silu": torch.nn.SiLU, "tanh": torch.nn.Tanh}
@@ -79,7 +76,7 @@ def add_adapters(model: torch.nn.Module, settings: dict[str, Any]) -> None:
                                                 layer.weight))
 
 
-class Adapter(Method):
+class Adapter(_partial.PartialMethod):
     name = "adapter"
     description = ("Bottleneck adapters (Houlsby: after attention and MLP; Pfeiffer: after the MLP), attached by "
                    "forward hooks to any transformers decoder or encoder; identity at the start.")
@@ -94,17 +91,11 @@ class Adapter(Method):
         _partial.remember_base(model)
         return model
 
-    def save(self, model: torch.nn.Module, directory: Path) -> None:
-        _partial.save_trained(model, directory, self.name, model.tunelab_adapter_settings)
+    def settings(self, model: torch.nn.Module) -> dict[str, Any]:
+        return model.tunelab_adapter_settings
 
-    def load(self, base: torch.nn.Module, directory: Path, spec: ModelSpec, rules: LoadRules) -> torch.nn.Module:
-        add_adapters(base, _partial.read_settings(directory, self.name))
-        return _partial.load_over(base, directory)
-
-    @contextmanager
-    def disabled(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-        with _partial.swapped_to_base(model, self.name) as base:
-            yield base
+    def rebuild(self, base: torch.nn.Module, settings: dict[str, Any]) -> None:
+        add_adapters(base, settings)
 
 
 register_method(Adapter())

@@ -12,23 +12,20 @@ will not take it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from tunelab.methods import _partial
-from tunelab.methods.base import Method, register_method
+from tunelab.methods.base import register_method
 from tunelab.models import resolve_model
-from tunelab.models.loading import LoadRules, ModelSpec
+from tunelab.models.loading import ModelSpec
 
 # Config flags that add zero-initialised biases to models that have none (transformers' Llama, Mistral, ...).
 BIAS_FLAGS = ("attention_bias", "mlp_bias")
 
 
-class Bitfit(Method):
+class Bitfit(_partial.PartialMethod):
     name = "bitfit"
     description = ("Only bias terms train (BitFit). Llama, which has none, is loaded with zero biases on its "
                    "attention and MLP projections, so step 0 equals the base.")
@@ -52,20 +49,8 @@ class Bitfit(Method):
         _partial.remember_base(model)
         return model
 
-    def save(self, model: torch.nn.Module, directory: Path) -> None:
-        _partial.save_trained(model, directory, self.name, {})
-
-    def load(self, base: torch.nn.Module, directory: Path, spec: ModelSpec, rules: LoadRules) -> torch.nn.Module:
-        _partial.read_settings(directory, self.name)
-        return _partial.load_over(base, directory)
-
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
         return model  # the biases are weights of the plain model, and its config already declares them
-
-    @contextmanager
-    def disabled(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-        with _partial.swapped_to_base(model, self.name) as base:
-            yield base
 
 
 register_method(Bitfit())

@@ -14,8 +14,6 @@ Only the kept entries are stored (indices + values); merging adds them to the we
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,8 @@ from pydantic import Field
 
 from tunelab.errors import ConfigError
 from tunelab.methods import _partial
-from tunelab.methods.base import Method, register_method
-from tunelab.models.loading import LoadRules, ModelSpec
+from tunelab.methods.base import register_method
+from tunelab.models.loading import ModelSpec
 from tunelab.settings import Section, register_section
 
 NAME = "sparse_delta"  # the attached child's name, under the linear layer it changes
@@ -113,7 +111,7 @@ class MaskChooser:
         self.handle.remove()
 
 
-class DiffPruning(Method):
+class DiffPruning(_partial.PartialMethod):
     name = "diff-pruning"
     description = ("A sparse delta over the frozen weights: the top `density` entries of each block weight by "
                    "gradient magnitude on the first batches train; only those are stored.")
@@ -139,9 +137,9 @@ class DiffPruning(Method):
         indices = {n: b for n, b in model.named_buffers() if n.endswith(f"{NAME}.indices")}
         _partial.save_trained(model, directory, self.name, {"density": model.tunelab_diff_density}, indices)
 
-    def load(self, base: torch.nn.Module, directory: Path, spec: ModelSpec, rules: LoadRules) -> torch.nn.Module:
-        add_deltas(base, _partial.read_settings(directory, self.name)["density"])
-        return _partial.load_over(base, directory)
+
+    def rebuild(self, base: torch.nn.Module, settings: dict[str, Any]) -> None:
+        add_deltas(base, settings["density"])
 
     def info(self, model: torch.nn.Module) -> dict[str, Any]:
         deltas = _partial.attached(model, SparseDelta)
@@ -159,11 +157,6 @@ class DiffPruning(Method):
                     layer.weight += getattr(layer, NAME).dense()
                     _partial.detach(layer, NAME)
         return model
-
-    @contextmanager
-    def disabled(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-        with _partial.swapped_to_base(model, self.name) as base:
-            yield base
 
 
 register_method(DiffPruning())

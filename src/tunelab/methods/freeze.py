@@ -7,9 +7,6 @@ are one tensor: `train_head` then trains the embedding too, and it is counted an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,8 +14,8 @@ from pydantic import Field
 
 from tunelab.errors import ConfigError
 from tunelab.methods import _partial
-from tunelab.methods.base import Method, register_method
-from tunelab.models.loading import LoadRules, ModelSpec
+from tunelab.methods.base import register_method
+from tunelab.models.loading import ModelSpec
 from tunelab.settings import Section, register_section
 
 
@@ -33,7 +30,7 @@ class FreezeSettings(Section):
 register_section("freeze", FreezeSettings)
 
 
-class Freeze(Method):
+class Freeze(_partial.PartialMethod):
     name = "freeze"
     description = ("Freeze the body; train the last N transformer blocks and/or the output head (tied to the "
                    "input embedding on Llama: training the head trains it, counted once).")
@@ -59,20 +56,8 @@ class Freeze(Method):
         _partial.remember_base(model)
         return model
 
-    def save(self, model: torch.nn.Module, directory: Path) -> None:
-        _partial.save_trained(model, directory, self.name, {})
-
-    def load(self, base: torch.nn.Module, directory: Path, spec: ModelSpec, rules: LoadRules) -> torch.nn.Module:
-        _partial.read_settings(directory, self.name)
-        return _partial.load_over(base, directory)
-
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
         return model  # the trained tensors are already the model's weights
-
-    @contextmanager
-    def disabled(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-        with _partial.swapped_to_base(model, self.name) as base:
-            yield base
 
 
 register_method(Freeze())
