@@ -109,9 +109,10 @@ def test_paged_optimizer_is_refused_on_cpu_before_any_model_loads(monkeypatch, t
 def test_paged_optimizer_reaches_the_trainer_arguments(tmp_path):
     from tunelab.train.trainer import common_args
 
-    assert common_args(config_for("lora-int8", "quantized.paged_optimizer=true"), tmp_path)["optim"] \
+    fixed = "train.epochs=1"  # epochs=auto is resolved from the data before trainer arguments exist
+    assert common_args(config_for("lora-int8", fixed, "quantized.paged_optimizer=true"), tmp_path)["optim"] \
         == "paged_adamw_8bit"
-    assert "optim" not in common_args(config_for("lora-int8"), tmp_path)
+    assert "optim" not in common_args(config_for("lora-int8", fixed), tmp_path)
 
 
 def test_prompt_tuning_refuses_a_classifier_by_its_declared_kinds():
