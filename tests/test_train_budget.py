@@ -42,3 +42,34 @@ def test_an_auto_run_validates_stops_early_and_keeps_the_best(tiny_config):
     assert stopping["stopped_early_at"] is not None  # a rate of 0.5 wrecks the model: validation stops improving
     assert result.summary["train"]["steps"] < budget["max_steps"]
     assert stopping["best_step"] < stopping["final_step"] and stopping["restored"]
+
+
+def test_early_stopping_validates_on_rows_set_aside_from_train_never_on_held_out(tiny_config, monkeypatch):
+    import json
+
+    from tunelab.train.run import run
+
+    task, seen = get_task("sft"), []
+    validate = task.validate
+    monkeypatch.setattr(task, "validate", lambda model, tok, held, *a, **k: seen.append(held) or validate(model, tok, held, *a, **k))
+    config = tiny_config("train.max_steps=-1", "train.epochs=1", "train.early_stopping_patience=2",
+                         "train.eval_steps=1", "eval.generate=false", "eval.forgetting_probe=false",
+                         "eval.few_shot_k=0", "eval.train_sample=0")
+    result = run(config)
+    data = json.loads((result.run_dir / "data.json").read_text())
+    assert (data["train"]["rows"], data["validation_rows"]) == (18, 2)  # 10% of the 20 training rows
+    assert result.summary["early_stopping"]["validation_rows"] == 2
+    assert seen and all(len(held.encoded) == 2 for held in seen)  # every validation: the 2 rows, not the held-out set
+
+
+@pytest.mark.parametrize("overrides, carved", [(("train.max_steps=-1",), True),  # epochs=auto
+                                                (("train.max_steps=-1", "train.epochs=2"), False),
+                                                (("train.max_steps=4",), False),
+                                                (("train.max_steps=4", "train.early_stopping_patience=1"), True)])
+def test_rows_are_set_aside_only_when_the_run_stops_early(tiny_config, overrides, carved):
+    from tunelab.data import load_dataset
+    from tunelab.train.run import validation_split
+
+    config = tiny_config(*overrides)
+    train, validation = validation_split(config, load_dataset(config.data.train, "auto", {}))
+    assert (len(train.rows), validation is not None) == ((18, True) if carved else (20, False))

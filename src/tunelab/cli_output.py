@@ -29,7 +29,8 @@ class ConsoleProgress:
         (self.bar.write if self.bar else lambda t: print(t, file=self.stream))(text)
 
     def _on_run_started(self, e: Event) -> None:
-        self.say(f"run dir {e['run_dir']}  ({e['train_rows']} train rows, {e['eval_rows']} held-out rows)")
+        validation = f", {e['validation_rows']} validation rows set aside" if e.get("validation_rows") else ""
+        self.say(f"run dir {e['run_dir']}  ({e['train_rows']} train rows{validation}, {e['eval_rows']} held-out rows)")
 
     def _on_warning(self, e: Event) -> None:
         self.say(f"warning: {e['message']}")

@@ -25,6 +25,9 @@ class DataConfig(Section):
     train: Path = Field(description="Training data file (JSONL, CSV, Parquet) or datasets directory.")
     eval: Path | None = Field(None, description="Held-out file; if absent, a seeded split of train.")
     eval_fraction: float = Field(0.1, gt=0, lt=1, description="Share of train held out when eval is absent.")
+    validation_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of train set aside to validate on when early stopping is on (epochs=auto "
+                                     "or train.early_stopping_patience): choosing when to stop never sees eval rows.")
     format: Literal[("auto", *FORMATS)] = Field(  # the registered row formats (data.formats)
         "auto", description="Row schema; auto detects it from the rows' fields.")
     columns: dict[str, str] = Field(

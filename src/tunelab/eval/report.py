@@ -97,7 +97,8 @@ def fit_sentences(summary: dict[str, Any]) -> list[str]:
     stop = summary.get("early_stopping")
     if stop and stop.get("best_step") is not None:
         how = f"stopped early at step {stop['stopped_early_at']}" if stop["stopped_early_at"] else "ran to the end"
-        lines.append(f"Early stopping on {stop['metric']}: {how}; the final numbers use the best weights, from "
+        on = f" of {stop['validation_rows']} rows set aside from train" if stop.get("validation_rows") else ""
+        lines.append(f"Early stopping on {stop['metric']}{on}: {how}; the final numbers use the best weights, from "
                      f"step {stop['best_step']} ({stop['metric']} {stop['best_value']:.4f}).")
     return lines
 

@@ -45,15 +45,18 @@ def _figure(width: float = 7.0, height: float = 3.4) -> tuple[Any, Any]:
     return pyplot.subplots(figsize=(width, height))
 
 
-def curves_png(run_dir: Path) -> str | None:
-    """Train and held-out loss against step, from metrics.jsonl."""
+def curves_png(run_dir: Path, summary: dict[str, Any]) -> str | None:
+    """Train and validation loss against step, from metrics.jsonl (validation: the held-out rows, or under early
+    stopping the rows set aside from train)."""
     train, held = read_curves(run_dir / "metrics.jsonl")
+    carved = (summary.get("early_stopping") or {}).get("validation_rows")
+    held_label = f"validation loss ({carved} rows set aside from train)" if carved else "held-out loss"
     if not train and not held:
         return None
     from matplotlib import pyplot
 
     fig, ax = _figure()
-    for curve, label, style in ((train, "train loss", ".-"), (held, "held-out loss", "o-")):
+    for curve, label, style in ((train, "train loss", ".-"), (held, held_label, "o-")):
         if curve:
             ax.plot([p.step for p in curve], [p.value for p in curve], style, label=label)
     ax.set_xlabel("step")
@@ -131,7 +134,7 @@ def _section(title: str, body: str) -> str:
 
 def render_html(run_dir: Path, summary: dict[str, Any], samples: list[dict[str, Any]]) -> str:
     plots = "".join(f'<img alt="{escape(alt)}" src="data:image/png;base64,{png}">'
-                    for alt, png in (("loss curves", curves_png(run_dir)), ("scores", scores_png(summary))) if png)
+                    for alt, png in (("loss curves", curves_png(run_dir, summary)), ("scores", scores_png(summary))) if png)
     leak = leakage(run_dir)
     parts = [
         f"<h1>tunelab run: {escape(run_dir.name)}</h1>",

@@ -63,8 +63,9 @@ def sweep(raw: dict[str, Any], opts: SweepOptions, on_event: Listener | None = N
     data_values, task = carve_validation(config, out, opts.validation_fraction)
     metric = choose_metric(config, task, opts.metric)
     extra = {**data_values, "train.best_metric": metric} if metric in task.validation_metrics(config) else data_values
-    study = open_study(out, opts, config, higher=describe(metric).higher_is_better)
-    enqueue_default(study, dims, config)
+    with file_lock(out / ".study.lock"):  # workers starting together: one creates the tables and queues the default
+        study = open_study(out, opts, config, higher=describe(metric).higher_is_better)
+        enqueue_default(study, dims, config)
     events = Events(on_event)
     run_trials(study, objective(raw, dims, extra, metric, out, opts, events), opts, events)
     top = study.best_trial
@@ -161,8 +162,8 @@ def steps_chosen(summary: dict[str, Any]) -> int:
 
 
 def fixed_length(trial: optuna.trial.FrozenTrial | None) -> dict[str, Any]:
-    """Train the held-out run for the steps the trial chose on validation, with early stopping off: with
-    `epochs=auto` it would otherwise stop on the held-out set, and the held-out number would be chosen by it."""
+    """Train the held-out run for the steps the trial chose on validation, with early stopping off: the length
+    is part of what the trial chose, and the scoring run then trains on every fit row."""
     if trial is None or "steps" not in trial.user_attrs:
         return {}
     return {"train.max_steps": trial.user_attrs["steps"], "train.early_stopping_patience": 0}

@@ -28,6 +28,12 @@ def watched_metric(config: Any, task: Any) -> str:
     return next((m for m in task.metric_names(config) if m in allowed), "eval_loss")
 
 
+def stops_early(config: Any) -> bool:
+    """Whether the run validates to stop early: asked for, or implied by epochs=auto (resolve_epochs)."""
+    t = config.train
+    return t.early_stopping_patience > 0 or (t.epochs == "auto" and t.max_steps <= 0)
+
+
 def resolve_epochs(config: Any, task: Any, n_rows: int) -> dict[str, Any] | None:
     """Replace epochs=auto by numbers (written into the run's config.yaml, so a resume finds the same ones);
     the chosen budget, or None when the user fixed the length."""

@@ -30,7 +30,7 @@ from tunelab.models.loading import LoadRules, load_pair
 from tunelab.rundir import MetricsLog, directory_bytes, write_json, write_run_header, write_samples
 from tunelab.scoring.metrics import describe
 from tunelab.tasks import TASKS, Task, get_task, task_for_format
-from tunelab.train.budget import resolve_epochs
+from tunelab.train.budget import resolve_epochs, stops_early
 from tunelab.train.guards import train_guarded
 from tunelab.train.resume import find_run_dir, prepare_resume
 from tunelab.train.trainer import Progress, common_args, quiet
@@ -51,15 +51,18 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     get_method(config.method).check_machine(config)
     train_data, held_data = load_data(config)
     task, method = get_task(config.task), get_method(config.method)
+    spec, model_path = task.model_spec(config, train_data), resolve_model(config.model)  # labels from every train row
+    train_data, validation_data = validation_split(config, train_data)
     budget = resolve_epochs(config, task, len(train_data.rows))  # epochs=auto: numbers before config.yaml is written
-    spec, model_path = task.model_spec(config, train_data), resolve_model(config.model)
-    run_dir, resume_from = open_run_dir(config, train_data, held_data, resume, events)
+    run_dir, resume_from = open_run_dir(config, train_data, held_data, validation_data, resume, events)
 
     torch.manual_seed(config.train.seed)
     tokenizer, model = load_pair(model_path, spec, LoadRules.of(config),
                                  **method.load_options(config, spec))
     method.check_model(model, spec)
     prepared = task.prepare(config, tokenizer, train_data, held_data, events)
+    validation_set = prepared.held_out if validation_data is None else \
+        task.held_out(config, tokenizer, validation_data, None)
     best = evidence.early_stopping(config, task)
 
     events.emit("evaluating", which="before")
@@ -69,7 +72,7 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     trainable, total = count_params(model)
     events.emit("model_ready", trainable_params=trainable, total_params=total)
 
-    trained = train(model, tokenizer, task, prepared, config, run_dir, resume_from, best, events)
+    trained = train(model, tokenizer, task, prepared, validation_set, config, run_dir, resume_from, best, events)
     if best is not None:
         best.restore(model)
 
@@ -77,6 +80,8 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     after = task.evaluate(model, tokenizer, prepared.held_out, config)
     found = evidence.after_training(model, tokenizer, task, prepared, before, zero_shot, after, config, run_dir, best,
                                     trained["steps"], events)
+    if best is not None:
+        found["early_stopping"]["validation_rows"] = len(validation_data.rows)
     method.save(model, run_dir / "model")
     artifact_bytes = directory_bytes(run_dir / "model")  # what the method wrote, before the tokenizer joins it
     tokenizer.save_pretrained(run_dir / "model")
@@ -94,11 +99,11 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     return RunResult(run_dir, summary)
 
 
-def train(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Any, config: RunConfig, run_dir: Path,
-          resume_from: Path | None, best: Any, events: Events) -> dict[str, Any]:
-    """The task's trainer under every guard; returns the summary's `train` entry."""
+def train(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Any, validation_set: Any, config: RunConfig,
+          run_dir: Path, resume_from: Path | None, best: Any, events: Events) -> dict[str, Any]:
+    """The task's trainer under every guard, validating on `validation_set`; returns the summary's `train` entry."""
     progress = Progress(events, MetricsLog(run_dir / "metrics.jsonl"),
-                        evidence.validation(task, tokenizer, prepared.held_out, config, best),
+                        evidence.validation(task, tokenizer, validation_set, config, best),
                         config.train.eval_steps, best=best, model=model)
     watched = config.train.best_metric if best is not None else "eval_loss"
 
@@ -126,17 +131,29 @@ def peak_memory() -> dict[str, int]:
     return peak
 
 
-def open_run_dir(config: RunConfig, train_data: Dataset, held_data: Dataset, resume: bool,
-                 events: Events) -> tuple[Path, Path | None]:
+def open_run_dir(config: RunConfig, train_data: Dataset, held_data: Dataset, validation_data: Dataset | None,
+                 resume: bool, events: Events) -> tuple[Path, Path | None]:
     """The run directory with its header written, and the checkpoint to resume from (if any)."""
     run_dir = find_run_dir(config, resume)
     data_info = {"train": train_data.describe(), "eval": held_data.describe(),
-                 "eval_is_split_of_train": config.data.eval is None}
+                 "eval_is_split_of_train": config.data.eval is None,
+                 "validation_rows": len(validation_data.rows) if validation_data is not None else 0}
     resume_from = prepare_resume(run_dir, config, data_info, resume, events)
     write_run_header(run_dir, dump_config(config), data_info)
     events.emit("run_started", run_dir=str(run_dir), model=config.model, train_rows=len(train_data.rows),
-                eval_rows=len(held_data.rows))
+                eval_rows=len(held_data.rows), validation_rows=data_info["validation_rows"])
     return run_dir, resume_from
+
+
+def validation_split(config: RunConfig, train_data: Dataset) -> tuple[Dataset, Dataset | None]:
+    """Under early stopping, a seeded share of the training rows to validate on (the held-out set only
+    reports, so the number it gives was not chosen by it); else the rows unchanged and None."""
+    if not stops_early(config):
+        return train_data, None
+    if len(train_data.rows) < 2:
+        raise DataError(f"{train_data.path}: {len(train_data.rows)} training row(s) leave none to validate on for "
+                        "early stopping; add rows, or set train.epochs (or train.max_steps) to train without it")
+    return split_rows(train_data, config.data.validation_fraction, config.train.seed)
 
 
 def load_data(config: RunConfig) -> tuple[Dataset, Dataset]:
