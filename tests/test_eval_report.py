@@ -94,3 +94,15 @@ def test_html_renders_in_headless_chromium(finished_run, tmp_path):
     image = Image.open(shot).convert("L")
     assert image.size == (1200, 2400)
     assert len(set(image.resize((120, 240)).getdata())) > 20  # text and plots, not a blank page
+
+
+def test_the_verdict_names_what_tuning_made_worse_beside_the_headline_gain():
+    from tunelab.eval.report import regression_sentence
+
+    summary = {"metrics": ["pairwise_accuracy", "json_valid", "exact_match"],
+               "before": {"pairwise_accuracy": 0.0, "json_valid": 0.75, "exact_match": 0.10, "eval_loss": 1.0},
+               "after": {"pairwise_accuracy": 1.0, "json_valid": 0.0, "exact_match": 0.08, "eval_loss": 3.0}}
+    # valid JSON lost 75 points; exact match lost 2 (within the 5-point margin); eval loss is not a percentage
+    assert regression_sentence(summary) == "Worse after tuning: valid JSON 75.0% → 0.0% (-75.0 pts)."
+    summary["after"]["json_valid"] = 0.72
+    assert regression_sentence(summary) is None

@@ -88,6 +88,12 @@ def test_gguf_read_back_by_transformers_agrees_with_the_merged_model(make_run, t
     assert f16["top1_agreement"] >= 0.99 and f16["tokenizer_agreement"] == 1.0
     assert f16["greedy_prompts"] == 4 and f16["greedy_agreement"] is not None
     assert 0.9 <= q8["top1_agreement"] <= 1.0  # reported; Q8_0 rounds every weight
+    for check in (f16, q8):  # the file computes exactly what its type's rounding of the merged model computes
+        assert check["round_trip_max_logit_difference"] <= 1e-4 and check["passed"]
+        assert 0 < check["answer_positions"] < check["positions"]
+    from tunelab.export.verify import describe_check
+
+    assert "(reported: the file type's own cost)" in describe_check("q8_0", q8)
     files = report["files"]
     assert files["q8_0"]["bytes"] < files["f16"]["bytes"]
 
@@ -106,6 +112,22 @@ def test_gguf_metadata_follows_llama_cpp(make_run, tmp_path):
     assert {"token_embd.weight", "blk.1.attn_q.weight", "blk.1.ffn_down.weight", "output_norm.weight"} <= names
     assert "output.weight" not in names  # tied embeddings: llama.cpp reuses token_embd
     assert report["checks"]["f32"]["top1_agreement"] == 1.0
+
+
+def test_a_gguf_writer_defect_fails_the_round_trip_check_even_where_top1_survives(make_run, tmp_path, monkeypatch):
+    from tunelab.export import gguf_file
+    from tunelab.export.build import VerificationFailed
+
+    real = gguf_file._add_tensor
+
+    def drift(writer, name, data, quant):  # a writer that scales every norm by 1.01: a defect top-1 may not notice
+        real(writer, name, data * 1.01 if data.ndim == 1 else data, quant)
+
+    monkeypatch.setattr(gguf_file, "_add_tensor", drift)
+    with pytest.raises(VerificationFailed):
+        export_run(make_run("lora"), "gguf", tmp_path / "g", quants=("f32",))
+    check = json.loads((tmp_path / "g" / "verification.json").read_text())["checks"]["f32"]
+    assert check["round_trip_max_logit_difference"] > 1e-3 and not check["passed"]
 
 
 def test_rotary_permutation_is_what_llama_cpp_expects():
@@ -149,6 +171,7 @@ def test_a_failed_verification_exits_1_and_says_so(make_run, tmp_path, capsys, m
     monkeypatch.setitem(verify.LOGIT_TOLERANCE, "merged", -1.0)
     code, err = run_cli("export", make_run("lora"), "--format", "merged", "-o", tmp_path / "m", capsys=capsys)
     assert code == 1 and "within tolerance" in err[-1]
+    assert err[-2].startswith("merged: max logit difference ") and err[-2].endswith("(gate -1e+00): FAILED")
     assert json.loads((tmp_path / "m" / "verification.json").read_text())["passed"] is False
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no partial temp dir beside it
 

@@ -73,6 +73,22 @@ def gain_sentence(summary: dict[str, Any]) -> str:
     return f"Tuning helped: {shown} ({delta(name, zero, tuned)} over zero-shot{extra})."
 
 
+WORSE_POINTS = 0.05  # a held-out percentage that falls by more than this (5 points) is named in the verdict
+
+
+def regression_sentence(summary: dict[str, Any]) -> str | None:
+    """The held-out percentages other than the headline that tuning made worse: a gain on one metric can hide
+    a loss on another (DPO raising preference accuracy while its answers stop being valid JSON)."""
+    head, before, after = headline_metric(summary), summary["before"], summary["after"]
+    worse = [k for k in before if k != head and k in after and describe(k).compared and describe(k).percent
+             and _better(k, before[k], after[k]) and abs(after[k] - before[k]) > WORSE_POINTS]
+    if not worse:
+        return None
+    shown = ", ".join(f"{describe(k).label} {fmt(k, before[k])} → {fmt(k, after[k])} ({delta(k, before[k], after[k])})"
+                      for k in worse)
+    return f"Worse after tuning: {shown}."
+
+
 def forgetting_sentence(summary: dict[str, Any]) -> str | None:
     f = summary.get("forgetting")
     if not f:
@@ -104,7 +120,8 @@ def fit_sentences(summary: dict[str, Any]) -> list[str]:
 
 
 def verdict(summary: dict[str, Any]) -> list[str]:
-    return [s for s in (gain_sentence(summary), forgetting_sentence(summary), *fit_sentences(summary)) if s]
+    return [s for s in (gain_sentence(summary), regression_sentence(summary), forgetting_sentence(summary),
+                        *fit_sentences(summary)) if s]
 
 
 def read_samples(run_dir: Path, n: int) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import torch
 from tunelab.errors import ConfigError, TunelabError
 from tunelab.export import verify
 from tunelab.export.card import model_card
-from tunelab.export.gguf_file import QUANTS, check_exportable, write_gguf
+from tunelab.export.gguf_file import QUANTS, check_exportable, rounded_like_file, write_gguf
 from tunelab.export.source import Source, base_config, held_out_probes, load_tuned, open_run
 from tunelab.rundir import directory_bytes, write_atomic, write_json
 
@@ -50,6 +50,8 @@ def export_run(run_dir: Path, fmt: str, out: Path, quants: tuple[str, ...] = ("f
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for name, check in report["checks"].items():
+        say(verify.describe_check(name, check))
     if not report["passed"]:
         raise VerificationFailed(f"{out}: the export does not match the run's model within tolerance "
                                  f"(see {out / 'verification.json'})")
@@ -144,9 +146,10 @@ def _write_gguf(source: Source, tmp: Path, quants: tuple[str, ...], rows: int, s
         write_gguf(merged, tokenizer, source.run_dir / "model", tmp / name, quant)
         files[quant] = {"file": name, "bytes": (tmp / name).stat().st_size}
         reread = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=name, dtype=torch.float32).eval()
+        rounded = rounded_like_file(merged, quant)
         checks[quant] = verify.gguf_check(quant, merged, tokenizer, reread,
-                                          AutoTokenizer.from_pretrained(tmp, gguf_file=name), probes, max_new)
-        del reread
+                                          AutoTokenizer.from_pretrained(tmp, gguf_file=name), probes, max_new, rounded)
+        del reread, rounded
     return {"checks": checks, "files": files, "file": files[quants[0]]["file"],
             "passed": all(c["passed"] for c in checks.values())}
 

@@ -35,15 +35,12 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import json
 
     from tunelab.export.build import export_run
 
     quants = tuple(q.strip() for q in args.quant.split(",") if q.strip())
     report = export_run(Path(args.run_dir), args.fmt, Path(args.out), quants, args.rows,
                         say=lambda line: print(line, file=sys.stderr))
-    for name, check in report["checks"].items():
-        print(f"{name}: {json.dumps({k: v for k, v in check.items() if k != 'note'})}")
     print(f"wrote {args.out} ({report['bytes'] / 2**20:.1f} MiB); verification passed")
     return 0
 

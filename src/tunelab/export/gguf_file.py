@@ -130,13 +130,35 @@ def _tensors(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def _add_tensor(writer: Any, name: str, data: np.ndarray, quant: str) -> None:
-    """Vectors (norms) stay f32 as llama.cpp keeps them; matrices take the file's type."""
+    stored, raw_dtype = stored_as(data, quant)
+    writer.add_tensor(name, stored, raw_dtype=raw_dtype)
+
+
+def stored_as(data: np.ndarray, quant: str) -> tuple[np.ndarray, Any]:
+    """A tensor as the file stores it, and gguf's raw type for quantized bytes (None otherwise): vectors (norms)
+    stay f32 as llama.cpp keeps them; matrices take the file's type."""
     import gguf
 
     if data.ndim == 1 or quant == "f32":
-        writer.add_tensor(name, data.astype(np.float32))
-    elif quant == "f16":
-        writer.add_tensor(name, data.astype(np.float16))
-    else:
-        qtype = gguf.GGMLQuantizationType.Q8_0
-        writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        return data.astype(np.float32), None
+    if quant == "f16":
+        return data.astype(np.float16), None
+    qtype = gguf.GGMLQuantizationType.Q8_0
+    return gguf.quants.quantize(data, qtype), qtype
+
+
+def rounded_like_file(model: torch.nn.Module, quant: str) -> torch.nn.Module:
+    """A copy of `model` whose weights carry exactly the rounding the GGUF file type applies (through gguf's own
+    quantizer and dequantizer). A file read back must compute what this copy computes: any difference is the
+    writer's or the reader's, while the difference between this copy and `model` is the file type's cost."""
+    import copy
+
+    import gguf
+
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for tensor in rounded.state_dict().values():  # tied weights appear once per name; rounding is idempotent
+            stored, raw_dtype = stored_as(tensor.detach().float().cpu().numpy(), quant)
+            values = stored if raw_dtype is None else gguf.quants.dequantize(stored, raw_dtype)
+            tensor.copy_(torch.from_numpy(np.asarray(values, dtype=np.float32).reshape(tensor.shape)))
+    return rounded
