@@ -37,7 +37,8 @@ ABLATION = {
     "only-supervised-head": ALL_OFF + ["speed.supervised_head=true"],
     "only-padding-free": ALL_OFF + ["speed.padding_free=true"],
     "only-dropout-0": ALL_OFF + ["lora.dropout=0"],
-    "all-on": ["speed.supervised_head=true", "speed.padding_free=true", "lora.dropout=0"],
+    "only-group-by-length": ALL_OFF + ["speed.group_by_length=true"],
+    "all-on": ["speed.supervised_head=true", "speed.padding_free=true", "speed.group_by_length=true", "lora.dropout=0"],
 }
 
 
