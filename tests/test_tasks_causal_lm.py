@@ -10,8 +10,8 @@ from tunelab.data.tokens import IGNORE, encode_text
 from tunelab.errors import ConfigError
 from tunelab.models import resolve_model
 from tunelab.models.loading import LoadRules, ModelSpec, load_pair
-from tunelab.tasks.causal_lm import PackedCollator, check_packing
-from tunelab.tasks.lm import Collator
+from tunelab.tasks.causal_lm import check_packing
+from tunelab.tasks.lm import Collator, FlatCollator
 
 TEXTS = ["The red fox jumps over the lazy dog near the river bank.", "Preheat the oven to 180 degrees.",
          "Short one.", "Turn the dial clockwise until the green light shows, then press start twice."]
@@ -32,10 +32,17 @@ def rows(tokenizer):
     return out
 
 
+def packed_batch(tokenizer):
+    """What LmTrainer forwards for a packed micro-batch: FlatCollator's batch without its attention mask (kept
+    only for the Trainer's token count) and without a cache."""
+    batch = FlatCollator()(rows(tokenizer))
+    return {**{k: v for k, v in batch.items() if k != "attention_mask"}, "use_cache": False}
+
+
 @torch.no_grad()
 def losses(model, tokenizer, **packed_extra):
     unpacked = model(**Collator(tokenizer.pad_token_id)(rows(tokenizer))).loss.item()
-    packed = model(**{**PackedCollator()(rows(tokenizer)), **packed_extra}).loss.item()
+    packed = model(**{**packed_batch(tokenizer), **packed_extra}).loss.item()
     return unpacked, packed
 
 
@@ -53,7 +60,7 @@ def test_documents_that_see_each_other_change_the_loss(pair):
 
 def test_packed_batch_is_one_row_without_padding(pair):
     tokenizer, _ = pair
-    batch = PackedCollator()(rows(tokenizer))
+    batch = packed_batch(tokenizer)
     lengths = [len(r["input_ids"]) for r in rows(tokenizer)]
     assert batch["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in batch
     starts = [sum(lengths[:i]) for i in range(len(lengths))]
@@ -61,7 +68,6 @@ def test_packed_batch_is_one_row_without_padding(pair):
     assert batch["labels"][0, starts].tolist() == [IGNORE] * len(lengths)
     # the same supervised predictions as unpacked: every token but each document's first
     assert int((batch["labels"] != IGNORE).sum()) == sum(lengths) - len(lengths)
-    assert batch["use_cache"] is False
 
 
 class Leaky(torch.nn.Module):

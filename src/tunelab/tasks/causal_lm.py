@@ -1,10 +1,10 @@
 """Continued pretraining on raw text: loss on every token, EOS appended so documents end.
 
-With `causal_lm.packing` a micro-batch's documents go end to end in one row with no padding
-(transformers' DataCollatorWithFlattening): position ids restart at each document, and with no
-attention mask transformers builds the block-diagonal mask from them (sdpa, eager, flash), so no
-document attends to another. `use_cache=False` goes with every packed batch: a cache switches that
-detection off and the documents would see each other.
+With `causal_lm.packing` a micro-batch's documents go end to end in one row with no padding: the LM
+tasks' padding-free path (`speed.padding_free`: `tasks.lm.FlatCollator` and `LmTrainer`). Position ids
+restart at each document, and with no attention mask and no cache transformers builds the
+block-diagonal mask from them (sdpa, eager, flash), so no document attends to another; `check_packing`
+proves that on the run's model before training.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from tunelab.data.tokens import IGNORE
 from tunelab.errors import ConfigError
 from tunelab.settings import Section, register_section
-from tunelab.tasks.base import ListDataset, Prepared, register_task
-from tunelab.tasks.lm import LmTask
+from tunelab.tasks.base import Prepared, register_task
+from tunelab.tasks.lm import FlatCollator, LmTask
 
 
 class CausalLmSettings(Section):
@@ -31,20 +30,6 @@ class CausalLmSettings(Section):
 register_section("causal_lm", CausalLmSettings)
 
 
-class PackedCollator:
-    """Padding-free batches of shape [1, total tokens]: a document's first label is IGNORE (it would be
-    predicted from the previous document's last token), everything else as the rows say."""
-
-    def __init__(self) -> None:
-        from transformers import DataCollatorWithFlattening
-
-        self.flatten = DataCollatorWithFlattening(separator_id=IGNORE)
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.flatten([{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in rows])
-        return {**batch, "use_cache": False}
-
-
 @torch.no_grad()
 def check_packing(model: torch.nn.Module, rows: list[dict[str, Any]], tolerance: float = 1e-3) -> None:
     """Refuse packing on a model whose attention ignores document boundaries: a document's logits must
@@ -55,9 +40,9 @@ def check_packing(model: torch.nn.Module, rows: list[dict[str, Any]], tolerance:
     try:
         device = next(model.parameters()).device
         alone = model(input_ids=torch.tensor([second], device=device), use_cache=False).logits[0]
-        batch = {k: v.to(device) for k, v in PackedCollator()([{"input_ids": first, "labels": first},
-                                                                {"input_ids": second, "labels": second}]).items()
-                 if k in ("input_ids", "position_ids")}
+        batch = {k: v.to(device) for k, v in FlatCollator()([{"input_ids": first, "labels": first},
+                                                              {"input_ids": second, "labels": second}]).items()
+                 if k in ("input_ids", "position_ids")}  # no attention mask, as LmTrainer trains on it
         packed = model(**batch, use_cache=False).logits[0, len(first):]
     finally:
         model.train(was_training)
@@ -82,16 +67,12 @@ class CausalLm(LmTask):
 
     def trainer(self, model: torch.nn.Module, tokenizer: Any, prepared: Prepared, args: dict[str, Any],
                 callbacks: list[Any]) -> Any:
-        if not prepared.info.get("packing"):
-            return super().trainer(model, tokenizer, prepared, args, callbacks)
-        from transformers import Trainer, TrainingArguments
-
-        if len(prepared.train) > 1:
-            check_packing(model, prepared.train)
-        # A packed batch has no padding and no attention mask: every token it holds is a real one.
-        args = {**args, "include_num_input_tokens_seen": "all"}
-        return Trainer(model=model, args=TrainingArguments(**args), train_dataset=ListDataset(prepared.train),
-                       data_collator=PackedCollator(), callbacks=callbacks)
+        """Packing is the LM tasks' padding-free path (FlatCollator, LmTrainer), checked on this model first."""
+        if prepared.info.get("packing"):
+            if len(prepared.train) > 1:
+                check_packing(model, prepared.train)
+            prepared.speed = prepared.speed.model_copy(update={"padding_free": True})
+        return super().trainer(model, tokenizer, prepared, args, callbacks)
 
 
 register_task(CausalLm())
