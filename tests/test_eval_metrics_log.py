@@ -51,4 +51,4 @@ def test_the_report_reads_a_killed_runs_curves(killed_run):
     from tunelab.eval.report_html import curves_png, metric_curves
 
     assert metric_curves(killed_run.parent) == {}  # no percentage metric was validated
-    assert curves_png(killed_run.parent).startswith("iVBOR")  # a PNG, base64
+    assert curves_png(killed_run.parent, {}).startswith("iVBOR")  # a PNG, base64
