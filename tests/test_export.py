@@ -81,6 +81,21 @@ def test_adapter_export_is_peft_format_with_a_model_card(make_run, tmp_path):
     assert report["bytes"] < (open_run(run_dir).summary["total_params"] * 4) / 2  # an adapter, not a model
 
 
+def test_a_merged_export_loads_and_generates_in_a_venv_with_only_torch_and_transformers(make_run, tmp_path):
+    import subprocess
+    import sys
+
+    export_run(make_run("lora"), "merged", tmp_path / "merged")
+    venv = tmp_path / "plain"
+    done = subprocess.run([sys.executable, str(c.REPO / "scripts" / "check_merged_export.py"), str(tmp_path / "merged"),
+                           "--venv", str(venv), "--max-new-tokens", "6"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["same_as_tunelab_env"] is True
+    present = {p.name.split("-")[0].lower() for p in next(venv.glob("lib/python*/site-packages")).iterdir()}
+    assert {"torch", "transformers", "tokenizers", "safetensors"} <= present
+    assert not present & {"tunelab", "peft", "trl", "accelerate", "datasets", "bitsandbytes"}
+
+
 def test_gguf_read_back_by_transformers_agrees_with_the_merged_model(make_run, tmp_path):
     run_dir = make_run("lora")
     report = export_run(run_dir, "gguf", tmp_path / "g", quants=("f16", "q8_0"))
