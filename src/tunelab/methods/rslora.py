@@ -12,7 +12,9 @@ class Rslora(Lora):
     name = "rslora"
     description = "Rank-stabilised LoRA (PEFT use_rslora): update scaled by alpha / sqrt(r)."
     trains = "low-rank adapters on linear layers (+ task heads)"
-    default_learning_rate = 1e-3
+    # alpha / sqrt(r) is 4x LoRA's alpha / r at the default r=16, so a quarter of LoRA's rate. Measured on the
+    # quickstart (20 steps): at 1e-3 exact match 85% and general-text perplexity +28%; at 2.5e-4 95% and +1.1%.
+    default_learning_rate = 2.5e-4
 
     def variant(self) -> dict[str, Any]:
         return {"use_rslora": True}
