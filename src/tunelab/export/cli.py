@@ -35,7 +35,6 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-
     from tunelab.export.build import export_run
 
     quants = tuple(q.strip() for q in args.quant.split(",") if q.strip())

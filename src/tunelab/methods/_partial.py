@@ -164,7 +164,6 @@ def attached(model: torch.nn.Module, kind: type[Attached]) -> list[Attached]:
     return [m for m in model.modules() if isinstance(m, kind)]
 
 
-
 class PartialMethod(Method):
     """A method that trains some of the model's own (or attached) tensors: it saves only those, loads them
     over a fresh base after rebuilding what `settings` describes, and is switched off by setting them back."""

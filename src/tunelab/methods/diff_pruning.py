@@ -137,7 +137,6 @@ class DiffPruning(_partial.PartialMethod):
         indices = {n: b for n, b in model.named_buffers() if n.endswith(f"{NAME}.indices")}
         _partial.save_trained(model, directory, self.name, {"density": model.tunelab_diff_density}, indices)
 
-
     def rebuild(self, base: torch.nn.Module, settings: dict[str, Any]) -> None:
         add_deltas(base, settings["density"])
 
