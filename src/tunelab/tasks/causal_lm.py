@@ -61,17 +61,18 @@ class CausalLm(LmTask):
     default_metrics = ("perplexity",)
 
     def prepare(self, config: Any, tokenizer: Any, train: Any, held: Any, events: Any) -> Prepared:
+        """Packing is the LM tasks' padding-free path (FlatCollator, LmTrainer), switched on here."""
         prepared = super().prepare(config, tokenizer, train, held, events)
         prepared.info["packing"] = config.causal_lm.packing
+        if config.causal_lm.packing:
+            prepared.speed = prepared.speed.model_copy(update={"padding_free": True})
         return prepared
 
     def trainer(self, model: torch.nn.Module, tokenizer: Any, prepared: Prepared, args: dict[str, Any],
                 callbacks: list[Any]) -> Any:
-        """Packing is the LM tasks' padding-free path (FlatCollator, LmTrainer), checked on this model first."""
-        if prepared.info.get("packing"):
-            if len(prepared.train) > 1:
-                check_packing(model, prepared.train)
-            prepared.speed = prepared.speed.model_copy(update={"padding_free": True})
+        """The LM trainer, after checking on this model that packed documents do not see each other."""
+        if prepared.info.get("packing") and len(prepared.train) > 1:
+            check_packing(model, prepared.train)
         return super().trainer(model, tokenizer, prepared, args, callbacks)
 
 
