@@ -85,3 +85,22 @@ def test_models_lists_the_bundled_aliases(capsys):
     out = capsys.readouterr().out
     for alias in ("smollm2-135m-instruct", "tiny-random-llama", "minilm-l6"):
         assert alias in out
+
+
+@pytest.mark.parametrize("argv", [
+    ["compare", "a.yaml", "--methods", "lora,full", "lora.r=4", "train.max_steps=3"],
+    ["compare", "a.yaml", "lora.r=4", "--methods", "lora,full", "train.max_steps=3"],
+    ["compare", "a.yaml", "lora.r=4", "train.max_steps=3", "--methods", "lora,full"],
+])
+def test_overrides_may_stand_before_or_after_options(argv):
+    from tunelab.cli import _parse, _parser
+
+    args = _parse(_parser(), argv)
+    assert (args.config, args.methods, args.overrides) == ("a.yaml", "lora,full", ["lora.r=4", "train.max_steps=3"])
+
+
+def test_a_stray_argument_after_options_is_still_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", "a.yaml", "--space", "s.yaml", "--trails", "8", "lora.r=4"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --trails 8" in capsys.readouterr().err

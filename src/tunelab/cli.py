@@ -16,7 +16,7 @@ from tunelab.errors import RunInterrupted, TunelabError
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
@@ -28,6 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, taking key=value overrides wherever they stand: `tunelab sweep CONFIG --trials 8 lora.r=8` reads
+    like `tunelab sweep CONFIG lora.r=8 --trials 8` (argparse alone stops collecting positionals at an option)."""
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
 
 
 def _quiet_libraries() -> None:
