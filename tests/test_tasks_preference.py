@@ -4,6 +4,7 @@ adapter switched off, TRL configs set deliberately, and bad input named."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +24,7 @@ from tunelab.models.loading import LoadRules, load_pair
 from tunelab.scoring.metrics import pairwise_scores
 from tunelab.tasks import TASKS
 from tunelab.tasks.dpo import answer_logps, implicit_rewards
+from tunelab.tasks.lm import heldout_loss
 from tunelab.tasks.preference import trl_config
 from tunelab.tasks.rlhf import load_reward_function
 from tunelab.train.run import choose_task
@@ -99,6 +101,24 @@ def test_dpo_trainer_keeps_no_adapter_copy_and_trl_flags_are_ours(tmp_path):
     assert (trainer.args.gradient_checkpointing, trainer.args.bf16) == (False, False)  # TRL defaults both on
     with pytest.raises(ConfigError, match="method=lora"):
         s.task.trainer(s.model, s.tokenizer, s.prepared, common_args(s.config, tmp_path / "ck"), [])
+
+
+def first_dpo_loss(tmp_path: Path, sft_weight: float) -> float:
+    """TRL's training loss on the whole fixture (one batch) with a fresh adapter: the policy is the reference."""
+    tmp_path.mkdir()
+    s = prepared_for("dpo", tmp_path, PAIRS, "method=lora", "train.batch_size=6", f"dpo.sft_weight={sft_weight}")
+    model = get_method("lora").apply(s.model, s.config, s.spec)
+    trainer = s.task.trainer(model, s.tokenizer, s.prepared, common_args(s.config, tmp_path / "ck"), [])
+    with torch.no_grad():
+        return float(trainer.compute_loss(model, next(iter(trainer.get_train_dataloader()))))
+
+
+def test_dpo_sft_weight_adds_the_chosen_answers_cross_entropy(tmp_path):
+    s = prepared_for("dpo", tmp_path, PAIRS, "method=lora")
+    chosen_nll = heldout_loss(s.model, s.prepared.held_out.chosen, s.prepared.held_out.pad_id, 6)["eval_loss"]
+    plain, half = first_dpo_loss(tmp_path / "a", 0.0), first_dpo_loss(tmp_path / "b", 0.5)
+    assert plain == pytest.approx(math.log(2))  # DPO alone: the fresh policy is its own reference
+    assert half == pytest.approx(math.log(2) + 0.5 * chosen_nll, rel=1e-5) and chosen_nll > 1
 
 
 def test_trl_config_follows_tunelab_arguments(tmp_path):

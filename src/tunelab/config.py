@@ -70,8 +70,9 @@ class TrainConfig(Section):
         "auto", description="auto: bf16 autocast on a CUDA device or CPU (AVX512-BF16/AMX) that has it natively, "
                           "else fp32.")
     early_stopping_patience: int = Field(
-        0, ge=0, description="Stop after this many validations without a better best_metric; 0 means off. "
-                             "The best weights are restored for the final numbers.")
+        0, ge=0, description="Stop after this many validations in a row that improved neither best_metric nor "
+                             "the validation loss; 0 means off. The best weights (best metric, ties broken by the "
+                             "lower loss) are restored for the final numbers.")
     best_metric: str = Field("eval_loss", description="Validation metric early stopping watches: eval_loss, "
                                                       "perplexity or a generation metric such as exact_match.")
 

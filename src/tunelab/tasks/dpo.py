@@ -35,6 +35,9 @@ from tunelab.tasks.preference import TrlPrepared, render_pair, trl_config, trl_d
 class DpoSettings(Section):
     beta: float = Field(0.1, gt=0, description="How far the policy may move from the reference (DPO's beta): the "
                                                "implicit reward is beta times the log-probability ratio.")
+    sft_weight: float = Field(0.0, ge=0, description="Weight of a cross-entropy loss on the chosen answers added to "
+                                                     "the DPO loss (RPO; TRL loss_type [sigmoid, sft]); keeps the "
+                                                     "policy writing the chosen answers whole. 0: plain DPO.")
 
 
 register_section("dpo", DpoSettings)
@@ -48,6 +51,13 @@ class PairsHeldOut(HeldOut):
     chosen: list[Encoded] = field(default_factory=list)
     rejected: list[Encoded] = field(default_factory=list)
     beta: float = 0.1
+
+
+def losses(sft_weight: float) -> dict[str, Any]:
+    """TRL's loss settings: plain DPO (sigmoid), or DPO plus weighted cross-entropy on the chosen answers."""
+    if not sft_weight:
+        return {"loss_type": ["sigmoid"]}
+    return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft_weight]}
 
 
 def encode_answer(prompt: str, answer: str, tokenizer: Any, max_length: int) -> Encoded:
@@ -117,7 +127,8 @@ class Dpo(LmTask):
         held_out = self.held_out(config, tokenizer, held, events)
         return TrlPrepared([trl_row(row) for row in train.rows], held_out, held_out.metrics,
                            self.held_out(config, tokenizer, sample, None, held_out.metrics) if sample.rows else None,
-                           options={"beta": config.dpo.beta, "max_length": config.train.max_length})
+                           options={"beta": config.dpo.beta, "max_length": config.train.max_length,
+                                    **losses(config.dpo.sft_weight)})
 
     def held_out(self, config: Any, tokenizer: Any, dataset: Any, events: Any,
                  metrics: list[str] | None = None) -> PairsHeldOut:
@@ -146,7 +157,7 @@ class Dpo(LmTask):
         if not isinstance(model, PeftModel):
             raise ConfigError('task "dpo" trains an adapter against the base (the adapter switched off); this model '
                               "has no adapter: use an adapter method (e.g. method=lora)")
-        config = trl_config(DPOConfig, args, beta=prepared.options["beta"], max_length=prepared.options["max_length"])
+        config = trl_config(DPOConfig, args, **prepared.options)
         trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=trl_dataset(prepared.train),
                              processing_class=tokenizer, callbacks=callbacks)
         if "ref" in model.peft_config:
