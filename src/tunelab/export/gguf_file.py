@@ -150,11 +150,14 @@ def stored_as(data: np.ndarray, quant: str) -> tuple[np.ndarray, Any]:
 def rounded_like_file(model: torch.nn.Module, quant: str) -> torch.nn.Module:
     """A copy of `model` whose weights carry exactly the rounding the GGUF file type applies (through gguf's own
     quantizer and dequantizer). A file read back must compute what this copy computes: any difference is the
-    writer's or the reader's, while the difference between this copy and `model` is the file type's cost."""
+    writer's or the reader's, while the difference between this copy and `model` is the file type's cost.
+    An f32 file rounds nothing of an f32 model: `model` itself is returned, not a copy."""
     import copy
 
     import gguf
 
+    if quant == "f32" and all(t.dtype == torch.float32 for t in model.state_dict().values()):
+        return model
     rounded = copy.deepcopy(model)
     with torch.no_grad():
         for tensor in rounded.state_dict().values():  # tied weights appear once per name; rounding is idempotent

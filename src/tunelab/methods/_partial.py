@@ -175,8 +175,12 @@ class PartialMethod(Method):
     def rebuild(self, base: torch.nn.Module, settings: dict[str, Any]) -> None:
         """Attach to a fresh base what this method added before training (nothing by default)."""
 
+    def saved_buffers(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Tensors that did not train but must be saved beside the trained ones (e.g. a sparse delta's indices)."""
+        return {}
+
     def save(self, model: torch.nn.Module, directory: Path) -> None:
-        save_trained(model, directory, self.name, self.settings(model))
+        save_trained(model, directory, self.name, self.settings(model), self.saved_buffers(model))
 
     def load(self, base: torch.nn.Module, directory: Path, spec: ModelSpec, rules: LoadRules) -> torch.nn.Module:
         self.rebuild(base, read_settings(directory, self.name))

@@ -14,7 +14,6 @@ Only the kept entries are stored (indices + values); merging adds them to the we
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -130,12 +129,13 @@ class DiffPruning(_partial.PartialMethod):
         _partial.remember_base(model)
         return model
 
-    def save(self, model: torch.nn.Module, directory: Path) -> None:
-        deltas = _partial.attached(model, SparseDelta)
-        if not deltas[0].chosen:
+    def settings(self, model: torch.nn.Module) -> dict[str, Any]:
+        return {"density": model.tunelab_diff_density}
+
+    def saved_buffers(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        if not _partial.attached(model, SparseDelta)[0].chosen:
             raise ConfigError("diff-pruning: the mask was never chosen (no training batch ran); nothing to save")
-        indices = {n: b for n, b in model.named_buffers() if n.endswith(f"{NAME}.indices")}
-        _partial.save_trained(model, directory, self.name, {"density": model.tunelab_diff_density}, indices)
+        return {n: b for n, b in model.named_buffers() if n.endswith(f"{NAME}.indices")}
 
     def rebuild(self, base: torch.nn.Module, settings: dict[str, Any]) -> None:
         add_deltas(base, settings["density"])

@@ -28,20 +28,23 @@ def watched_metric(config: Any, task: Any) -> str:
     return next((m for m in task.metric_names(config) if m in allowed), "eval_loss")
 
 
+def auto_length(config: Any) -> bool:
+    """Whether the run chooses its own length: epochs=auto and no max_steps."""
+    return config.train.epochs == "auto" and config.train.max_steps <= 0
+
+
 def stops_early(config: Any) -> bool:
     """Whether the run validates to stop early: asked for, or implied by epochs=auto (resolve_epochs)."""
-    t = config.train
-    return t.early_stopping_patience > 0 or (t.epochs == "auto" and t.max_steps <= 0)
+    return config.train.early_stopping_patience > 0 or auto_length(config)
 
 
 def resolve_epochs(config: Any, task: Any, n_rows: int) -> dict[str, Any] | None:
     """Replace epochs=auto by numbers (written into the run's config.yaml, so a resume finds the same ones);
     the chosen budget, or None when the user fixed the length."""
     t = config.train
-    if t.epochs != "auto":
-        return None
-    if t.max_steps > 0:
-        t.epochs = 1.0  # max_steps decides the length; epochs is not read
+    if not auto_length(config):
+        if t.epochs == "auto":
+            t.epochs = 1.0  # max_steps decides the length; epochs is not read
         return None
     per_epoch = math.ceil(n_rows / (t.batch_size * t.grad_accum))
     t.epochs = float(auto_epochs(n_rows))
