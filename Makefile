@@ -19,11 +19,14 @@ demo: $(STAMP)
 	$(VENV)/bin/tunelab run examples/quickstart.yaml
 
 # pytest exits 5 when it collected no test: scripts/pytest-strict turns that into a failure.
+# One pytest-xdist worker per core, each with its share of the threads (tests/conftest.py); a test file
+# stays on one worker, so a module's fixtures (the quickstart run the e2e tests share) are built once.
+XDIST := -n auto --dist loadfile
 test: $(STAMP)
-	$(PY) scripts/pytest_strict.py $(PYTEST_ARGS)
+	$(PY) scripts/pytest_strict.py $(XDIST) $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) scripts/pytest_strict.py -m "not e2e" $(PYTEST_ARGS)
+	$(PY) scripts/pytest_strict.py $(XDIST) -m "not e2e" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -26,8 +26,12 @@ def test_reward_model_learns_the_preference(tmp_path):
 
 @pytest.mark.e2e
 def test_dpo_moves_the_policy_towards_the_chosen_answers(tmp_path):
-    config = load_config(EXAMPLES / "dpo.yaml", [f"output_dir={tmp_path / 'run'}", "eval.max_examples=8",
-                                                 "eval.metrics=[pairwise_accuracy,reward_margin,json_valid]", *SHORT])
+    # the shortest DPO run that shows it (each step scores four sequences): 6 steps, 16 held-out pairs
+    held = tmp_path / "eval.jsonl"
+    held.write_text("".join((EXAMPLES / "preference" / "eval.jsonl").read_text().splitlines(keepends=True)[:16]))
+    config = load_config(EXAMPLES / "dpo.yaml", [f"output_dir={tmp_path / 'run'}", f"data.eval={held}",
+                                                 "eval.max_examples=8", "eval.metrics=[pairwise_accuracy,reward_margin,json_valid]",
+                                                 *SHORT, "train.max_steps=6", "eval.train_sample=0"])
     summary = run(config).summary
     before, after = summary["before"], summary["after"]
     assert before["eval_loss"] == pytest.approx(math.log(2))  # the untuned policy is its own reference
