@@ -166,8 +166,11 @@ def board_table(board: dict[str, Any]) -> list[tuple[str, ...]]:
 
 def pareto_png(board: dict[str, Any], out: Path) -> str:
     """The metric against two costs (wall time, peak memory); the Pareto front (on time) is drawn as a line."""
+    from matplotlib.ticker import PercentFormatter
+
     fig, axes = figure(11, 4, ncols=2)
     metric = describe(board["metric"]).label
+    fig.suptitle("blue: on the Pareto front (no entry at least as good and as fast)", fontsize=9)
     for ax, key, scale, name in ((axes[0], "wall_seconds", 1, "wall time (s)"),
                                  (axes[1], "peak_rss_bytes", 2**20, "peak memory (MiB)")):
         for e in board["entries"]:
@@ -175,6 +178,8 @@ def pareto_png(board: dict[str, Any], out: Path) -> str:
             ax.annotate(e["label"], (e[key] / scale, e["metric"]["mean"]), textcoords="offset points", xytext=(4, 4))
         ax.set_xlabel(name)
         ax.set_ylabel(metric)
+        if describe(board["metric"]).percent:
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
     front = sorted((e["wall_seconds"], e["metric"]["mean"]) for e in board["entries"] if e["pareto"])
     axes[0].plot(*zip(*front), color="tab:blue", linewidth=1)
     return save_png(fig, out / "pareto.png")
