@@ -166,3 +166,13 @@ def test_a_validation_behind_the_pruner_stops_the_run_with_trial_pruned():
     assert study.trials[0].intermediate_values == {1: 0.5, 3: 5.0}
     unpruned = study.ask()
     pruning_listener(unpruned, "eval_loss", False, Events())({"type": "eval", "step": 3, "eval_loss": 5.0})
+
+
+def test_score_default_reuses_the_best_score_when_the_default_trial_won(sweep_setup):
+    tmp_path, overrides, space = sweep_setup
+    summary = sweep(raw_of(overrides), SweepOptions(space("lora.r: [8, 16]\n"), trials=1, out_dir=tmp_path / "sw",
+                                                    score_default=True, metric="eval_loss"))
+    assert (tmp_path / "sw" / "best-trial-000").is_dir()  # trial 0 is the unchanged config
+    assert not (tmp_path / "sw" / "default-config").exists()  # the same config is not trained twice
+    assert summary["default"]["held_out"] == summary["best"]["held_out"] is not None
+    assert summary["default"]["run_dir"] == summary["best"]["run_dir"]

@@ -74,7 +74,9 @@ def sweep(raw: dict[str, Any], opts: SweepOptions, on_event: Listener | None = N
     default = None
     if opts.score_default:
         first = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("default")), None)
-        default = score_once(raw, fixed_length(first) if first else {}, out / "default-config", metric, events)
+        # the default trial won (ties go to the earliest trial, the default): its held-out score is the best's
+        default = best if first is not None and first.number == top.number else \
+            score_once(raw, fixed_length(first) if first else {}, out / "default-config", metric, events)
     summary = sweep_summary(study, dims, metric, best, default, opts, out)
     write_sweep_files(out, study, summary, best["config_yaml"])
     return summary
