@@ -14,7 +14,8 @@ from tunelab.experiments.pages import save_png, write_pages
 from tunelab.rundir import write_atomic
 
 
-def trial_rows(study: optuna.Study) -> list[tuple[str, ...]]:
+def trial_rows(study: optuna.Study, exact: bool = True) -> list[tuple[str, ...]]:
+    """The trials table: every digit for trials.csv (exact), four significant ones for the report's page."""
     trials = study.get_trials(deepcopy=False)
     keys = sorted({k for t in trials for k in t.params})
     rows = [("trial", "state", "value", *keys, "run directory")]
@@ -22,9 +23,13 @@ def trial_rows(study: optuna.Study) -> list[tuple[str, ...]]:
         value = "-" if t.value is None else f"{t.value:.4g}"
         if t.state.name == "PRUNED" and t.intermediate_values:
             value = f"pruned at step {t.last_step}"
-        rows.append((str(t.number), t.state.name.lower(), value, *(str(t.params.get(k, "-")) for k in keys),
+        rows.append((str(t.number), t.state.name.lower(), value, *(shown(t.params.get(k, "-"), exact) for k in keys),
                      t.user_attrs.get("run_dir", "-")))
     return rows
+
+
+def shown(value: Any, exact: bool) -> str:
+    return f"{value:.4g}" if isinstance(value, float) and not exact else str(value)
 
 
 def plots(study: optuna.Study, out: Path) -> dict[str, str]:
@@ -57,4 +62,4 @@ def write_sweep_report(out: Path, study: optuna.Study, summary: dict[str, Any]) 
                      f"held-out {fmt(metric, default['held_out'])}.")
     space = [("key", "searched over"), *summary["space"].items()]
     write_pages(out, "report", f"tunelab sweep: {summary['study']}", intro,
-                {"Search space": space, "Trials": rows}, plots(study, out))
+                {"Search space": space, "Trials": trial_rows(study, exact=False)}, plots(study, out))
