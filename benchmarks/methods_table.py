@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from tables import ROOT, markdown, run_config, sitting, update_readme
+from tables import ROOT, markdown, publish, run_config, sitting
 
 COLUMNS = ("method", "trainable params", "% of total", "artifact MB", "peak RSS MB", "train s", "tokens/s",
            "exact match before → after", "held-out loss before → after", "forgetting: general ppl change")
@@ -42,8 +42,8 @@ def row(s: dict) -> tuple[str, ...]:
 
 def table(summaries: list[dict], overrides: list[str]) -> str:
     model = next((s["model"] for s in summaries if "model" in s), "?")
-    lines = [f"Quickstart task, model `{model}`, `{' '.join(overrides) or 'no overrides'}`; "
-             f"{sitting('methods_table.py')}", "", *markdown(COLUMNS, [row(s) for s in summaries])]
+    intro = f"Quickstart task, model `{model}`, `{' '.join(overrides) or 'no overrides'}`; {sitting('methods_table.py')}"
+    lines = [intro, "", *markdown(COLUMNS, [row(s) for s in summaries])]
     return "\n".join(lines) + "\n"
 
 
@@ -62,11 +62,7 @@ def main() -> int:
                      for m in args.methods.split(",")]
     else:
         summaries = [run_method(m, args.overrides, Path(args.runs)) for m in args.methods.split(",")]
-    text = table(summaries, args.overrides)
-    Path(args.out).write_text(text)
-    update_readme(text, "methods-table")
-    print(text)
-    return 1 if any("error" in s for s in summaries) else 0
+    return publish(table(summaries, args.overrides), args.out, "methods-table", summaries)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from tables import ROOT, markdown, run_config, sitting, update_readme
+from tables import ROOT, markdown, publish, run_config, sitting
 
 # task -> (example config, overrides beyond it)
 EXAMPLES = {
@@ -99,11 +99,7 @@ def main() -> int:
         for s in summaries:
             if "error" not in s:
                 (Path(args.runs) / s["row"] / "args.json").write_text(json.dumps(s["args"]))
-    text = table(summaries)
-    Path(args.out).write_text(text)
-    update_readme(text, "paradigms-table")
-    print(text)
-    return 1 if any("error" in s for s in summaries) else 0
+    return publish(table(summaries), args.out, "paradigms-table", summaries)
 
 
 if __name__ == "__main__":

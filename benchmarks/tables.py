@@ -58,3 +58,11 @@ def update_readme(text: str, marker: str) -> None:
     if start in content and end in content:
         head, rest = content.split(start, 1)
         readme.write_text(head + start + "\n" + text + end + rest.split(end, 1)[1])
+
+
+def publish(text: str, out: str, marker: str, summaries: list[dict]) -> int:
+    """Write the table to `out` and into README.md's block; print it; exit status 1 when a row failed."""
+    Path(out).write_text(text)
+    update_readme(text, marker)
+    print(text)
+    return 1 if any("error" in s for s in summaries) else 0
