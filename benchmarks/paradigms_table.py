@@ -42,6 +42,7 @@ def run_task(task: str, out_root: Path, teacher: str | None) -> dict:
 
 
 def fmt(name: str, value: float) -> str:
+    import tunelab.tasks  # noqa: F401  (registers the tasks' own metrics, e.g. distill's gap_closed)
     from tunelab.scoring.metrics import describe
 
     return f"{100 * value:.1f}%" if describe(name).percent else f"{value:.4g}"
@@ -65,6 +66,9 @@ def beside(s: dict) -> str:
     forgetting = s.get("forgetting") or {}
     if "perplexity_change" in forgetting:
         parts.append(f"general ppl {100 * forgetting['perplexity_change']:+.1f}%")
+    if forgetting.get("accuracy_change") is not None:
+        parts.append(f"general questions {100 * forgetting['accuracy_before']:.0f}% → "
+                     f"{100 * forgetting['accuracy_after']:.0f}%")
     return "; ".join(parts) or "-"
 
 
@@ -72,7 +76,8 @@ def row(s: dict) -> tuple[str, ...]:
     command = "`tunelab run " + " ".join(s["args"]) + "`"
     if "error" in s:
         return (s["row"], "", f"failed: {s['error'][:80]}", "", "", "", command)
-    return (s["row"], f"{s['model']}, {s['method']}", headline(s), beside(s), f"{s['train']['seconds']:.0f}",
+    model = Path(s["model"]).name if "/" in s["model"] else s["model"]  # a built student lives in the cache
+    return (s["row"], f"{model}, {s['method']}", headline(s), beside(s), f"{s['train']['seconds']:.0f}",
             f"{s['resources']['peak_rss_bytes'] / 2**20:,.0f}", command)
 
 
