@@ -25,6 +25,11 @@ LOSS = "eval_loss"
 LEARNING = 1e-3  # a validation loss this much (relative) below its lowest so far means the model still learns
 
 
+def lower(loss: float, than: float | None) -> bool:
+    """Whether `loss` is lower than `than` (None: nothing to beat) by more than LEARNING, relative."""
+    return than is None or loss < than * (1 - LEARNING)
+
+
 class BestWeights:
     """Watches validations; says stop after `patience` in a row that improved neither the metric nor the
     validation loss (0: never stops)."""
@@ -48,13 +53,13 @@ class BestWeights:
         if gain > self.min_delta:
             return True
         tied = gain == 0 and self.metric != LOSS
-        return tied and loss is not None and self.best_loss is not None and loss < self.best_loss * (1 - LEARNING)
+        return tied and loss is not None and self.best_loss is not None and lower(loss, self.best_loss)
 
     def learning(self, loss: float | None) -> bool:
         """Whether this validation loss is a new low, by more than LEARNING; remembers it."""
         if loss is None:
             return False
-        new_low = self.lowest_loss is None or loss < self.lowest_loss * (1 - LEARNING)
+        new_low = lower(loss, self.lowest_loss)
         self.lowest_loss = loss if self.lowest_loss is None else min(loss, self.lowest_loss)
         return new_low
 
