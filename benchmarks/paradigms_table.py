@@ -3,10 +3,9 @@
     python benchmarks/paradigms_table.py [--tasks sft,causal_lm,...] [--teacher DIR] [--out benchmarks/paradigms.md]
     python benchmarks/paradigms_table.py --from-runs runs/paradigms-table-DATE   # re-render only
 
-Each row is `tunelab run examples/<task>.yaml` as shipped (its own process), plus the few overrides in
-EXAMPLES that keep the longest ones to a few CPU minutes. The distill row distils `--teacher` (a tuned
-model dir, e.g. a quickstart run with method=full: runs/<run>/model), else the example's own teacher (the
-untuned bundled model). The table goes to --out and replaces the `paradigms-table` block in README.md.
+Each row is `tunelab run examples/<config>.yaml` as shipped, in its own process. The distill row distils
+`--teacher` (a tuned model dir, e.g. a quickstart run with method=full: runs/<run>/model), else the
+example's own teacher (the untuned bundled model). The table goes to --out and replaces the `paradigms-table` block in README.md.
 """
 
 from __future__ import annotations
@@ -19,25 +18,16 @@ from pathlib import Path
 
 from tables import ROOT, markdown, publish, run_config, sitting
 
-# task -> (example config, overrides beyond it)
-EXAMPLES = {
-    "sft": ("quickstart.yaml", []),
-    "causal_lm": ("causal_lm.yaml", []),
-    "classify": ("classify.yaml", []),
-    "ner": ("ner.yaml", []),
-    "contrastive": ("contrastive.yaml", []),
-    "reward": ("reward.yaml", []),
-    "dpo": ("dpo.yaml", []),
-    "rlhf": ("rlhf.yaml", []),
-    "distill": ("distill.yaml", []),
-}
+# task -> its example config
+EXAMPLES = {"sft": "quickstart.yaml", "causal_lm": "causal_lm.yaml", "classify": "classify.yaml", "ner": "ner.yaml",
+            "contrastive": "contrastive.yaml", "reward": "reward.yaml", "dpo": "dpo.yaml", "rlhf": "rlhf.yaml",
+            "distill": "distill.yaml"}
 COLUMNS = ("task", "model, method", "held-out metrics: untuned → tuned", "beside it", "train s", "peak RSS MB",
            "command")
 
 
 def run_task(task: str, out_root: Path, teacher: str | None) -> dict:
-    config, extra = EXAMPLES[task]
-    args = [f"examples/{config}", *extra, *([f"distill.teacher={teacher}"] if task == "distill" and teacher else [])]
+    args = [f"examples/{EXAMPLES[task]}", *([f"distill.teacher={teacher}"] if task == "distill" and teacher else [])]
     return {"row": task, "args": args, **run_config(task, args, out_root / task)}
 
 
