@@ -5,7 +5,8 @@
 
 Each row is `tunelab run examples/<config>.yaml` as shipped, in its own process. The distill row distils
 `--teacher` (a tuned model dir, e.g. a quickstart run with method=full: runs/<run>/model), else the
-example's own teacher (the untuned bundled model). The table goes to --out and replaces the `paradigms-table` block in README.md.
+example's own teacher (the untuned bundled model). The table goes to --out and replaces the
+`paradigms-table` block in README.md.
 """
 
 from __future__ import annotations
