@@ -5,6 +5,12 @@ then throws away the prompt and padding positions. Here the decoder runs once, t
 positions are gathered, and only those meet the head: the same loss for far less compute and memory.
 Models whose head does more than a linear map (logit soft-capping, a logit scale) and prompt-learning
 adapters (virtual tokens change the positions) keep the model's own forward.
+
+Rows of a batch often open with the same tokens: a chat template's system prompt, a task's fixed
+instruction. With `shared_prefix`, the decoder reads that prefix once and every row continues from its
+keys and values (expanded over the batch, gradients flowing back through them): causal attention makes
+the prefix's states the same for every row, so the loss and the gradients are those of the whole
+batch, for the compute of one prefix instead of one per row.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 import torch
 
 IGNORE = -100
+MIN_SHARED = 8  # a shorter shared prefix saves less than the second decoder call costs
 _HEAD_EXTRAS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling")
 
 
@@ -34,18 +41,49 @@ def lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] 
     return (decoder, head) if decoder is not None and head is not None and decoder is not base else None
 
 
-def supervised_nll(parts: tuple[torch.nn.Module, torch.nn.Module],
-                   batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def supervised_nll(parts: tuple[torch.nn.Module, torch.nn.Module], batch: dict[str, Any],
+                   shared_prefix: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per supervised position: its negative log-likelihood (fp32) and the batch row it belongs to.
 
     Position i predicts label i+1, as in the model's own loss. A batch with `position_ids` and no
     `attention_mask` is a flattened one: the decoder reads document boundaries from the position ids.
     """
     decoder, head = parts
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                     position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
-    targets = batch["labels"][:, 1:]
+    start = shared_length(decoder, batch) if shared_prefix else 0
+    if start:
+        hidden = suffix_hidden(decoder, batch, start)
+    else:
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                         position_ids=batch.get("position_ids"), use_cache=False).last_hidden_state
+    targets = batch["labels"][:, start + 1:]
     keep = targets != IGNORE
     logits = head(hidden[:, :-1][keep]).float()
     nll = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="none")
     return nll, keep.nonzero()[:, 0]
+
+
+def shared_length(decoder: torch.nn.Module, batch: dict[str, Any]) -> int:
+    """How many leading tokens every row shares and no loss reads (0 when sharing them would not pay).
+
+    The prefix ends before the position that predicts the first supervised label of any row, so every
+    supervised prediction is made in the rows' own part.
+    """
+    ids, labels, mask = batch["input_ids"], batch["labels"], batch.get("attention_mask")
+    if ids.shape[0] < 2 or "position_ids" in batch or getattr(decoder, "gradient_checkpointing", False):
+        return 0  # checkpointed layers drop the cache the rows would continue from
+    same = (ids == ids[:1]).all(0) if mask is None else ((ids == ids[:1]) & mask.bool()).all(0)
+    common = int(same.long().cumprod(0).sum())
+    supervised = (labels != IGNORE).any(0)
+    first_label = int(supervised.long().argmax()) if bool(supervised.any()) else ids.shape[1]
+    window = getattr(getattr(decoder, "config", None), "sliding_window", None) or ids.shape[1]
+    length = min(common, first_label - 1, ids.shape[1] - 1, window - 1)
+    return length if length >= MIN_SHARED else 0
+
+
+def suffix_hidden(decoder: torch.nn.Module, batch: dict[str, Any], start: int) -> torch.Tensor:
+    """The decoder's last hidden states at positions start.. of every row, the first `start` tokens read once."""
+    ids, mask = batch["input_ids"], batch.get("attention_mask")
+    cache = decoder(input_ids=ids[:1, :start], use_cache=True).past_key_values
+    cache.batch_repeat_interleave(ids.shape[0])
+    return decoder(input_ids=ids[:, start:], attention_mask=mask, past_key_values=cache,
+                   use_cache=True).last_hidden_state

@@ -32,6 +32,9 @@ class SpeedSettings(Section):
                                                     "less compute); off: the model's own full-vocabulary forward.")
     padding_free: bool = Field(False, description="Train on flattened batches: a micro-batch's examples back to back "
                                                   "in one row, no padding, attention kept within each example.")
+    shared_prefix: bool = Field(True, description="Read the leading tokens that every row of a micro-batch shares "
+                                                  "(a system prompt, a fixed instruction) once for the batch; "
+                                                  "same loss, less compute.")
     group_by_length: bool = Field(False, description="Draw micro-batches of similar length (less padding); "
                                                      "changes the data order.")
 
@@ -141,6 +144,7 @@ def lm_trainer_class() -> type:
 
     class LmTrainer(Trainer):
         supervised_head = True
+        shared_prefix = True
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if "position_ids" in inputs:  # flattened: see FlatCollator
@@ -150,7 +154,7 @@ def lm_trainer_class() -> type:
             if parts is None:
                 extra = {"use_cache": False} if "position_ids" in inputs else {}
                 return super().compute_loss(model, {**inputs, **extra}, return_outputs, num_items_in_batch)
-            nll, _ = supervised_nll(parts, inputs)
+            nll, _ = supervised_nll(parts, inputs, self.shared_prefix)
             if num_items_in_batch is None:  # the Trainer then divides by the accumulation steps itself
                 return nll.sum() / max(nll.numel(), 1)
             loss = nll.sum() / num_items_in_batch
@@ -194,7 +198,7 @@ def heldout_loss(model: torch.nn.Module, examples: list[Encoded], pad_id: int, b
 def row_losses(model: torch.nn.Module, parts: Any, batch: dict[str, torch.Tensor]) -> tuple[list[float], list[int]]:
     """Each row's summed loss and supervised-token count; through the supervised-only head when `parts`."""
     if parts is not None:
-        nll, rows = supervised_nll(parts, batch)
+        nll, rows = supervised_nll(parts, batch, shared_prefix=True)
         n = batch["input_ids"].shape[0]
         return torch.zeros(n).index_add_(0, rows, nll).tolist(), torch.bincount(rows, minlength=n).tolist()
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -223,7 +227,7 @@ def score(model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, eval_cfg: A
     samples: list[dict[str, Any]] = []
     if held_out.cases and eval_cfg.generate:
         answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], eval_cfg.max_new_tokens,
-                           batch_size=eval_cfg.batch_size, stop=held_out.stop)
+                           batch_size=eval_cfg.generation_batch, stop=held_out.stop)
         refs = [c.reference for c in held_out.cases]
         metrics.update(generation_scores(held_out.metrics, answers, refs))
         samples = [{"line": c.line, "prompt": c.prompt_text, "reference": c.reference, "output": a}
@@ -324,6 +328,7 @@ class LmTask(Task):
                                      train_dataset=ListDataset(prepared.train), callbacks=callbacks,
                                      data_collator=FlatCollator() if speed.padding_free else self.collator(tokenizer))
         trainer.supervised_head = speed.supervised_head
+        trainer.shared_prefix = speed.shared_prefix
         return trainer
 
     def validate(self, model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, config: Any,
@@ -333,7 +338,7 @@ class LmTask(Task):
         generated = [m for m in want if m not in result]
         if generated and held_out.cases:
             answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], config.eval.max_new_tokens,
-                               batch_size=config.eval.batch_size, stop=held_out.stop)
+                               batch_size=config.eval.generation_batch, stop=held_out.stop)
             result.update(generation_scores(generated, answers, [c.reference for c in held_out.cases]))
         return result
 
