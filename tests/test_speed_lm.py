@@ -1,5 +1,6 @@
 """Training shortcuts of the LM tasks (`speed` section) leave the loss unchanged: the supervised-only head,
-flattened (padding-free) batches, gradient accumulation through both, length grouping, bf16 detection."""
+the shared prompt prefix read once per batch, flattened (padding-free) batches, gradient accumulation
+through them, length grouping, bf16 detection; and batched generation gives the loop's answers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from tunelab.data.tokens import IGNORE
 from tunelab.models.loading import LoadRules, ModelSpec, load_pair
-from tunelab.scoring.lm_loss import lm_parts, supervised_nll
+from tunelab.scoring.lm_loss import lm_parts, shared_length, supervised_nll
 from tunelab.tasks.lm import Collator, Encoded, FlatCollator, LmPrepared, SpeedSettings, heldout_loss
 from tunelab.tasks.sft import Sft
 from tunelab.train.trainer import cpu_has_bf16, precision_flags
@@ -22,14 +23,17 @@ def tiny(tiny_model_dir):
     return load_pair(tiny_model_dir, ModelSpec("causal_lm"), LoadRules())
 
 
-def examples(n: int = 8, seed: int = 0) -> list[dict]:
-    """Rows of different lengths whose last few tokens are supervised, as SFT rows are."""
+PREFIX = [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]  # what every row opens with, as a system prompt is
+
+
+def examples(n: int = 8, seed: int = 0, prefix: list[int] = PREFIX) -> list[dict]:
+    """Rows of different lengths opening with `prefix`, whose last few tokens are supervised, as SFT rows are."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         length, answer = rng.randint(6, 30), rng.randint(2, 5)
-        ids = [rng.randint(10, 999) for _ in range(length)]
-        rows.append(Encoded(ids, [IGNORE] * (length - answer) + ids[-answer:]).as_row())
+        ids = prefix + [rng.randint(10, 999) for _ in range(length)]
+        rows.append(Encoded(ids, [IGNORE] * (len(ids) - answer) + ids[-answer:]).as_row())
     return rows
 
 
@@ -51,6 +55,49 @@ def test_supervised_head_loss_equals_the_models_own(tiny, wrap):
     assert nll.mean().item() == pytest.approx(own.item(), rel=1e-5)
     assert nll.numel() == int((batch["labels"][:, 1:] != IGNORE).sum())
     assert rows.tolist() == sorted(rows.tolist()) and rows.max().item() == batch["input_ids"].shape[0] - 1
+
+
+def decoder_inputs(model) -> tuple[list[tuple[int, ...]], object]:
+    """The shapes of the token ids each decoder call embeds (a hook on the embedding, not on the model)."""
+    shapes: list[tuple[int, ...]] = []
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hook = base.get_input_embeddings().register_forward_hook(lambda m, args, out: shapes.append(tuple(args[0].shape)))
+    return shapes, hook
+
+
+def test_shared_prefix_gives_the_models_losses_and_gradients_reading_the_prefix_once(tiny):
+    import copy
+
+    model = lora(copy.deepcopy(tiny[1]))
+    batch = Collator(0)(examples())
+    width = batch["input_ids"].shape[1]
+    parts = lm_parts(model)
+    assert shared_length(parts[0], batch) == len(PREFIX)
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        shapes, hook = decoder_inputs(model)
+        nll, rows = supervised_nll(parts, batch, shared_prefix=share)
+        hook.remove()
+        nll.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((nll.detach(), rows, grads, shapes))
+    (plain, plain_rows, plain_grads, plain_shapes), (shared, shared_rows, shared_grads, shared_shapes) = results
+    assert plain_shapes == [(8, width)] and shared_shapes == [(1, len(PREFIX)), (8, width - len(PREFIX))]
+    assert torch.equal(plain_rows, shared_rows) and torch.allclose(plain, shared, atol=1e-5)
+    assert len(plain_grads) == 2 * 7 * 2  # LoRA A and B on 7 linear layers of each of the 2 decoder layers
+    for name, grad in plain_grads.items():
+        assert grad.abs().max() > 0 and torch.allclose(grad, shared_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_shared_prefix_ends_before_the_first_supervised_prediction(tiny):
+    decoder = lm_parts(tiny[1])[0]
+    rows = examples()
+    early = Encoded(rows[0]["input_ids"], [IGNORE] * 10 + rows[0]["input_ids"][10:]).as_row()  # labels from 10 on
+    assert shared_length(decoder, Collator(0)([early, *rows[1:]])) == 9  # position 9 predicts label 10
+    assert shared_length(decoder, Collator(0)(examples(prefix=PREFIX[:7]))) == 0  # too short to pay
+    assert shared_length(decoder, Collator(0)(rows[:1])) == 0  # one row: nothing to share
+    assert shared_length(decoder, FlatCollator()(rows)) == 0  # flattened: one row with position ids
 
 
 def test_flattened_batch_has_the_padded_batchs_loss(tiny):
@@ -97,8 +144,9 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("speed", [SpeedSettings(), SpeedSettings(padding_free=True),
-                                   SpeedSettings(supervised_head=False)], ids=["head", "flat", "model-loss"])
+@pytest.mark.parametrize("speed", [SpeedSettings(), SpeedSettings(shared_prefix=False), SpeedSettings(padding_free=True),
+                                   SpeedSettings(supervised_head=False)],
+                         ids=["head-shared-prefix", "head", "flat", "model-loss"])
 def test_accumulation_matches_one_big_batch(tiny, tmp_path, speed):
     # Plain SGD moves weights in proportion to the gradient: a loss off by the accumulation factor, or a
     # mean of per-micro-batch means, would show here (Adam's first step would hide a constant factor).
@@ -112,7 +160,8 @@ def test_accumulation_matches_one_big_batch(tiny, tmp_path, speed):
 def test_each_shortcut_leaves_the_training_loss_unchanged(tiny, tmp_path):
     base, base_losses, _ = train_once(tiny[1], tiny[0], tmp_path, SpeedSettings(supervised_head=False, padding_free=False),
                                       batch=4, accum=1, steps=3, optim="adamw_torch", lr=1e-3)
-    for speed in (SpeedSettings(supervised_head=True), SpeedSettings(supervised_head=True, padding_free=True)):
+    for speed in (SpeedSettings(supervised_head=True), SpeedSettings(supervised_head=True, shared_prefix=False),
+                  SpeedSettings(supervised_head=True, padding_free=True)):
         weights, losses, _ = train_once(tiny[1], tiny[0], tmp_path, speed, batch=4, accum=1, steps=3,
                                         optim="adamw_torch", lr=1e-3)
         assert losses == pytest.approx(base_losses, rel=1e-4)
@@ -191,6 +240,34 @@ def test_validation_generates_with_the_held_out_stop_strings(monkeypatch):
     monkeypatch.setattr("tunelab.tasks.lm.generate", fake_generate)
     monkeypatch.setattr("tunelab.tasks.lm.heldout_loss", lambda *a, **k: {"eval_loss": 1.0})
     held = HeldOut([], [GenerationCase([1, 2], "x")], 0, stop=("\n\n",))
-    config = SimpleNamespace(eval=SimpleNamespace(max_new_tokens=4, batch_size=2))
+    config = SimpleNamespace(eval=SimpleNamespace(max_new_tokens=4, batch_size=2, generation_batch=2))
     result = Sft().validate(None, None, held, config, want=("exact_match",))
     assert asked["stop"] == ("\n\n",) and result["exact_match"] == 1.0
+
+
+def test_batched_generation_reads_a_shared_prefix_once_and_gives_the_loops_answers(tiny_model_dir, tokenizer):
+    import os
+
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.scoring.generate import generate
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    head = tokenizer("System: answer briefly and truthfully, in one line. Question:")["input_ids"]
+    prompts = [head + tokenizer(f" Q{i} " + "A1 " * (i % 5) + "Q2")["input_ids"] for i in range(7)]
+    shared, width = len(os.path.commonprefix(prompts)), max(len(p) for p in prompts)
+    looped = [generate(model, tokenizer, [p], 12)[0] for p in prompts]
+    shapes, hook = decoder_inputs(model)
+    batched = generate(model, tokenizer, prompts, 12, batch_size=8)
+    hook.remove()
+    assert batched == looped and len(set(looped)) > 1
+    assert shared >= len(head) and shapes[:3] == [(1, shared), (7, width - shared), (7, 1)]
+
+
+def test_generation_batches_are_sorted_by_length_within_the_token_budget(monkeypatch):
+    from tunelab.scoring.generate import batches
+
+    monkeypatch.setattr("tunelab.scoring.generate.BATCH_TOKENS", 100)
+    prompts = [[1] * n for n in (30, 5, 12, 40, 7, 20)]
+    # by length: 5, 7, 12 (3 rows of at most 22 tokens with the answer); 20, 30 (2 x 40); 40 (3 x 50 > 100)
+    assert batches(prompts, batch_size=3, max_new_tokens=10) == [[1, 4, 2], [5, 0], [3]]

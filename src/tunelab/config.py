@@ -100,7 +100,10 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     max_new_tokens: int = Field(64, ge=1, description="Tokens generated per held-out prompt.")
-    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    batch_size: int = Field(16, ge=1, description="Rows per scoring batch (held-out loss, labels, embeddings).")
+    generation_batch: int = Field(64, ge=1, description="Prompts per generation batch, within 16,384 prompt and "
+                                                        "answer tokens (decoding reads every weight once per step, "
+                                                        "whatever the batch).")
     max_examples: int = Field(200, ge=0, description="Held-out rows scored by generation; 0 means all.")
     generate: bool = Field(True, description="Score greedy generations (exact match, token F1).")
     metrics: list[str] | None = Field(

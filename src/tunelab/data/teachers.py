@@ -49,7 +49,7 @@ class LocalTeacher:
                    for c in conversations]
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         torch.manual_seed(seed)
-        return generate(self.model, self.tokenizer, ids, max_new_tokens, batch_size=8, temperature=temperature)
+        return generate(self.model, self.tokenizer, ids, max_new_tokens, temperature=temperature)
 
 
 class HttpTeacher:

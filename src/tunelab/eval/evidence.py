@@ -38,7 +38,8 @@ def before_training(model: torch.nn.Module, tokenizer: Any, task: Task, train: A
     out = Before(baselines=task.baselines(model, tokenizer, train, held, prepared, config, events))
     if FORGETTING in task.evidence and config.eval.forgetting_probe:
         events.emit("evaluating", which="probe", what="general ability (forgetting probe)")
-        out.probe = forgetting.measure(model, tokenizer, config.eval.batch_size, config.eval.forgetting_questions)
+        out.probe = forgetting.measure(model, tokenizer, config.eval.batch_size, config.eval.forgetting_questions,
+                                       config.eval.generation_batch)
     if prepared.train_sample is not None:
         measured = task.validate(model, tokenizer, prepared.train_sample, config)
         out.train_sample = {k: v for k, v in measured.items() if isinstance(v, (int, float))}
@@ -84,7 +85,8 @@ def after_training(model: torch.nn.Module, tokenizer: Any, task: Task, prepared:
                                "early_stopping": best.summary(final_step) if best else None}
     if before.probe is not None:
         events.emit("evaluating", which="probe", what="general ability after training (forgetting probe)")
-        probe_after = forgetting.measure(model, tokenizer, config.eval.batch_size, config.eval.forgetting_questions)
+        probe_after = forgetting.measure(model, tokenizer, config.eval.batch_size, config.eval.forgetting_questions,
+                                         config.eval.generation_batch)
         entries["forgetting"] = forgetting.compare(before.probe, probe_after, config.eval.forgetting_threshold)
     train_after: dict[str, float] = {}
     if prepared.train_sample is not None:

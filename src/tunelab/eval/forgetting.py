@@ -38,14 +38,15 @@ def answered(output: str, answers: list[str]) -> bool:
     return any(re.search(rf"(?<=\s){re.escape(normalize(a))}(?=\s)", said) for a in answers)
 
 
-def measure(model: torch.nn.Module, tokenizer: Any, batch_size: int = 8, questions: bool = True) -> dict[str, Any]:
+def measure(model: torch.nn.Module, tokenizer: Any, batch_size: int = 8, questions: bool = True,
+            generation_batch: int = 64) -> dict[str, Any]:
     """General-text perplexity and (when asked) general-question accuracy of a model, with its answers."""
     loss = heldout_loss(model, text_windows(probe_texts(), tokenizer, WINDOW), tokenizer.pad_token_id, batch_size)
     if not questions:
         return {"perplexity": loss["perplexity"], "accuracy": None, "questions": 0, "answers": []}
     questions = probe_questions()
     outputs = generate(model, tokenizer, [question_prompt(tokenizer, q["question"]) for q in questions],
-                       max_new_tokens=12, batch_size=batch_size)
+                       max_new_tokens=12, batch_size=generation_batch)
     right = [answered(o, q["answers"]) for o, q in zip(outputs, questions)]
     return {"perplexity": loss["perplexity"], "accuracy": sum(right) / len(right), "questions": len(right),
             "answers": outputs}

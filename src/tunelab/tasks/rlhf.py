@@ -201,7 +201,7 @@ class Rlhf(LmTask):
 
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, held_out: PromptSet, config: Any) -> Scores:
         answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], config.rlhf.max_completion_length,
-                           batch_size=config.eval.batch_size)
+                           batch_size=config.eval.generation_batch)
         completions = [a if isinstance(p, str) else [{"role": "assistant", "content": a}]
                        for p, a in zip(held_out.prompts, answers)]
         scores = held_out.reward(prompts=held_out.prompts, completions=completions) if answers else []
