@@ -9,7 +9,7 @@ order). Steps before --warmup are excluded from the speed; the mean training los
 TRL runs with its defaults (bf16 autocast and gradient checkpointing on: `trl-defaults`) and in plain
 fp32 (`trl-fp32`); the ratio is taken against the faster of the two.
 
-    python benchmarks/bench_train_vs_trl.py                       # 2 rounds, 16 steps, eval on 24 prompts
+    python benchmarks/bench_train_vs_trl.py                       # 2 rounds, 16 steps, eval on 60 prompts
     python benchmarks/bench_train_vs_trl.py --steps 30 --rounds 3 --ablation
 """
 
@@ -30,15 +30,19 @@ QUICKSTART = ROOT / "examples" / "quickstart.yaml"
 COMMON = ["train.warmup_ratio=0", "train.logging_steps=1", "train.save_steps=0", "train.eval_steps=0",
           "eval.train_sample=0", "data.leakage_check=false"]
 # tunelab with every switch off (the "before" of the ablation) and each switch alone.
-ALL_OFF = ["speed.supervised_head=false", "speed.padding_free=false", "speed.group_by_length=false",
-           "lora.dropout=0.05"]
+ALL_OFF = ["speed.supervised_head=false", "speed.shared_prefix=false", "speed.padding_free=false",
+           "speed.group_by_length=false", "lora.dropout=0.05"]
 ABLATION = {
     "tunelab-all-off": ALL_OFF,
     "only-supervised-head": ALL_OFF + ["speed.supervised_head=true"],
+    "head+shared-prefix": ALL_OFF + ["speed.supervised_head=true", "speed.shared_prefix=true"],  # needs the head path
     "only-padding-free": ALL_OFF + ["speed.padding_free=true"],
     "only-dropout-0": ALL_OFF + ["lora.dropout=0"],
     "only-group-by-length": ALL_OFF + ["speed.group_by_length=true"],
-    "all-on": ["speed.supervised_head=true", "speed.padding_free=true", "speed.group_by_length=true", "lora.dropout=0"],
+    # padding-free batches are one row: nothing to share, so the shared prefix is off there
+    "all-on": ["speed.supervised_head=true", "speed.shared_prefix=true", "speed.group_by_length=true", "lora.dropout=0"],
+    "all-on-padding-free": ["speed.supervised_head=true", "speed.padding_free=true", "speed.group_by_length=true",
+                            "lora.dropout=0"],
 }
 
 
@@ -119,7 +123,9 @@ def child_trl(opts, record: dict) -> None:
 
 
 def child_eval(opts, record: dict) -> None:
-    """Batched generation (tunelab's) against the same call one prompt at a time, on held-out prompts."""
+    """Batched generation (tunelab's) against plain `generate`, one prompt at a time, on held-out prompts."""
+    import torch
+
     from tunelab.config import load_config
     from tunelab.events import Events
     from tunelab.models import resolve_model
@@ -133,13 +139,20 @@ def child_eval(opts, record: dict) -> None:
     tokenizer, model = load_pair(resolve_model(cfg.model), ModelSpec("causal_lm"), LoadRules.of(cfg))
     cases = get_task(cfg.task).held_out(cfg, tokenizer, held, Events()).cases[: opts.eval_examples]
     prompts, new = [c.prompt_ids for c in cases], cfg.eval.max_new_tokens
-    generate(model, tokenizer, prompts, 2, batch_size=cfg.eval.batch_size)  # warm-up, both ways
-    generate(model, tokenizer, prompts[:1], 2, batch_size=1)
+
+    @torch.no_grad()
+    def one(prompt: list[int], max_new_tokens: int) -> str:  # what a user writes by hand
+        out = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.eos_token_id)
+        return tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True).strip()
+
+    generate(model, tokenizer, prompts[:2], 2, batch_size=cfg.eval.generation_batch)  # warm-up, both ways
+    one(prompts[0], 2)
     started = time.perf_counter()
-    batched = generate(model, tokenizer, prompts, new, batch_size=cfg.eval.batch_size)
+    batched = generate(model, tokenizer, prompts, new, batch_size=cfg.eval.generation_batch)
     record["batched_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    looped = [generate(model, tokenizer, [p], new, batch_size=1)[0] for p in prompts]
+    looped = [one(p, new) for p in prompts]
     record["loop_s"] = time.perf_counter() - started
     record.update(examples=len(prompts), identical=sum(a == b for a, b in zip(batched, looped)))
 
@@ -282,7 +295,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=16, help="optimizer steps per training run")
     p.add_argument("--warmup", type=int, default=3, help="steps excluded from the speed")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; medians are reported")
-    p.add_argument("--eval-examples", type=int, default=24, help="held-out prompts generated")
+    p.add_argument("--eval-examples", type=int, default=60, help="held-out prompts generated (the quickstart has 60)")
     p.add_argument("--data-mb", type=int, default=50, help="size of the generated JSONL read for memory (0: skip)")
     p.add_argument("--ablation", action="store_true", help="also run each speed switch alone")
     p.add_argument("--trl-bf16", action="store_true", help="run TRL's bf16 defaults even on a CPU without native bf16")
