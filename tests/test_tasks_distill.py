@@ -130,3 +130,52 @@ def test_gap_closed_and_speedup():
     assert out == {"speedup": pytest.approx(3.0), "gap_closed": pytest.approx(0.5)}
     held.teacher = {"exact_match": 0.2}  # no gap to close: no number rather than a division by zero
     assert "gap_closed" not in teacher_comparison(held, {"exact_match": 0.5}, seconds=2.0)
+
+
+def six_layer_teacher(directory):
+    """tiny-random-llama's architecture with 6 layers: 2 and 3 add nothing to the residual stream, 1 and 4
+    (scaled up) much."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.models.loading import load_tokenizer
+
+    source = resolve_model("tiny-random-llama")
+    config = load_model(source).config
+    config.num_hidden_layers = 6
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for i in (2, 3):
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+        for i in (1, 4):
+            model.model.layers[i].mlp.down_proj.weight.mul_(30)
+    model.save_pretrained(directory)
+    load_tokenizer(source, LoadRules()).save_pretrained(directory)
+    return model.eval()
+
+
+def test_a_layer_count_drops_the_block_that_costs_least(tmp_path, tokenizer):
+    from tunelab.models.students import cheapest_block
+    from tunelab.tasks.lm import Encoded
+
+    teacher = six_layer_teacher(tmp_path / "teacher")
+    prompts = [tokenizer(f"Item {i} colour?", return_tensors="pt")["input_ids"] for i in range(6)]
+    with torch.no_grad():  # the teacher's own greedy text: the whole teacher predicts it best
+        ids = [teacher.generate(p, max_new_tokens=8, do_sample=False)[0].tolist() for p in prompts]
+    examples = [Encoded(x, x) for x in ids]
+    kept, costs = cheapest_block(teacher, 4, examples, tokenizer.pad_token_id)
+    assert kept == [0, 1, 4, 5] and sorted(costs) == [1, 2, 3]  # blocks 1-2, 2-3, 3-4: the first and last stay
+    from tunelab.tasks.lm import heldout_loss
+    assert costs[2] == pytest.approx(heldout_loss(teacher, examples, tokenizer.pad_token_id)["eval_loss"], rel=1e-5)
+    assert costs[1] > costs[2] and costs[3] > costs[2]
+    with pytest.raises(ConfigError, match=r"expected a layer count from 2 to 5 \(the teacher has 6 layers"):
+        cheapest_block(teacher, 6, examples, tokenizer.pad_token_id)
+
+
+def test_student_layers_as_a_count_names_the_chosen_layers(distill_setup, tmp_path, monkeypatch):
+    monkeypatch.setattr("tunelab.models.students.cache_dir", lambda: tmp_path)
+    six_layer_teacher(tmp_path / "teacher")
+    config, task, tokenizer, model, prepared = distill_setup(f"distill.teacher={tmp_path / 'teacher'}",
+                                                             "distill.student_layers=4")
+    assert config.distill.student_layers == [0, 1, 4, 5] and model.config.num_hidden_layers == 4

@@ -36,12 +36,15 @@ class DistillSettings(Section):
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of both distributions in the KL term.")
     alpha: float = Field(0.5, ge=0, le=1, description="Weight of cross-entropy on the reference answers; the KL "
                                                       "term gets 1 - alpha. 0: pure distillation.")
-    student_layers: list[int] | Literal["every_other"] | None = Field(
+    student_layers: list[int] | int | Literal["every_other"] | None = Field(
         None, description="Build the student from the teacher, keeping these layer indices (or every_other), each "
-                          "initialised from its teacher layer; model= is then set to the built student.")
+                          "initialised from its teacher layer; model= is then set to the built student. A number "
+                          "N keeps N layers, dropping the contiguous block of the others whose removal raises the "
+                          "teacher's loss on the first training rows least.")
 
 
 register_section("distill", DistillSettings)
+BLOCK_ROWS = 32  # training rows on which distill.student_layers=N measures each block's removal
 register_metric(Metric("gap_closed", "teacher gap closed", None, percent=True, higher_is_better=True))
 register_metric(Metric("speedup", "speed-up over teacher", None, percent=False, higher_is_better=True))
 
@@ -145,8 +148,19 @@ class Distill(LmTask):
             from tunelab.models.students import chosen_layers, student_from_teacher
 
             teacher = teacher_path(config)
+            if isinstance(layers, int):  # the run's config.yaml then names the layers chosen
+                config.distill.student_layers = layers = self.layers_by_loss(config, train, teacher, layers)
             config.model = str(student_from_teacher(teacher, chosen_layers(teacher, layers), LoadRules.of(config)))
         return ModelSpec("causal_lm")
+
+    def layers_by_loss(self, config: Any, train: Any, teacher: Any, keep: int) -> list[int]:
+        """distill.student_layers=N: the N teacher layers left when the block that costs least is dropped."""
+        from tunelab.models.loading import load_pair
+        from tunelab.models.students import cheapest_block
+
+        tokenizer, model = load_pair(teacher, ModelSpec("causal_lm"), LoadRules.of(config))
+        encoded = [self.encode(row, train.format, tokenizer, config.train.max_length) for row in train.rows[:BLOCK_ROWS]]
+        return cheapest_block(model.eval(), keep, [e for e in encoded if e is not None], tokenizer.pad_token_id)[0]
 
     def prepare(self, config: Any, tokenizer: Any, train: Any, held: Any, events: Any) -> Prepared:
         base = super().prepare(config, tokenizer, train, held, events)
