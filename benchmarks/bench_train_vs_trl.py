@@ -36,6 +36,7 @@ ABLATION = {
     "tunelab-all-off": ALL_OFF,
     "only-supervised-head": ALL_OFF + ["speed.supervised_head=true"],
     "head+shared-prefix": ALL_OFF + ["speed.supervised_head=true", "speed.shared_prefix=true"],  # needs the head path
+    "defaults-but-shared-prefix": ["speed.shared_prefix=false"],
     "only-padding-free": ALL_OFF + ["speed.padding_free=true"],
     "only-dropout-0": ALL_OFF + ["lora.dropout=0"],
     "only-group-by-length": ALL_OFF + ["speed.group_by_length=true"],
