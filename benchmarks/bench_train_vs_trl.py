@@ -37,6 +37,7 @@ ABLATION = {
     "only-supervised-head": ALL_OFF + ["speed.supervised_head=true"],
     "head+shared-prefix": ALL_OFF + ["speed.supervised_head=true", "speed.shared_prefix=true"],  # needs the head path
     "defaults-but-shared-prefix": ["speed.shared_prefix=false"],
+    "defaults+compile": ["speed.compile=true"],  # its compile time falls in the warm-up steps
     "only-padding-free": ALL_OFF + ["speed.padding_free=true"],
     "only-dropout-0": ALL_OFF + ["lora.dropout=0"],
     "only-group-by-length": ALL_OFF + ["speed.group_by_length=true"],
@@ -269,7 +270,7 @@ def parent(opts) -> None:
         print("trl-defaults (bf16 autocast, gradient checkpointing) left out: this CPU has no native bf16, and "
               "emulated bf16 ran one 16-step run for over 27 CPU-minutes here (fp32: about 2); --trl-bf16 runs it")
     if opts.ablation:
-        variants |= ABLATION
+        variants |= {name: extra for name, extra in ABLATION.items() if not opts.only or name in opts.only}
     results = {name: summary(runs) for name, runs in train_rounds(opts, variants).items()}
     trl_name = max((n for n in ("trl-defaults", "trl-fp32") if n in results), key=lambda n: results[n]["tokens_per_s"])
     trl, ours = results[trl_name], results["tunelab"]
@@ -299,6 +300,7 @@ def main() -> None:
     p.add_argument("--eval-examples", type=int, default=60, help="held-out prompts generated (the quickstart has 60)")
     p.add_argument("--data-mb", type=int, default=50, help="size of the generated JSONL read for memory (0: skip)")
     p.add_argument("--ablation", action="store_true", help="also run each speed switch alone")
+    p.add_argument("--only", type=lambda text: text.split(","), default=[], help="with --ablation: these rows of it")
     p.add_argument("--trl-bf16", action="store_true", help="run TRL's bf16 defaults even on a CPU without native bf16")
     p.add_argument("--model", default="smollm2-135m-instruct", help="tiny-random-llama: a smoke test of this script")
     p.add_argument("--child", help=argparse.SUPPRESS)

@@ -271,3 +271,18 @@ def test_generation_batches_are_sorted_by_length_within_the_token_budget(monkeyp
     prompts = [[1] * n for n in (30, 5, 12, 40, 7, 20)]
     # by length: 5, 7, 12 (3 rows of at most 22 tokens with the answer); 20, 30 (2 x 40); 40 (3 x 50 > 100)
     assert batches(prompts, batch_size=3, max_new_tokens=10) == [[1, 4, 2], [5, 0], [3]]
+
+
+def test_compiled_layers_train_to_the_same_weights(tiny, tmp_path, monkeypatch):
+    # Dynamo and AOTAutograd trace the layers as with inductor; inductor's C++ code generation would add
+    # minutes here (its speed is measured in benchmarks/RESULTS.md).
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_module(self, backend="aot_eager", **kw))
+    plain, plain_losses, _ = train_once(tiny[1], tiny[0], tmp_path, SpeedSettings(), batch=4, accum=1, steps=2,
+                                        optim="adamw_torch", lr=1e-3)
+    compiled, losses, trainer = train_once(tiny[1], tiny[0], tmp_path, SpeedSettings(compile=True), batch=4, accum=1,
+                                           steps=2, optim="adamw_torch", lr=1e-3)
+    layers = lm_parts(trainer.model)[0].layers
+    assert all(layer._compiled_call_impl is not None for layer in layers)  # each layer runs compiled
+    assert set(compiled) == set(plain)  # weights keep their names (no _orig_mod prefix)
+    assert losses == pytest.approx(plain_losses, rel=1e-4) and max_diff(compiled, plain) < 1e-5
