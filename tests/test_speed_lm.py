@@ -100,6 +100,14 @@ def test_shared_prefix_ends_before_the_first_supervised_prediction(tiny):
     assert shared_length(decoder, FlatCollator()(rows)) == 0  # flattened: one row with position ids
 
 
+def test_no_shared_prefix_under_gradient_checkpointing(tiny):
+    import copy
+
+    model = copy.deepcopy(tiny[1])
+    model.gradient_checkpointing_enable()  # checkpointed layers drop the cache the rows would continue from
+    assert shared_length(lm_parts(model)[0], Collator(0)(examples())) == 0
+
+
 def test_flattened_batch_has_the_padded_batchs_loss(tiny):
     rows = examples()
     padded, flat = Collator(0)(rows), FlatCollator()(rows)
