@@ -110,7 +110,10 @@ def fail_batches_over(limit: int, error: type[BaseException], only_once_at_step:
 
 
 @pytest.fixture
-def direct_half_batch(tiny_config, tmp_path) -> dict[str, torch.Tensor]:
+def direct_half_batch(tiny_config, tmp_path, monkeypatch) -> dict[str, torch.Tensor]:
+    # The same hook (it never fires at 2 rows), so that both runs take the same forward path: a hooked model
+    # keeps its own forward instead of the supervised head and the shared prefix (scoring.lm_loss).
+    with_hook(monkeypatch, fail_batches_over(2, torch.OutOfMemoryError))
     config = tiny_config("train.batch_size=2", "train.grad_accum=2", "eval.generate=false",
                          f"output_dir={tmp_path / 'direct'}")
     return adapter(run(config).run_dir / "model")

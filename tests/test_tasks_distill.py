@@ -157,20 +157,22 @@ def six_layer_teacher(directory):
 
 def test_a_layer_count_drops_the_block_that_costs_least(tmp_path, tokenizer):
     from tunelab.models.students import cheapest_block
-    from tunelab.tasks.lm import Encoded
+    from tunelab.tasks.lm import Encoded, heldout_loss
 
     teacher = six_layer_teacher(tmp_path / "teacher")
     prompts = [tokenizer(f"Item {i} colour?", return_tensors="pt")["input_ids"] for i in range(6)]
     with torch.no_grad():  # the teacher's own greedy text: the whole teacher predicts it best
         ids = [teacher.generate(p, max_new_tokens=8, do_sample=False)[0].tolist() for p in prompts]
     examples = [Encoded(x, x) for x in ids]
-    kept, costs = cheapest_block(teacher, 4, examples, tokenizer.pad_token_id)
+    def loss(model) -> float:
+        return heldout_loss(model, examples, tokenizer.pad_token_id)["eval_loss"]
+
+    kept, costs = cheapest_block(teacher, 4, loss)
     assert kept == [0, 1, 4, 5] and sorted(costs) == [1, 2, 3]  # blocks 1-2, 2-3, 3-4: the first and last stay
-    from tunelab.tasks.lm import heldout_loss
-    assert costs[2] == pytest.approx(heldout_loss(teacher, examples, tokenizer.pad_token_id)["eval_loss"], rel=1e-5)
+    assert costs[2] == pytest.approx(loss(teacher), rel=1e-5)
     assert costs[1] > costs[2] and costs[3] > costs[2]
     with pytest.raises(ConfigError, match=r"expected a layer count from 2 to 5 \(the teacher has 6 layers"):
-        cheapest_block(teacher, 6, examples, tokenizer.pad_token_id)
+        cheapest_block(teacher, 6, loss)
 
 
 def test_student_layers_as_a_count_names_the_chosen_layers(distill_setup, tmp_path, monkeypatch):

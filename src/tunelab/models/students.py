@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -87,16 +88,15 @@ def build_student(teacher: Path, layers: list[int], rules: LoadRules, target: Pa
     load_tokenizer(teacher, rules).save_pretrained(target)
 
 
-def cheapest_block(teacher: torch.nn.Module, keep: int, examples: list, pad_id: int) -> tuple[list[int], dict[int, float]]:
-    """The layers kept when one contiguous block of the others is dropped: the block whose removal raises the
-    teacher's loss on `examples` (encoded training rows) least. The first and the last layer always stay.
+def cheapest_block(teacher: torch.nn.Module, keep: int,
+                   loss: Callable[[torch.nn.Module], float]) -> tuple[list[int], dict[int, float]]:
+    """The layers kept when one contiguous block of the others is dropped: the block whose removal raises
+    `loss` (of a candidate student, e.g. on training rows) least. The first and the last layer always stay.
 
     Which layers a model can spare differs by model and task, and guessing costs much: on the quickstart,
     keeping 20 of SmolLM2's 30 layers gives a held-out loss of 3.8 before training when layers 12-21 go and
     15.7 when every third goes (docs/tasks-lm.md). Returns the kept layers and each block start's loss.
     """
-    from tunelab.tasks.lm import heldout_loss
-
     count = teacher.config.num_hidden_layers
     if getattr(teacher.config, "layer_types", None) and len(set(teacher.config.layer_types)) > 1:
         raise ConfigError("distill.student_layers: a layer count needs a model whose layers are all alike; "
@@ -108,7 +108,7 @@ def cheapest_block(teacher: torch.nn.Module, keep: int, examples: list, pad_id: 
     costs = {}
     for start in range(1, count - drop):
         student.load_state_dict(renumbered(state, kept_without(count, start, drop)), strict=True)
-        costs[start] = heldout_loss(student, examples, pad_id)["eval_loss"]
+        costs[start] = loss(student)
     best = min(costs, key=costs.__getitem__)
     return kept_without(count, best, drop), costs
 

@@ -26,7 +26,7 @@ from tunelab.models.loading import LoadRules, ModelSpec, load_model, load_tokeni
 from tunelab.scoring.metrics import Metric, register_metric
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import FORGETTING, GENERATION, ListDataset, Prepared, Scores, register_task
-from tunelab.tasks.lm import HeldOut, LmTask, score
+from tunelab.tasks.lm import HeldOut, LmTask, heldout_loss, score
 
 
 class DistillSettings(Section):
@@ -160,7 +160,9 @@ class Distill(LmTask):
 
         tokenizer, model = load_pair(teacher, ModelSpec("causal_lm"), LoadRules.of(config))
         encoded = [self.encode(row, train.format, tokenizer, config.train.max_length) for row in train.rows[:BLOCK_ROWS]]
-        return cheapest_block(model.eval(), keep, [e for e in encoded if e is not None], tokenizer.pad_token_id)[0]
+        rows = [e for e in encoded if e is not None]
+        return cheapest_block(model.eval(), keep, lambda student: heldout_loss(student, rows, tokenizer.pad_token_id)
+                              ["eval_loss"])[0]
 
     def prepare(self, config: Any, tokenizer: Any, train: Any, held: Any, events: Any) -> Prepared:
         base = super().prepare(config, tokenizer, train, held, events)
