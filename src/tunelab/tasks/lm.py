@@ -37,9 +37,9 @@ class SpeedSettings(Section):
                                                   "same loss, less compute.")
     group_by_length: bool = Field(False, description="Draw micro-batches of similar length (less padding); "
                                                      "changes the data order.")
-    compile: bool = Field(False, description="torch.compile each decoder layer: faster steps after a one-off "
-                                             "compile (on one CPU core: 14% faster, 70 s to compile, so it pays "
-                                             "from about 120 steps on SmolLM2-135M).")
+    compile: bool = Field(False, description="torch.compile each decoder layer. Off: on one CPU core it cost "
+                                             "70 s to compile, then ran steps 14% faster in a profile and 6% "
+                                             "slower in a 12-step bench (benchmarks/RESULTS.md).")
 
 
 register_section("speed", SpeedSettings)
