@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-MIN_SHARED = 8  # a shorter shared prefix saves less than its own forward costs
+from tunelab.scoring.lm_loss import prompt_learning, worth_sharing
+
 BATCH_TOKENS = 16384  # prompt and answer tokens per batch: bounds the cache (0.75 GiB on SmolLM2-135M)
 
 
@@ -62,37 +63,36 @@ def batches(prompts: list[list[int]], batch_size: int, max_new_tokens: int) -> l
 def generate_rows(model: torch.nn.Module, rows: list[list[int]], pad_id: int, options: dict[str, Any]) -> torch.Tensor:
     """The model's output ids for one batch: the padded prompts, then the answers."""
     device = next(model.parameters()).device
-    prompt_learning = getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
-    shared = 0 if prompt_learning else shared_length(rows, model)
+    virtual_tokens = prompt_learning(model)
+    shared = 0 if virtual_tokens else shared_length(rows, model)
     width = max(len(p) for p in rows)
     ids = torch.tensor([p[:shared] + [pad_id] * (width - len(p)) + p[shared:] for p in rows], device=device)
     mask = torch.tensor([[1] * shared + [0] * (width - len(p)) + [1] * (len(p) - shared) for p in rows], device=device)
-    cache = prefix_cache(model, rows[0][:shared], len(rows), width + options["max_new_tokens"]) if shared else None
+    cache = prefix_cache(model, ids[:1, :shared], len(rows), width + options["max_new_tokens"]) if shared else None
     if cache is not None:
         return model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, **options)
     return model.generate(input_ids=ids, attention_mask=mask, **options,
-                          **({} if prompt_learning else {"cache_implementation": "static"}))
+                          **({} if virtual_tokens else {"cache_implementation": "static"}))
 
 
 def shared_length(rows: list[list[int]], model: torch.nn.Module) -> int:
     """Leading tokens every row shares (each keeps at least one of its own); 0 when sharing would not pay."""
+    if len(rows) < 2:
+        return 0
     limit = min(len(p) for p in rows) - 1
-    window = getattr(getattr(model, "config", None), "sliding_window", None)
-    limit = min(limit, window - 1) if window else limit
     length = 0
     while length < limit and all(p[length] == rows[0][length] for p in rows):
         length += 1
-    return length if length >= MIN_SHARED and len(rows) > 1 else 0
+    return worth_sharing(length, limit, model)
 
 
-def prefix_cache(model: torch.nn.Module, prefix: list[int], rows: int, max_len: int) -> Any:
+def prefix_cache(model: torch.nn.Module, prefix: torch.Tensor, rows: int, max_len: int) -> Any:
     """A static cache holding the prefix's keys and values for every row, the prefix read by the model once;
     None for a model whose cache is not a plain per-layer one (it then reads each row's prefix itself)."""
     from transformers import DynamicCache, StaticCache
     from transformers.cache_utils import DynamicLayer
 
-    device = next(model.parameters()).device
-    once = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1).past_key_values
+    once = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
     if type(once) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in once.layers):
         return None
     cache = StaticCache(config=model.config, max_cache_len=max_len)

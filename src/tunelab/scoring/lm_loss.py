@@ -20,14 +20,13 @@ from typing import Any
 import torch
 
 IGNORE = -100
-MIN_SHARED = 8  # a shorter shared prefix saves less than the second decoder call costs
+MIN_SHARED = 8  # a shorter shared prefix saves less than the extra decoder call costs
 _HEAD_EXTRAS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling")
 
 
 def lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
     """(decoder, head) of a causal LM, a PEFT-wrapped one too; None when the shortcut would change the loss."""
-    peft_config = getattr(model, "active_peft_config", None)
-    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+    if prompt_learning(model):
         return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if any(m._forward_pre_hooks or m._forward_hooks for m in (model, base)):
@@ -39,6 +38,19 @@ def lm_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] 
     decoder = get_decoder() if get_decoder else None
     head = get_head() if get_head else None
     return (decoder, head) if decoder is not None and head is not None and decoder is not base else None
+
+
+def prompt_learning(model: torch.nn.Module) -> bool:
+    """Whether a PEFT prompt-learning adapter (prompt, prefix, p-tuning) is active: it adds virtual tokens."""
+    return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
+
+
+def worth_sharing(common: int, limit: int, model: torch.nn.Module) -> int:
+    """The shared prefix to use: `common` leading tokens, at most `limit` and within the model's attention
+    window; 0 when that is under MIN_SHARED tokens."""
+    window = getattr(getattr(model, "config", None), "sliding_window", None)
+    length = min(common, limit, window - 1) if window else min(common, limit)
+    return length if length >= MIN_SHARED else 0
 
 
 def supervised_nll(parts: tuple[torch.nn.Module, torch.nn.Module], batch: dict[str, Any],
@@ -75,9 +87,7 @@ def shared_length(decoder: torch.nn.Module, batch: dict[str, Any]) -> int:
     common = int(same.long().cumprod(0).sum())
     supervised = (labels != IGNORE).any(0)
     first_label = int(supervised.long().argmax()) if bool(supervised.any()) else ids.shape[1]
-    window = getattr(getattr(decoder, "config", None), "sliding_window", None) or ids.shape[1]
-    length = min(common, first_label - 1, ids.shape[1] - 1, window - 1)
-    return length if length >= MIN_SHARED else 0
+    return worth_sharing(common, min(first_label, ids.shape[1]) - 1, decoder)
 
 
 def suffix_hidden(decoder: torch.nn.Module, batch: dict[str, Any], start: int) -> torch.Tensor:
