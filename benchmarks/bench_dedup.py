@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 from tunelab.data import load_dataset
-from tunelab.data.dedup import (DEFAULT_THRESHOLD, SHINGLE_WORDS, exact_key, find_duplicates, jaccard, row_text,
+from tunelab.data.dedup import (DEFAULT_THRESHOLD, SHINGLE_WORDS, exact_key, find_duplicates, jaccard,
                                 shingle_sets, shingles)
+from tunelab.data.formats import row_text
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -9,12 +9,17 @@ templated rows of examples/ (same instruction, different slots) stay at or below
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import heapq
 import re
+import tempfile
 import unicodedata
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 DEFAULT_THRESHOLD = 0.5
@@ -26,6 +31,12 @@ LSH_WEIGHTS = (0.2, 0.8)
 # text, such as an instruction every row repeats; it says nothing about which rows are copies.
 BOILERPLATE_SHARE = 0.05
 BOILERPLATE_MIN_ROWS = 10
+# Misra-Gries entries for the boilerplate count (bounded memory): it finds every boilerplate shingle
+# while rows average up to SKETCH_SIZE * BOILERPLATE_SHARE (5,000) shingles; beyond that, every shingle
+# in more than (shingles seen) / SKETCH_SIZE rows.
+SKETCH_SIZE = 100_000
+MINHASH_CHUNK = 256
+SET_CACHE = 1024
 _WORD = re.compile(r"\w+")
 
 
@@ -40,7 +51,7 @@ def shingles(text: str, n: int = SHINGLE_WORDS) -> frozenset[str]:
     words = _WORD.findall(unicodedata.normalize("NFC", text).casefold())
     if len(words) <= n:
         return frozenset([" ".join(words)])
-    return frozenset(" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+    return frozenset(map(" ".join, zip(*(words[k:] for k in range(n)))))
 
 
 def shingle_sets(texts: Sequence[str], n: int = SHINGLE_WORDS) -> list[frozenset[str]]:
@@ -96,29 +107,176 @@ class Twin:
 def find_duplicates(texts: Sequence[str], threshold: float = DEFAULT_THRESHOLD, near: bool = True,
                     n: int = SHINGLE_WORDS) -> list[Twin]:
     """The later copies in `texts`: each names the earliest kept row it repeats. Order decides who stays."""
-    first: dict[str, int] = {}
-    twins: list[Twin] = []
-    sets = shingle_sets(texts, n)
-    signatures = minhashes(sets) if near else [None] * len(texts)
-    index = NearDupIndex(threshold) if near else None
-    for i, text in enumerate(texts):
-        key = exact_key(text)
-        if key in first:
-            twins.append(Twin(first[key], i, "exact", 1.0))
-            continue
-        match = index.query(sets[i], signatures[i]) if index and sets[i] else []
-        if match:
-            twins.append(Twin(match[0][0], i, "near", round(match[0][1], 4)))
-            continue
-        first[key] = i
-        if index and sets[i]:
-            index.add(i, sets[i], signatures[i])
-    return twins
+    finder = Deduplicator(threshold, near, n)
+    for text in texts:
+        finder.see(text)
+    return finder.twins(texts)
 
 
-def clusters(n_rows: int, twins: Iterable[Twin]) -> list[int]:
-    """A group id per row: a dropped twin joins the kept row's group (kept rows are never dropped)."""
-    group = list(range(n_rows))
+class Deduplicator:
+    """`find_duplicates` for texts that do not fit in memory: what it keeps per row is a few numbers.
+
+    `see` each text as it streams past (an 8-byte key and a sketch of shingle counts), then `twins`
+    reads them again from `texts`, which can be iterated and indexed (a file on disk): the boilerplate,
+    a MinHash signature per distinct text cut into LSH bands (spilled to disk band by band), candidate
+    pairs from equal bands, and the exact Jaccard of each candidate.
+    """
+
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD, near: bool = True, n: int = SHINGLE_WORDS,
+                 sketch_size: int | None = None):
+        self.threshold, self.near, self.n = threshold, near, n
+        self.keys = array("Q")
+        self.sketch = FrequentShingles(sketch_size or SKETCH_SIZE)
+
+    def see(self, text: str) -> None:
+        self.keys.append(int.from_bytes(bytes.fromhex(exact_key(text))[:8], "little"))
+        if self.near:
+            self.sketch.add(shingles(text, self.n))
+
+    def twins(self, texts: Sequence[str]) -> list[Twin]:
+        import numpy as np
+
+        _, first, copy_of = np.unique(np.frombuffer(self.keys, dtype=np.uint64), return_index=True,
+                                      return_inverse=True)
+        common = self.boilerplate(texts) if self.near else frozenset()
+        shingle_set = functools.lru_cache(maxsize=SET_CACHE)(lambda i: shingles(texts[i], self.n) - common)
+        neighbours = _band_neighbours(texts, first, common, self) if self.near else None
+        return self._walk(first, copy_of.reshape(-1), neighbours, shingle_set)
+
+    def boilerplate(self, texts: Iterable[str]) -> frozenset[str]:
+        """Shingles in more rows than BOILERPLATE_SHARE (counted exactly; the sketch only nominates)."""
+        limit = max(BOILERPLATE_SHARE * len(self.keys), BOILERPLATE_MIN_ROWS)
+        counts = self.sketch.counts
+        if self.sketch.pruned:
+            nominated = set(counts)
+            counts = Counter(s for text in texts for s in shingles(text, self.n) if s in nominated)
+        return frozenset(s for s, c in counts.items() if c > limit)
+
+    def _walk(self, first: Any, copy_of: Any, neighbours: Any, shingle_set: Any) -> list[Twin]:
+        """Row by row in order: an exact copy of a kept row, else its most similar kept row (LSH candidates,
+        exact Jaccard), else it is kept. Only the first copy of a text is ever kept."""
+        import numpy as np
+
+        holder = np.full(len(first), -1, dtype=np.int64)  # the kept row of each distinct text
+        kept = np.zeros(len(copy_of), dtype=bool)
+        twins: list[Twin] = []
+        for i, key in enumerate(copy_of.tolist()):
+            if holder[key] >= 0:
+                twins.append(Twin(int(holder[key]), i, "exact", 1.0))
+                continue
+            match = self._closest(i, int(first[key]), neighbours, kept, shingle_set) if neighbours else None
+            if match:
+                twins.append(Twin(match[0], i, "near", round(match[1], 4)))
+                continue
+            holder[key], kept[i] = i, True
+        return twins
+
+    def _closest(self, i: int, own: int, neighbours: tuple[Any, Any], kept: Any,
+                 shingle_set: Any) -> tuple[int, float] | None:
+        """The kept row before i most similar to row `own` (i's first copy), at or above the threshold."""
+        starts, targets = neighbours
+        found = targets[starts[own]:starts[own + 1]]
+        found = found[(found < i) & kept[found]].tolist()
+        scored = [(j, jaccard(shingle_set(own), shingle_set(j))) for j in found]
+        scored = sorted(((j, s) for j, s in scored if s >= self.threshold), key=lambda js: (-js[1], js[0]))
+        return scored[0] if scored else None
+
+
+class FrequentShingles:
+    """Misra-Gries counts of shingles per row: every shingle in more than (shingles seen) / size rows
+    keeps a positive count, in memory bounded by 2 x size entries. Exact until the first prune."""
+
+    def __init__(self, size: int):
+        self.size, self.counts, self.pruned = size, Counter(), False
+
+    def add(self, row_shingles: Iterable[str]) -> None:
+        self.counts.update(row_shingles)
+        if len(self.counts) >= 2 * self.size:
+            cut = heapq.nlargest(self.size, self.counts.values())[-1]
+            self.counts = Counter({s: c - cut for s, c in self.counts.items() if c > cut})
+            self.pruned = True
+
+
+def _band_neighbours(texts: Sequence[str], first: Any, common: frozenset[str],
+                     finder: Deduplicator) -> tuple[Any, Any]:
+    """Each distinct text's LSH neighbours (the other first copies that share a band with it), as
+    (starts, targets): row i's neighbours are targets[starts[i]:starts[i + 1]]."""
+    import numpy as np
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=finder.threshold, num_perm=NUM_PERM, weights=LSH_WEIGHTS)
+    is_first = np.zeros(len(texts), dtype=bool)
+    is_first[first] = True
+    with tempfile.TemporaryDirectory(prefix="tunelab-bands-") as spill:
+        rows = _write_bands(texts, is_first, common, finder.n, (lsh.b, lsh.r), Path(spill))
+        pairs = [_bucket_pairs(rows, np.fromfile(Path(spill) / str(band), dtype=np.uint64)) for band in range(lsh.b)]
+    pairs = np.unique(np.concatenate(pairs), axis=0)
+    both = np.concatenate([pairs, pairs[:, ::-1]])
+    both = both[np.lexsort((both[:, 1], both[:, 0]))]
+    return np.searchsorted(both[:, 0], np.arange(len(texts) + 1)), both[:, 1]
+
+
+def _write_bands(texts: Iterable[str], wanted: Any, common: frozenset[str], n: int, shape: tuple[int, int],
+                 spill: Path) -> Any:
+    """MinHash each wanted row whose shingles are not all boilerplate, in chunks; each band's hashes go to
+    its own file. Returns the row index behind each position of those files."""
+    import numpy as np
+
+    rows, chunk, sets = array("q"), [], []
+    bands, width = shape
+    outs = [open(spill / str(band), "wb") for band in range(bands)]
+    try:
+        for i, text in enumerate(texts):
+            found = shingles(text, n) - common if wanted[i] else None
+            if found:
+                chunk.append(i)
+                sets.append(found)
+            if len(chunk) == MINHASH_CHUNK or (i == len(wanted) - 1 and chunk):
+                signatures = np.stack([m.hashvalues for m in minhashes(sets)])
+                for band, out in enumerate(outs):
+                    out.write(_band_hash(signatures[:, band * width:(band + 1) * width]).tobytes())
+                rows.extend(chunk)
+                chunk, sets = [], []
+    finally:
+        for out in outs:
+            out.close()
+    return np.frombuffer(rows, dtype=np.int64)
+
+
+def _band_hash(values: Any) -> Any:
+    """A 64-bit hash of each row of a [rows, width] block of MinHash values (splitmix64 steps)."""
+    import numpy as np
+
+    h = np.zeros(len(values), dtype=np.uint64)
+    for column in values.T:
+        h = h ^ column.astype(np.uint64)
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        h = h ^ (h >> np.uint64(31))
+    return h
+
+
+def _bucket_pairs(rows: Any, hashes: Any) -> Any:
+    """[pairs, 2] of row indices (smaller first) whose band hashes are equal."""
+    import numpy as np
+
+    order = np.argsort(hashes, kind="stable")
+    ordered = hashes[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    sizes = np.diff(np.r_[starts, len(ordered)])
+    out = [np.zeros((0, 2), dtype=np.int64)]
+    for start, size in zip(starts[sizes > 1].tolist(), sizes[sizes > 1].tolist()):
+        members = np.sort(rows[order[start:start + size]])
+        a, b = np.triu_indices(size, k=1)
+        out.append(np.stack([members[a], members[b]], axis=1))
+    return np.concatenate(out)
+
+
+def clusters(n_rows: int, twins: Iterable[Twin]) -> Any:
+    """A group id per row (an array): a dropped twin joins the kept row's group (kept rows are never dropped)."""
+    import numpy as np
+
+    group = np.arange(n_rows, dtype=np.int64)
     for twin in twins:
         group[twin.dropped] = group[twin.kept]
     return group

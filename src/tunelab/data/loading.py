@@ -51,9 +51,20 @@ class Validated:
     warnings: list[Problem] = field(default_factory=list)
 
 
-def validate_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> Validated:
-    """Read a file and validate each row as it streams past; a row with a problem is left out of `rows`,
-    never lost. Only the valid rows (normalised) are kept: the raw records are dropped as they are checked."""
+@dataclass
+class Checked:
+    """One record of a file after validation: `row` (normalised) when usable, else its `errors`."""
+
+    line: int
+    record: Row | Problem
+    row: Row | None
+    errors: list[Problem]
+    warnings: list[Problem]
+
+
+def stream_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> tuple[str, Iterator[Checked]]:
+    """The file's format (detected from its first rows when "auto") and its records, validated one at a
+    time as they are read: nothing of the file is held but the rows needed to detect the format."""
     path = Path(path)
     records = iter(read_rows(path, columns))
     head = _first_rows(records, DETECT_ROWS) if fmt == "auto" else []
@@ -62,20 +73,32 @@ def validate_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None 
         fmt = _detect(path, rows) if rows else "unknown"
     elif fmt not in FORMATS:
         raise DataError(f'{path}: unknown format "{fmt}"; expected one of {"|".join(FORMATS)}')
+    return fmt, (_check(record, fmt) for record in itertools.chain(head, records))
+
+
+def _check(record: Row | Problem, fmt: str) -> Checked:
+    if isinstance(record, Problem):
+        return Checked(record.line, record, None, [record], [])
+    found = inspect_row(record, fmt)
+    errors = [p for p in found if not p.warning]
+    row = None if errors else Row(record.line, normalize_row(record.fields, fmt))
+    return Checked(record.line, record, row, errors, [p for p in found if p.warning])
+
+
+def validate_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = None) -> Validated:
+    """Read a file and validate each row as it streams past; a row with a problem is left out of `rows`,
+    never lost. Only the valid rows (normalised) are kept: the raw records are dropped as they are checked."""
+    path = Path(path)
+    fmt, checked = stream_file(path, fmt, columns)
     good, invalid, problems, warnings, total = [], [], [], [], 0
-    for record in itertools.chain(head, records):
+    for item in checked:
         total += 1
-        if isinstance(record, Problem):
-            problems.append(record)
-            continue
-        found = inspect_row(record, fmt)
-        errors = [p for p in found if not p.warning]
-        problems.extend(errors)
-        warnings.extend(p for p in found if p.warning)
-        if errors:
-            invalid.append(record)
-        else:
-            good.append(Row(record.line, normalize_row(record.fields, fmt)))
+        problems.extend(item.errors)
+        warnings.extend(item.warnings)
+        if item.row is not None:
+            good.append(item.row)
+        elif isinstance(item.record, Row):
+            invalid.append(item.record)
     if not total:
         raise DataError(f"{path}: no rows; expected one JSON object per line")
     problems.sort(key=lambda p: p.line)

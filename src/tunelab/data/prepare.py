@@ -7,18 +7,23 @@ duplicate list of prepare_report.json (next to the row that was kept in its plac
 from __future__ import annotations
 
 import json
+from array import array
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.check import describe_lengths, reject_entries
+import numpy as np
+
+from tunelab.data.check import describe_lengths
 from tunelab.data.clean import clean_row
-from tunelab.data.dedup import DEFAULT_THRESHOLD, Twin, clusters, find_duplicates
+from tunelab.data.dedup import DEFAULT_THRESHOLD, Deduplicator, Twin, clusters
 from tunelab.data.formats import get_format, row_text, validate_row
-from tunelab.data.loading import fingerprint, validate_file
+from tunelab.data.loading import Checked, fingerprint, stream_file
 from tunelab.data.rows import Row
+from tunelab.data.spill import RowFile
 from tunelab.data.split import SPLITS, assign_splits
+from tunelab.errors import DataError
 
 
 @dataclass
@@ -34,43 +39,121 @@ class PrepareOptions:
 
 
 def prepare(path: Path, out_dir: Path, tokenizer: Any, options: PrepareOptions) -> dict[str, Any]:
-    checked = validate_file(path, options.fmt, options.columns)
-    fmt = checked.format
-    rejects = list(reject_entries(checked, checked.problems).values())
-    rows, lengths, cleaned = [], [], 0
-    for row in checked.rows:
-        fields = clean_row(row.fields)
-        cleaned += fields != row.fields
-        n, reasons = _usable(Row(row.line, fields), fmt, tokenizer, options)
-        if reasons:
-            rejects.append({"line": row.line, "reasons": reasons, "row": row.fields})
-            continue
-        rows.append(Row(row.line, fields))
-        lengths.append(n)
-    twins = find_duplicates([row_text(r.fields, fmt) for r in rows], options.threshold)
-    dropped = {t.dropped for t in twins if t.kind == "exact" or options.drop_near}
-    groups = clusters(len(rows), twins)
-    keep = [i for i in range(len(rows)) if i not in dropped]
-    label = get_format(fmt).label_field
-    labels = [rows[i].fields[label] for i in keep] if label else None
-    where = assign_splits(len(keep), options.shares, options.seed, labels, [groups[i] for i in keep])
+    """Two passes over the file, holding a few numbers per row: the first validates, cleans, measures and
+    rejects each row as it is read and appends the usable ones to a spill file in `out_dir`; the
+    deduplicator reads that file again, and the second pass copies each kept row into its split."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in SPLITS:
-        _write_jsonl(out_dir / f"{name}.jsonl", [rows[i].fields for i, w in zip(keep, where) if w == name])
-    _write_jsonl(out_dir / "rejects.jsonl", sorted(rejects, key=lambda r: r["line"]))
-    split_lengths = {name: [lengths[i] for i, w in zip(keep, where) if w == name] for name in SPLITS}
+    rows = RowFile(out_dir / ".prepare-rows.jsonl")
+    try:
+        seen = _first_pass(path, out_dir, rows, tokenizer, options)
+        twins = seen.finder.twins(rows.texts(lambda fields: row_text(fields, seen.fmt)))
+        return _split_and_report(path, out_dir, rows, seen, twins, options)
+    finally:
+        rows.close()
+
+
+@dataclass
+class _Seen:
+    """What the first pass keeps: per usable row its line, token count and label id (numbers), and totals."""
+
+    fmt: str
+    finder: Deduplicator
+    label_field: str | None
+    lines: array = field(default_factory=lambda: array("q"))
+    lengths: array = field(default_factory=lambda: array("q"))
+    labels: array = field(default_factory=lambda: array("q"))
+    label_ids: dict[str, int] = field(default_factory=dict)  # repr(label) -> id
+    label_values: list[Any] = field(default_factory=list)  # id -> label
+    total: int = 0
+    rejected: int = 0
+    cleaned: int = 0
+
+    def add(self, line: int, fields: dict[str, Any], n_tokens: int) -> None:
+        self.lines.append(line)
+        self.lengths.append(n_tokens)
+        self.finder.see(row_text(fields, self.fmt))
+        if self.label_field:
+            value = fields[self.label_field]
+            if repr(value) not in self.label_ids:
+                self.label_ids[repr(value)] = len(self.label_values)
+                self.label_values.append(value)
+            self.labels.append(self.label_ids[repr(value)])
+
+
+def _first_pass(path: Path, out_dir: Path, rows: RowFile, tokenizer: Any, options: PrepareOptions) -> _Seen:
+    """Validate, clean and measure each row as it is read: a rejected row goes to rejects.jsonl at once
+    (input order), a usable one to the spill file."""
+    fmt, records = stream_file(path, options.fmt, options.columns)
+    seen = _Seen(fmt, Deduplicator(options.threshold), get_format(fmt).label_field)
+    with open(out_dir / "rejects.jsonl", "w", encoding="utf-8") as rejects:
+        for item in records:
+            seen.total += 1
+            fields = clean_row(item.row.fields) if item.row else None
+            seen.cleaned += fields is not None and fields != item.row.fields
+            n, entry = _usable_or_reject(path, item, fields, fmt, tokenizer, options)
+            if entry:
+                rejects.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                seen.rejected += 1
+            else:
+                seen.add(item.line, fields, n)
+                rows.append(fields)
+    if not seen.total:
+        raise DataError(f"{path}: no rows; expected one JSON object per line")
+    return seen
+
+
+def _usable_or_reject(path: Path, item: Checked, fields: dict[str, Any] | None, fmt: str, tokenizer: Any,
+                      options: PrepareOptions) -> tuple[int, dict[str, Any] | None]:
+    """The cleaned row's token count, and its rejects-file entry when it cannot be used (None when it can)."""
+    if item.row is None:
+        entry: dict[str, Any] = {"line": item.line, "reasons": [p.render(path).split(": ", 1)[1] for p in item.errors]}
+        if isinstance(item.record, Row):
+            entry["row"] = item.record.fields
+        elif item.record.raw is not None:
+            entry["raw"] = item.record.raw
+        return 0, entry
+    n, reasons = _usable(Row(item.line, fields), fmt, tokenizer, options)
+    return n, ({"line": item.line, "reasons": reasons, "row": item.row.fields} if reasons else None)
+
+
+def _split_and_report(path: Path, out_dir: Path, rows: RowFile, seen: _Seen, twins: list[Twin],
+                      options: PrepareOptions) -> dict[str, Any]:
+    dropped = {t.dropped for t in twins if t.kind == "exact" or options.drop_near}
+    kept = np.ones(len(rows), dtype=bool)
+    kept[list(dropped)] = False
+    keep = np.flatnonzero(kept)
+    values = seen.label_values
+    labels = [values[k] for k in np.frombuffer(seen.labels, dtype=np.int64)[keep].tolist()] if seen.label_field else None
+    where = np.full(len(rows), -1, dtype=np.int8)
+    picked = assign_splits(len(keep), options.shares, options.seed, labels, clusters(len(rows), twins)[keep])
+    where[keep] = [SPLITS.index(name) for name in picked]
+    _write_splits(out_dir, rows, where)
+    lengths = np.frombuffer(seen.lengths, dtype=np.int64)
+    split_lengths = {name: lengths[where == s].tolist() for s, name in enumerate(SPLITS)}
     plot_lengths(split_lengths, options.max_length, out_dir / "token_lengths.png")
     report = {
-        "input": str(path), "sha256": fingerprint(path), "format": fmt, "rows_read": checked.total,
-        "rejected": len(rejects), "cleaned": cleaned,
-        "duplicates": _duplicate_report(rows, twins, dropped, options.threshold),
+        "input": str(path), "sha256": fingerprint(path), "format": seen.fmt, "rows_read": seen.total,
+        "rejected": seen.rejected, "cleaned": seen.cleaned,
+        "duplicates": _duplicate_report(seen.lines, twins, dropped, options.threshold),
         "splits": {name: len(v) for name, v in split_lengths.items()},
         "tokens": {name: describe_lengths(v) for name, v in split_lengths.items()},
-        "labels": _labels_by_split(labels, where) if labels is not None else None,
+        "labels": _labels_by_split(labels, picked) if labels is not None else None,
         "options": {**asdict(options), "shares": list(options.shares)},
     }
     (out_dir / "prepare_report.json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
     return report
+
+
+def _write_splits(out_dir: Path, rows: RowFile, where: Any) -> None:
+    """Copy each kept row's line of the spill file into its split's file, in input order."""
+    outs = [open(out_dir / f"{name}.jsonl", "wb") for name in SPLITS]
+    try:
+        for line, split in zip(rows.lines(), where.tolist()):
+            if split >= 0:
+                outs[split].write(line)
+    finally:
+        for out in outs:
+            out.close()
 
 
 def _usable(row: Row, fmt: str, tokenizer: Any, options: PrepareOptions) -> tuple[int, list[str]]:
@@ -86,24 +169,18 @@ def _usable(row: Row, fmt: str, tokenizer: Any, options: PrepareOptions) -> tupl
     return n, []
 
 
-def _duplicate_report(rows: list[Row], twins: list[Twin], dropped: set[int], threshold: float) -> dict[str, Any]:
+def _duplicate_report(lines: array, twins: list[Twin], dropped: set[int], threshold: float) -> dict[str, Any]:
     kept_for: dict[int, list[dict[str, Any]]] = {}
     for t in twins:
-        kept_for.setdefault(t.kept, []).append({"line": rows[t.dropped].line, "kind": t.kind,
+        kept_for.setdefault(t.kept, []).append({"line": lines[t.dropped], "kind": t.kind,
                                                 "similarity": t.similarity, "dropped": t.dropped in dropped})
     kinds = Counter(t.kind for t in twins if t.dropped in dropped)
     return {"threshold": threshold, "exact": kinds["exact"], "near": kinds["near"],
-            "clusters": [{"kept_line": rows[k].line, "twins": v} for k, v in sorted(kept_for.items())]}
+            "clusters": [{"kept_line": lines[k], "twins": v} for k, v in sorted(kept_for.items())]}
 
 
 def _labels_by_split(labels: list[Any], where: list[str]) -> dict[str, dict[str, int]]:
     return {name: dict(Counter(str(lab) for lab, w in zip(labels, where) if w == name)) for name in SPLITS}
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def plot_lengths(lengths: dict[str, list[int]], max_length: int, target: Path) -> None:
