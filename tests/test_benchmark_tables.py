@@ -1,8 +1,12 @@
-"""The README's measured tables render what the runs measured (benchmarks/paradigms_table.py, tables.py)."""
+"""The README's measured tables render what the runs measured (benchmarks/paradigms_table.py, tables.py),
+and every benchmark `make bench` runs at least starts."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -38,3 +42,12 @@ def test_a_failed_row_says_so_and_the_exit_status_is_1(tmp_path, monkeypatch):
     assert (tmp_path / "out.md").read_text() == text
     readme = (tmp_path / "README.md").read_text()
     assert readme == f"intro\n<!-- paradigms-table:start -->\n{text}<!-- paradigms-table:end -->\nrest\n"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("bench_*.py")))
+def test_each_benchmark_starts(script):
+    """`make bench` runs every script: each must at least import and parse its arguments."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--help"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("usage:")

@@ -60,7 +60,8 @@ def test_run_directory_is_self_describing(full_run):
     assert {"tunelab", "torch", "transformers", "peft", "trl"} <= set(versions)
     summary = json.loads((d / "summary.json").read_text())
     assert set(summary["before"]) == {"eval_loss", "eval_loss_se", "perplexity", "exact_match", "token_f1"}
-    assert {"seconds", "tokens", "tokens_per_second"} <= set(summary["train"])
+    assert {"seconds", "tokens", "tokens_per_second", "model_flops_per_s"} <= set(summary["train"])
+    assert "mfu" not in summary["train"]  # no known peak on a CPU
     assert summary["trainable_params"] == summary["total_params"]  # full fine-tune
 
 

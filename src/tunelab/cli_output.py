@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tunelab.eval.report import comparison_header, comparison_rows, verdict
+from tunelab.eval.report import comparison_header, comparison_rows, flops_words, verdict
 from tunelab.events import Event
 
 
@@ -88,7 +88,7 @@ def print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
         print_table([("", "metric", "mean", "95% interval"), *interval_rows(summary)])
     t = summary["train"]
     print(f"\ntrained {summary['trainable_params']:,} parameters for {t['steps']} steps in {t['seconds']:.0f} s "
-          f"({t['tokens_per_second']:.0f} tokens/s)")
+          f"({t['tokens_per_second']:.0f} tokens/s{flops_words(t)})")
     if "resources" in summary:
         r = summary["resources"]
         print(f"artifact {r['artifact_bytes'] / 2**20:,.1f} MiB on disk, peak memory {r['peak_rss_bytes'] / 2**20:,.0f} MiB")

@@ -66,6 +66,9 @@ class TrainConfig(Section):
     max_bad_steps: int = Field(3, ge=1, description="Steps in a row with a NaN/Inf loss or gradient (each skipped) "
                                                     "before the run stops.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    liger: bool = Field(False, description="Liger's Triton kernels (RMSNorm, RoPE, SwiGLU) on a CUDA GPU; needs the "
+                                           "liger-kernel package (pip install 'tunelab[gpu]'). Off by default until "
+                                           "measured on a GPU against the same run without them.")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "auto", description="auto: bf16 autocast on a CUDA device or CPU (AVX512-BF16/AMX) that has it natively, "
                           "else fp32.")

@@ -7,18 +7,24 @@ Keys that training ignores are warnings: listed once per key, at its first row, 
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import statistics
+import tempfile
+from array import array
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.dedup import DEFAULT_THRESHOLD, find_duplicates
+from tunelab.data.dedup import DEFAULT_THRESHOLD, Deduplicator, Twin
 from tunelab.data.formats import get_format, row_text
-from tunelab.data.loading import Validated, validate_file
+from tunelab.data.loading import stream_file
 from tunelab.data.rows import Problem, Row
+from tunelab.data.spill import RowFile
+from tunelab.errors import DataError
 
 DEFAULT_MAX_LENGTH = 512
 
@@ -28,7 +34,7 @@ class CheckReport:
     path: Path
     format: str
     total: int
-    kept: list[Row]
+    kept: int  # rows without a problem
     problems: list[Problem]
     rejected: dict[int, dict[str, Any]] = field(default_factory=dict)  # line -> {"row"|"raw", "reasons"}
     tokens: list[int] = field(default_factory=list)
@@ -45,7 +51,7 @@ class CheckReport:
 
     def summary(self) -> dict[str, Any]:
         kinds = self.kinds()
-        return {"path": str(self.path), "format": self.format, "rows": self.total, "kept": len(self.kept),
+        return {"path": str(self.path), "format": self.format, "rows": self.total, "kept": self.kept,
                 "rejected": len(self.rejected), "problems_by_kind": dict(kinds), "tokens": self.token_stats(),
                 "over_max_length": kinds["too_long"], "max_length": self.max_length,
                 "labels": dict(self.labels), "exact_duplicates": kinds["duplicate"],
@@ -63,24 +69,61 @@ def describe_lengths(lengths: list[int]) -> dict[str, float]:
 
 def check_file(path: Path, tokenizer: Any, fmt: str = "auto", columns: dict[str, str] | None = None,
                max_length: int = DEFAULT_MAX_LENGTH, threshold: float = DEFAULT_THRESHOLD) -> CheckReport:
-    """Validate, measure and deduplicate a file; nothing is dropped without a reason."""
-    checked = validate_file(path, fmt, columns)
-    problems = list(checked.problems)
-    shape = get_format(checked.format)
-    lengths = [shape.token_length(r.fields, tokenizer, max_length) for r in checked.rows]
-    problems += [Problem(r.line, cut, f"{n} tokens; the supervised part is cut at max_length={max_length}",
-                         "too_long") for r, (n, cut) in zip(checked.rows, lengths) if cut]
-    problems += duplicate_problems(checked.rows, checked.format, threshold)
-    problems.sort(key=lambda p: p.line)
-    bad = {p.line for p in problems}
-    report = CheckReport(checked.path, checked.format, checked.total, [r for r in checked.rows if r.line not in bad],
-                         problems, max_length=max_length)
-    report.tokens = [n for n, _ in lengths]
-    if shape.label_field:
-        report.labels = Counter(r.fields[shape.label_field] for r in checked.rows)
-    report.rejected = reject_entries(checked, problems)
-    report.warnings, report.ignored_keys = once_per_key(checked.warnings)
+    """Validate, measure and deduplicate a file; nothing is dropped without a reason.
+
+    One pass reads the file (valid rows are spilled to a temporary file), the deduplicator reads the
+    spill again: memory holds a few numbers per row and the problems found, never the rows."""
+    fmt, records = stream_file(path, fmt, columns)
+    shape = get_format(fmt)
+    report = CheckReport(Path(path), fmt, 0, 0, [], max_length=max_length)
+    invalid: dict[int, dict[str, Any]] = {}  # line -> fields, for records that broke their schema
+    lines, warnings = array("q"), []
+    finder = Deduplicator(threshold)
+    with tempfile.TemporaryDirectory(prefix="tunelab-check-") as spill:
+        rows = RowFile(Path(spill) / "rows.jsonl")
+        try:
+            for item in records:
+                report.total += 1
+                report.problems.extend(item.errors)
+                warnings.extend(item.warnings)
+                if item.row is None:
+                    if isinstance(item.record, Row):
+                        invalid[item.line] = item.record.fields
+                    continue
+                report.problems.extend(_measure(item.row, shape, tokenizer, max_length, report))
+                lines.append(item.line)
+                rows.append(item.row.fields)
+                finder.see(row_text(item.row.fields, fmt))
+            if not report.total:
+                raise DataError(f"{path}: no rows; expected one JSON object per line")
+            report.problems += duplicate_problems(finder.twins(rows.texts(lambda f: row_text(f, fmt))), lines,
+                                                  threshold)
+            report.problems.sort(key=lambda p: p.line)
+            report.rejected = reject_entries(report.path, report.problems, _fields_at(lines, rows, invalid))
+        finally:
+            rows.close()
+    report.kept = report.total - len(report.rejected)
+    report.warnings, report.ignored_keys = once_per_key(warnings)
     return report
+
+
+def _measure(row: Row, shape: Any, tokenizer: Any, max_length: int, report: CheckReport) -> list[Problem]:
+    """Count the row's tokens and label into the report; the row's problem when max_length cuts it."""
+    n, cut = shape.token_length(row.fields, tokenizer, max_length)
+    report.tokens.append(n)
+    if shape.label_field:
+        report.labels[row.fields[shape.label_field]] += 1
+    return [Problem(row.line, cut, f"{n} tokens; the supervised part is cut at max_length={max_length}",
+                    "too_long")] if cut else []
+
+
+def _fields_at(lines: array, rows: RowFile, invalid: dict[int, dict[str, Any]]) -> Callable[[int], Any]:
+    """The row at a line as read: a valid row from the spill file (lines ascend), else the invalid record."""
+    def fields(line: int) -> dict[str, Any] | None:
+        at = bisect.bisect_left(lines, line)
+        return rows[at] if at < len(lines) and lines[at] == line else invalid.get(line)
+
+    return fields
 
 
 def once_per_key(warnings: list[Problem]) -> tuple[list[Problem], Counter]:
@@ -96,23 +139,25 @@ def once_per_key(warnings: list[Problem]) -> tuple[list[Problem], Counter]:
             for key, p in first.items()], rows
 
 
-def duplicate_problems(rows: list[Row], fmt: str, threshold: float) -> list[Problem]:
-    twins = find_duplicates([row_text(r.fields, fmt) for r in rows], threshold)
-    return [Problem(rows[t.dropped].line, "", f"exact duplicate of line {rows[t.kept].line}", "duplicate")
+def duplicate_problems(twins: list[Twin], lines: Sequence[int], threshold: float) -> list[Problem]:
+    """A problem per dropped twin, at its line, naming the line of the row it repeats."""
+    return [Problem(lines[t.dropped], "", f"exact duplicate of line {lines[t.kept]}", "duplicate")
             if t.kind == "exact" else
-            Problem(rows[t.dropped].line, "", f"near-duplicate of line {rows[t.kept].line} "
+            Problem(lines[t.dropped], "", f"near-duplicate of line {lines[t.kept]} "
                     f"(Jaccard {t.similarity:.2f} >= {threshold})", "near_duplicate") for t in twins]
 
 
-def reject_entries(checked: Validated, problems: list[Problem]) -> dict[int, dict[str, Any]]:
+def reject_entries(path: Path, problems: list[Problem], fields_at: Callable[[int], Any]) -> dict[int, dict[str, Any]]:
     """One rejects-file record per problem line: its reasons and the row (or the raw line) as read."""
-    fields = {r.line: r.fields for r in [*checked.rows, *checked.invalid]}
     out: dict[int, dict[str, Any]] = {}
     for p in problems:
         entry = out.setdefault(p.line, {"line": p.line, "reasons": []})
-        entry["reasons"].append(p.render(checked.path).split(": ", 1)[1])
-        if p.line in fields:
-            entry["row"] = fields[p.line]
+        entry["reasons"].append(p.render(path).split(": ", 1)[1])
+        if "row" in entry or "raw" in entry:
+            continue
+        fields = fields_at(p.line)
+        if fields is not None:
+            entry["row"] = fields
         elif p.raw is not None:
             entry["raw"] = p.raw
     return out

@@ -185,7 +185,16 @@ def training_line(summary: dict[str, Any]) -> str:
     return (f"Model `{summary['model']}`, method `{summary['method']}`, task `{summary['task']}`; "
             f"{summary['trainable_params']:,} of {summary['total_params']:,} parameters trained "
             f"({100 * summary['trainable_params'] / summary['total_params']:.2f}%) for {t['steps']} steps in "
-            f"{t['seconds']:.0f} s, {t['tokens']:,} tokens ({t['tokens_per_second']:.0f} tokens/s)." + resources_words(summary))
+            f"{t['seconds']:.0f} s, {t['tokens']:,} tokens ({t['tokens_per_second']:.0f} tokens/s{flops_words(t)})."
+            + resources_words(summary))
+
+
+def flops_words(train: dict[str, Any]) -> str:
+    """", 0.09 model TFLOP/s (MFU 41.2%)": the PaLM count of model FLOPs per second, and MFU where known."""
+    if "model_flops_per_s" not in train:
+        return ""
+    mfu = f", MFU {train['mfu']:.1%}" if "mfu" in train else ""
+    return f", {train['model_flops_per_s'] / 1e12:.2f} model TFLOP/s{mfu}"
 
 
 def resources_words(summary: dict[str, Any]) -> str:

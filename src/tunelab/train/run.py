@@ -33,7 +33,8 @@ from tunelab.tasks import TASKS, Task, get_task, task_for_format
 from tunelab.train.budget import resolve_epochs, stops_early
 from tunelab.train.guards import train_guarded
 from tunelab.train.resume import find_run_dir, prepare_resume
-from tunelab.train.trainer import Progress, common_args, quiet
+from tunelab.train.flops import throughput
+from tunelab.train.trainer import Progress, common_args, precision_name, quiet
 
 
 @dataclass
@@ -115,8 +116,12 @@ def train(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Any, val
                                     (watched, describe(watched).higher_is_better))
     seconds = time.monotonic() - started
     tokens = int(trainer.state.num_input_tokens_seen)
+    args = trainer.args
+    sequences = (trainer.state.global_step - progress.steps_at_start) * args.train_batch_size \
+        * args.gradient_accumulation_steps * args.world_size
     return {"seconds": round(seconds, 2), "tokens": tokens,
             "tokens_per_second": round((tokens - progress.tokens_at_start) / seconds, 2),  # this process's
+            **throughput(model, tokens - progress.tokens_at_start, sequences, seconds, precision_name(args)),
             "steps": trainer.state.global_step, "final_train_loss": output.training_loss}
 
 

@@ -7,6 +7,7 @@ the task's own metrics, metrics.jsonl and progress events.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,23 @@ def precision_flags(precision: str) -> dict[str, bool]:
         native = torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16()
         precision = "bf16" if native else "fp32"
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}
+
+
+def liger_flag(wanted: bool) -> dict[str, bool]:
+    """transformers' use_liger_kernel, after checking what it needs: a CUDA device and the package."""
+    if not wanted:
+        return {}
+    if not torch.cuda.is_available():
+        raise ConfigError("train.liger=true needs a CUDA GPU (Liger's kernels are written in Triton); this machine "
+                          "has none: leave train.liger off")
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("train.liger=true needs the liger-kernel package: pip install 'tunelab[gpu]'")
+    return {"use_liger_kernel": True}
+
+
+def precision_name(args: Any) -> str:
+    """The precision a trainer's arguments train in: bf16, fp16 or fp32."""
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
 
 
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
@@ -74,6 +92,7 @@ def common_args(config: RunConfig, checkpoint_dir: Path) -> dict[str, Any]:
         disable_tqdm=True,
         dataloader_num_workers=0,
         **precision_flags(t.precision),
+        **liger_flag(t.liger),
         **get_method(config.method).training_args(config),
     )
 
@@ -90,12 +109,12 @@ class Progress(TrainerCallback):
         self.best = best  # an eval.early_stopping.BestWeights, or None
         self.measure, self.eval_steps = validate, eval_steps
         self.started = time.monotonic()
-        self.tokens_at_start = 0
+        self.tokens_at_start = self.steps_at_start = 0
         self.last_loss: float | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.monotonic()
-        self.tokens_at_start = state.num_input_tokens_seen
+        self.tokens_at_start, self.steps_at_start = state.num_input_tokens_seen, state.global_step
         self.events.emit("train_started", max_steps=state.max_steps, start_step=state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
