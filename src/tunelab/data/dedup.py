@@ -257,7 +257,8 @@ def _band_hash(values: Any) -> Any:
 
 
 def _bucket_pairs(rows: Any, hashes: Any) -> Any:
-    """[pairs, 2] of row indices (smaller first) whose band hashes are equal."""
+    """[pairs, 2] of row indices (smaller first) whose band hashes are equal: every pair within each bucket,
+    built for all buckets of one size at once."""
     import numpy as np
 
     order = np.argsort(hashes, kind="stable")
@@ -265,10 +266,10 @@ def _bucket_pairs(rows: Any, hashes: Any) -> Any:
     starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
     sizes = np.diff(np.r_[starts, len(ordered)])
     out = [np.zeros((0, 2), dtype=np.int64)]
-    for start, size in zip(starts[sizes > 1].tolist(), sizes[sizes > 1].tolist()):
-        members = np.sort(rows[order[start:start + size]])
-        a, b = np.triu_indices(size, k=1)
-        out.append(np.stack([members[a], members[b]], axis=1))
+    for size in np.unique(sizes[sizes > 1]).tolist():
+        members = np.sort(rows[order[starts[sizes == size][:, None] + np.arange(size)]], axis=1)
+        first, second = np.triu_indices(size, k=1)
+        out.append(np.stack([members[:, first].ravel(), members[:, second].ravel()], axis=1))
     return np.concatenate(out)
 
 
