@@ -9,6 +9,11 @@ order). Steps before --warmup are excluded from the speed; the mean training los
 TRL runs with its defaults (bf16 autocast and gradient checkpointing on: `trl-defaults`) and in plain
 fp32 (`trl-fp32`); the ratio is taken against the faster of the two.
 
+On a CUDA machine the same script trains on the GPU (tunelab in bf16 by default, TRL with and without
+its defaults), adds `tunelab-qlora`, and prints each variant's peak GPU memory and MFU (PaLM's model
+FLOPs against the GPU's dense bf16 peak, `tunelab.train.flops`); its last line adds `mfu=` and
+`qlora_peak_gpu_ratio_vs_lora=` (the goal: at most 0.40).
+
     python benchmarks/bench_train_vs_trl.py                       # 2 rounds, 16 steps, eval on 60 prompts
     python benchmarks/bench_train_vs_trl.py --steps 30 --rounds 3 --ablation
 """
@@ -97,6 +102,19 @@ def child_tunelab(opts, record: dict) -> None:
     trainer.data_collator = counting(trainer.data_collator, record)
     record["precision"] = "bf16" if args["bf16"] else "fp32"
     trainer.train()
+    record["flops_per_token"] = model_flops(model, trainer, record["precision"])
+
+
+def model_flops(model, trainer, precision: str) -> dict:
+    """Model FLOPs per token (PaLM's count) and, on a GPU in the table, its peak: what MFU needs."""
+    import torch
+
+    from tunelab.train.flops import flops_per_token, peak_flops
+
+    sequences = trainer.state.global_step * trainer.args.train_batch_size * trainer.args.gradient_accumulation_steps
+    per_token = flops_per_token(model, trainer.state.num_input_tokens_seen / max(sequences, 1))
+    peak = peak_flops(torch.cuda.get_device_name(), precision) if torch.cuda.is_available() else None
+    return {"per_token": per_token, "peak": peak}
 
 
 def child_trl(opts, record: dict) -> None:
@@ -112,7 +130,10 @@ def child_trl(opts, record: dict) -> None:
     model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(path)
     fp32 = {"bf16": False, "gradient_checkpointing": False} if opts.variant == "trl-fp32" else {}
-    config = SFTConfig(output_dir=str(Path(opts.tmp) / "trl"), use_cpu=True, per_device_train_batch_size=8,
+    import torch
+
+    config = SFTConfig(output_dir=str(Path(opts.tmp) / "trl"), use_cpu=not torch.cuda.is_available(),
+                       per_device_train_batch_size=8,
                        learning_rate=1e-3, max_steps=opts.steps, max_length=256, logging_steps=1, save_strategy="no",
                        report_to="none", disable_tqdm=True, include_num_input_tokens_seen="non_padding",
                        completion_only_loss=True, **fp32)  # what TRL does for prompt/completion rows
@@ -160,7 +181,7 @@ def child_eval(opts, record: dict) -> None:
 
 
 def child_data(opts, record: dict) -> None:
-    """Peak memory of reading and validating a large JSONL (`tunelab data check`'s reader)."""
+    """Peak memory of reading and validating a large JSONL (the reader `tunelab run` loads its data with)."""
     from tunelab.data.loading import validate_file
 
     before = rss_bytes()
@@ -185,9 +206,12 @@ def speed(record: dict, warmup: int) -> dict:
     """Tokens/s over the steps after warm-up; the loss over every step."""
     marks = record["marks"]
     (t0, tok0, sup0), (t1, tok1, sup1) = marks[warmup - 1], marks[-1]
-    return {"tokens_per_s": (tok1 - tok0) / (t1 - t0), "supervised_per_s": (sup1 - sup0) / (t1 - t0),
+    flops = record.get("flops_per_token") or {}
+    tokens_per_s = (tok1 - tok0) / (t1 - t0)
+    return {"tokens_per_s": tokens_per_s, "supervised_per_s": (sup1 - sup0) / (t1 - t0),
             "supervised": sup1 - sup0, "loss": statistics.mean(record["losses"]), "rss": record["peak_rss"],
-            "precision": record.get("precision")}
+            "gpu": record.get("peak_gpu", 0), "precision": record.get("precision"),
+            "mfu": flops["per_token"] * tokens_per_s / flops["peak"] if flops.get("peak") else 0.0}
 
 
 def quickstart_rows(path: Path) -> None:
@@ -233,8 +257,8 @@ def train_rounds(opts, variants: dict[str, list[str]]) -> dict[str, list[dict]]:
 
 
 def summary(runs: list[dict]) -> dict:
-    return {k: statistics.median(r[k] for r in runs) for k in ("tokens_per_s", "supervised_per_s", "loss", "rss")} \
-        | {"supervised": runs[0]["supervised"]}
+    keys = ("tokens_per_s", "supervised_per_s", "loss", "rss", "gpu", "mfu")
+    return {k: statistics.median(r[k] for r in runs) for k in keys} | {"supervised": runs[0]["supervised"]}
 
 
 def data_memory(opts) -> None:
@@ -253,7 +277,7 @@ def data_memory(opts) -> None:
     record = run_child("data", opts, [])
     opts.rows_file = opts_rows
     grew = (record["peak_rss"] - record["rss_before"]) / 2**20
-    print(f"data check reader on {size_mb:.0f} MB ({i} rows): {record['seconds']:.1f} s, peak RSS "
+    print(f"run's data reader on {size_mb:.0f} MB ({i} rows): {record['seconds']:.1f} s, peak RSS "
           f"{record['peak_rss'] / 2**20:.0f} MiB ({grew:.0f} MiB above start: {grew / size_mb:.2f} MiB per MB)")
 
 
@@ -264,8 +288,11 @@ def parent(opts) -> None:
     quickstart_rows(Path(opts.rows_file))
     from tunelab.train.trainer import cpu_has_bf16
 
-    variants = {"trl-defaults": [], "trl-fp32": [], "tunelab": []}
-    if not (cpu_has_bf16() or opts.trl_bf16):
+    import torch
+
+    cuda = torch.cuda.is_available()
+    variants = {"trl-defaults": [], "trl-fp32": [], "tunelab": []} | ({"tunelab-qlora": ["method=qlora"]} if cuda else {})
+    if not (cuda or cpu_has_bf16() or opts.trl_bf16):
         del variants["trl-defaults"]
         print("trl-defaults (bf16 autocast, gradient checkpointing) left out: this CPU has no native bf16, and "
               "emulated bf16 ran one 16-step run for over 27 CPU-minutes here (fp32: about 2); --trl-bf16 runs it")
@@ -279,7 +306,8 @@ def parent(opts) -> None:
         print(f"  {name:22s} {r['tokens_per_s']:7.1f} tok/s ({r['tokens_per_s'] / trl['tokens_per_s']:.2f}x)  "
               f"{r['supervised_per_s']:6.1f} sup/s ({r['supervised_per_s'] / trl['supervised_per_s']:.2f}x)  "
               f"loss {r['loss']:.4f} ({(r['loss'] - trl['loss']) / trl['loss']:+.2%})  "
-              f"peak RSS {r['rss'] / 2**20:.0f} MiB ({r['rss'] / trl['rss']:.2f}x)  supervised {r['supervised']}")
+              f"peak RSS {r['rss'] / 2**20:.0f} MiB ({r['rss'] / trl['rss']:.2f}x)  supervised {r['supervised']}"
+              + (f"  peak GPU {r['gpu'] / 2**20:.0f} MiB  MFU {r['mfu']:.1%}" if cuda else ""))
     ev = run_child("eval", opts, [])
     eval_ratio = ev["loop_s"] / ev["batched_s"]
     print(f"\neval on {ev['examples']} held-out prompts: batched {ev['examples'] / ev['batched_s']:.2f} ex/s, "
@@ -288,8 +316,10 @@ def parent(opts) -> None:
     if opts.data_mb:
         data_memory(opts)
     loss_diff = abs(ours["loss"] - trl["loss"]) / trl["loss"]
+    gpu = (f" mfu={ours['mfu']:.4f} qlora_peak_gpu_ratio_vs_lora={results['tunelab-qlora']['gpu'] / ours['gpu']:.3f}"
+           if cuda else "")
     print(f"train_tokens_per_s_ratio_vs_trl={ours['tokens_per_s'] / trl['tokens_per_s']:.3f} "
-          f"eval_examples_per_s_ratio_vs_loop={eval_ratio:.3f} loss_rel_diff={loss_diff:.4f}")
+          f"eval_examples_per_s_ratio_vs_loop={eval_ratio:.3f} loss_rel_diff={loss_diff:.4f}{gpu}")
 
 
 def main() -> None:
@@ -319,6 +349,10 @@ def main() -> None:
     kind = "trl" if opts.child.startswith("trl") else opts.child if opts.child in ("eval", "data") else "tunelab"
     {"trl": child_trl, "tunelab": child_tunelab, "eval": child_eval, "data": child_data}[kind](opts, record)
     record["peak_rss"] = rss_bytes()
+    import torch
+
+    if torch.cuda.is_available():
+        record["peak_gpu"] = int(torch.cuda.max_memory_allocated())
     print("RESULT " + json.dumps(record), flush=True)
 
 
