@@ -130,3 +130,18 @@ def test_prepare_holds_numbers_per_row_not_rows(tmp_path, tokenizer, monkeypatch
 @pytest.mark.parametrize("rows", [[], ["only"]])
 def test_tiny_inputs(rows):
     assert find_duplicates(rows) == []
+
+
+def test_a_file_without_one_readable_line_is_reported_not_crashed(tmp_path, tokenizer, capsys):
+    from tunelab.cli import main
+
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"prompt": "x"\n[1, 2]\n', encoding="utf-8")
+    assert main(["data", "check", str(path), "--model", "tiny-random-llama"]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}:1: " in out and f"{path}:2: " in out and "2 rows (unknown): 0 kept, 2 rejected" in out
+    report = prepare(path, tmp_path / "out", tokenizer, PrepareOptions())
+    assert (report["rows_read"], report["rejected"], report["splits"]) == (2, 2, {"train": 0, "validation": 0,
+                                                                                  "test": 0})
+    rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [1, 2] and rejects[0]["raw"] == '{"prompt": "x"'

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.data.dedup import DEFAULT_THRESHOLD, Deduplicator, Twin
-from tunelab.data.formats import get_format, row_text
+from tunelab.data.formats import FORMATS, row_text
 from tunelab.data.loading import stream_file
 from tunelab.data.rows import Problem, Row
 from tunelab.data.spill import RowFile
@@ -74,7 +74,7 @@ def check_file(path: Path, tokenizer: Any, fmt: str = "auto", columns: dict[str,
     One pass reads the file (valid rows are spilled to a temporary file), the deduplicator reads the
     spill again: memory holds a few numbers per row and the problems found, never the rows."""
     fmt, records = stream_file(path, fmt, columns)
-    shape = get_format(fmt)
+    shape = FORMATS.get(fmt)  # None when no line parses: then no row is valid and none is measured
     report = CheckReport(Path(path), fmt, 0, 0, [], max_length=max_length)
     invalid: dict[int, dict[str, Any]] = {}  # line -> fields, for records that broke their schema
     lines, warnings = array("q"), []

@@ -18,7 +18,7 @@ import numpy as np
 from tunelab.data.check import describe_lengths
 from tunelab.data.clean import clean_row
 from tunelab.data.dedup import DEFAULT_THRESHOLD, Deduplicator, Twin, clusters
-from tunelab.data.formats import get_format, row_text, validate_row
+from tunelab.data.formats import FORMATS, get_format, row_text, validate_row
 from tunelab.data.loading import Checked, fingerprint, stream_file
 from tunelab.data.rows import Row
 from tunelab.data.spill import RowFile
@@ -84,7 +84,8 @@ def _first_pass(path: Path, out_dir: Path, rows: RowFile, tokenizer: Any, option
     """Validate, clean and measure each row as it is read: a rejected row goes to rejects.jsonl at once
     (input order), a usable one to the spill file."""
     fmt, records = stream_file(path, options.fmt, options.columns)
-    seen = _Seen(fmt, Deduplicator(options.threshold), get_format(fmt).label_field)
+    shape = FORMATS.get(fmt)  # None when no line parses: every row is then rejected
+    seen = _Seen(fmt, Deduplicator(options.threshold), shape.label_field if shape else None)
     with open(out_dir / "rejects.jsonl", "w", encoding="utf-8") as rejects:
         for item in records:
             seen.total += 1
