@@ -24,7 +24,6 @@ from tunelab.data.formats import FORMATS, row_text
 from tunelab.data.loading import stream_file
 from tunelab.data.rows import Problem, Row
 from tunelab.data.spill import RowFile
-from tunelab.errors import DataError
 
 DEFAULT_MAX_LENGTH = 512
 
@@ -94,8 +93,6 @@ def check_file(path: Path, tokenizer: Any, fmt: str = "auto", columns: dict[str,
                 lines.append(item.line)
                 rows.append(item.row.fields)
                 finder.see(row_text(item.row.fields, fmt))
-            if not report.total:
-                raise DataError(f"{path}: no rows; expected one JSON object per line")
             report.problems += duplicate_problems(finder.twins(rows.texts(lambda f: row_text(f, fmt))), lines,
                                                   threshold)
             report.problems.sort(key=lambda p: p.line)

@@ -73,7 +73,17 @@ def stream_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None = 
         fmt = _detect(path, rows) if rows else "unknown"
     elif fmt not in FORMATS:
         raise DataError(f'{path}: unknown format "{fmt}"; expected one of {"|".join(FORMATS)}')
-    return fmt, (_check(record, fmt) for record in itertools.chain(head, records))
+    return fmt, _checked(path, itertools.chain(head, records), fmt)
+
+
+def _checked(path: Path, records: Iterator[Row | Problem], fmt: str) -> Iterator[Checked]:
+    """Each record validated; a file that held none is an error once it has been read to the end."""
+    total = 0
+    for record in records:
+        total += 1
+        yield _check(record, fmt)
+    if not total:
+        raise DataError(f"{path}: no rows; expected one JSON object per line")
 
 
 def _check(record: Row | Problem, fmt: str) -> Checked:
@@ -99,8 +109,6 @@ def validate_file(path: Path, fmt: str = "auto", columns: dict[str, str] | None 
             good.append(item.row)
         elif isinstance(item.record, Row):
             invalid.append(item.record)
-    if not total:
-        raise DataError(f"{path}: no rows; expected one JSON object per line")
     problems.sort(key=lambda p: p.line)
     return Validated(path, fmt, good, problems, total, invalid, warnings)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.data.check import describe_lengths
+from tunelab.data.check import describe_lengths, reject_entries
 from tunelab.data.clean import clean_row
 from tunelab.data.dedup import DEFAULT_THRESHOLD, Deduplicator, Twin, clusters
 from tunelab.data.formats import FORMATS, get_format, row_text, validate_row
@@ -23,7 +23,6 @@ from tunelab.data.loading import Checked, fingerprint, stream_file
 from tunelab.data.rows import Row
 from tunelab.data.spill import RowFile
 from tunelab.data.split import SPLITS, assign_splits
-from tunelab.errors import DataError
 
 
 @dataclass
@@ -98,8 +97,6 @@ def _first_pass(path: Path, out_dir: Path, rows: RowFile, tokenizer: Any, option
             else:
                 seen.add(item.line, fields, n)
                 rows.append(fields)
-    if not seen.total:
-        raise DataError(f"{path}: no rows; expected one JSON object per line")
     return seen
 
 
@@ -107,12 +104,8 @@ def _usable_or_reject(path: Path, item: Checked, fields: dict[str, Any] | None, 
                       options: PrepareOptions) -> tuple[int, dict[str, Any] | None]:
     """The cleaned row's token count, and its rejects-file entry when it cannot be used (None when it can)."""
     if item.row is None:
-        entry: dict[str, Any] = {"line": item.line, "reasons": [p.render(path).split(": ", 1)[1] for p in item.errors]}
-        if isinstance(item.record, Row):
-            entry["row"] = item.record.fields
-        elif item.record.raw is not None:
-            entry["raw"] = item.record.raw
-        return 0, entry
+        as_read = item.record.fields if isinstance(item.record, Row) else None
+        return 0, reject_entries(path, item.errors, lambda line: as_read)[item.line]
     n, reasons = _usable(Row(item.line, fields), fmt, tokenizer, options)
     return n, ({"line": item.line, "reasons": reasons, "row": item.row.fields} if reasons else None)
 
