@@ -190,7 +190,7 @@ def training_line(summary: dict[str, Any]) -> str:
 
 
 def flops_words(train: dict[str, Any]) -> str:
-    """", 0.09 model TFLOP/s (MFU 41.2%)": the PaLM count of model FLOPs per second, and MFU where known."""
+    """", 0.09 model TFLOP/s, MFU 41.2%": the PaLM count of model FLOPs per second, and MFU where known."""
     if "model_flops_per_s" not in train:
         return ""
     mfu = f", MFU {train['mfu']:.1%}" if "mfu" in train else ""

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from tunelab.methods import count_params
+
 # Dense (no sparsity) tensor-core peaks per GPU in FLOP/s, from the vendors' data sheets; matched by
 # the first name that occurs in torch.cuda.get_device_name() (so "H100 PCIe" comes before "H100").
 PEAK_FLOPS = {
@@ -26,13 +28,8 @@ PEAK_FLOPS["fp16"] = PEAK_FLOPS["bf16"]
 def flops_per_token(model: torch.nn.Module, tokens_per_sequence: float) -> float:
     """6N + 12·L·d·T for the model as trained (adapter parameters included in N)."""
     config = _text_config(model)
-    skip = _weights(model, "get_input_embeddings") - _weights(model, "get_output_embeddings")
-    seen: set[int] = set()
-    n = 0
-    for param in model.parameters():
-        if id(param) not in seen and id(param) not in skip:
-            seen.add(id(param))
-            n += param.numel()
+    embedding_only = _weights(model, "get_input_embeddings") - _weights(model, "get_output_embeddings")
+    n = count_params(model)[1] - sum(p.numel() for p in embedding_only)
     layers, width = getattr(config, "num_hidden_layers", 0), getattr(config, "hidden_size", 0)
     return 6 * n + 12 * layers * width * tokens_per_sequence
 
@@ -54,9 +51,9 @@ def throughput(model: torch.nn.Module, tokens: int, sequences: int, seconds: flo
     return out
 
 
-def _weights(model: torch.nn.Module, getter: str) -> set[int]:
+def _weights(model: torch.nn.Module, getter: str) -> set[torch.nn.Parameter]:
     module = getattr(model, getter)() if hasattr(model, getter) else None
-    return {id(p) for p in module.parameters()} if module is not None else set()
+    return set(module.parameters()) if module is not None else set()
 
 
 def _text_config(model: torch.nn.Module) -> Any:
