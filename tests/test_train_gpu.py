@@ -26,6 +26,15 @@ def test_liger_without_its_package_names_the_install(monkeypatch):
         liger_flag(True)
 
 
+def test_a_run_refuses_liger_before_loading_anything(tiny_config, monkeypatch, tmp_path):
+    from tunelab.train.run import run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        run(tiny_config("train.liger=true"))
+    assert not (tmp_path / "run").exists()  # no run directory: it failed before the data and the model
+
+
 @cuda
 def test_a_gpu_run_trains_in_bf16_and_reports_mfu(tiny_config):
     from tunelab.train.run import run

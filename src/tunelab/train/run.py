@@ -34,7 +34,7 @@ from tunelab.train.budget import resolve_epochs, stops_early
 from tunelab.train.guards import train_guarded
 from tunelab.train.resume import find_run_dir, prepare_resume
 from tunelab.train.flops import throughput
-from tunelab.train.trainer import Progress, common_args, precision_name, quiet
+from tunelab.train.trainer import Progress, common_args, liger_flag, precision_name, quiet
 
 
 @dataclass
@@ -50,6 +50,7 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
         raise ConfigError("train.seeds asks for one run per seed: call tunelab.experiments.run_experiment")
     events = Events(on_event)
     get_method(config.method).check_machine(config)
+    liger_flag(config.train.liger)  # refused here, before any data or model loads, when this machine cannot
     train_data, held_data = load_data(config)
     task, method = get_task(config.task), get_method(config.method)
     spec, model_path = task.model_spec(config, train_data), resolve_model(config.model)  # labels from every train row
