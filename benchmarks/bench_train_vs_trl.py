@@ -286,7 +286,7 @@ def parent(opts) -> None:
     opts.tmp = tempfile.mkdtemp(prefix="bench-trl-")
     opts.rows_file = str(Path(opts.tmp) / "rows.json")
     quickstart_rows(Path(opts.rows_file))
-    from tunelab.train.trainer import cpu_has_bf16
+    from tunelab.precision import cpu_has_bf16
 
     import torch
 

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 
 # Lower layers never import higher ones. Command-line modules sit on top of everything.
 LAYERS = [
-    {"errors", "paths", "settings", "events", "rundir"},
+    {"errors", "paths", "settings", "events", "rundir", "precision"},
     {"models", "scoring"},
     {"data"},
     {"methods", "tasks"},

@@ -113,6 +113,20 @@ def test_evaluation_returns_the_declared_metrics_for_every_row(setup):
         assert sorted(x["line"] for x in scores.samples) == s.data.lines
 
 
+def test_evaluation_in_bf16_returns_finite_metrics_for_every_row(setup):
+    """Every task scores under the bf16 autocast a run with train.precision=bf16 (or auto on a CPU with native
+    bf16) evaluates in: generation caches, pooled embeddings and similarities included."""
+    from tunelab.precision import autocast
+
+    s = setup
+    with autocast("bf16"):
+        scores = s.task.evaluate(s.model, s.tokenizer, s.prepared.held_out, s.config)
+    assert set(s.task.metric_names(s.config)) <= set(scores.metrics)
+    assert all(math.isfinite(v) for v in scores.metrics.values() if isinstance(v, float)), scores.metrics
+    if scores.samples:
+        assert sorted(x["line"] for x in scores.samples) == s.data.lines
+
+
 class Uniform(torch.nn.Module):
     """Every position gets the same logits (an encoder: the same hidden state): the loss is exactly
     log(classes); argmax is class 0."""

@@ -141,7 +141,10 @@ class RunsOn(torch.nn.Module):
     """A base model shown demos: answers, then carries on into a new demo, whatever stop strings it is given."""
 
     def __init__(self, tokenizer, text):
+        from transformers import LlamaConfig
+
         super().__init__()
+        self.config = LlamaConfig(num_hidden_layers=1, hidden_size=8, num_attention_heads=1)  # sizes its cache
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.tail = tokenizer(text, add_special_tokens=False)["input_ids"]
         self.asked = {}

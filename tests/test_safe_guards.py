@@ -132,18 +132,30 @@ def test_oom_on_the_first_step_halves_the_micro_batch_and_completes(tiny_config,
     assert all(torch.equal(ours[k], direct_half_batch[k]) for k in ours)
 
 
-def test_oom_after_training_began_returns_to_the_last_checkpoint(tiny_config, monkeypatch, tmp_path):
-    reference = run(tiny_config("eval.generate=false", "lora.dropout=0", f"output_dir={tmp_path / 'reference'}"))
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_oom_after_training_began_returns_to_the_last_checkpoint(tiny_config, monkeypatch, tmp_path, precision):
+    settings = ("eval.generate=false", "lora.dropout=0", f"train.precision={precision}")
+    theirs = adapter(run(tiny_config(*settings, f"output_dir={tmp_path / 'reference'}")).run_dir / "model")
+    # Steps 3-4 run as 2 x 2 micro-batches: the same examples, summed in another order. In fp32 that moves
+    # nothing visible; bf16 keeps 8 significant bits, so each of the two runs may be as far from exact as
+    # the uninterrupted run is from the same run in fp32.
+    tolerance = 1e-6
+    if precision == "bf16":
+        exact = run(tiny_config(*settings[:2], "train.precision=fp32", f"output_dir={tmp_path / 'fp32'}"))
+        tolerance = 2 * max_difference(theirs, adapter(exact.run_dir / "model"))
     with_hook(monkeypatch, fail_batches_over(0, torch.OutOfMemoryError, only_once_at_step=3))
     events = []
-    result = run(tiny_config("eval.generate=false", "train.save_steps=1", "lora.dropout=0"), events.append)
+    result = run(tiny_config(*settings, "train.save_steps=1"), events.append)
     backoff = [e for e in events if e["type"] == "batch_backoff"]
     assert [(e["step"], e["batch_size"], e["grad_accum"]) for e in backoff] == [(3, 2, 2)]
     assert "retrying from step 2" in backoff[0]["message"]
-    ours, theirs = adapter(result.run_dir / "model"), adapter(reference.run_dir / "model")
-    diff = max((ours[k] - theirs[k]).abs().max().item() for k in ours)
-    print(f"max |weight difference| after an OOM back-off at step 3: {diff:.3g}")
-    assert diff < 1e-6, diff  # steps 3-4 ran as 2 x 2 micro-batches: same examples, other summation order
+    diff = max_difference(adapter(result.run_dir / "model"), theirs)
+    print(f"max |weight difference| after an OOM back-off at step 3 ({precision}): {diff:.3g}, allowed {tolerance:.3g}")
+    assert diff < tolerance
 
 
 @pytest.mark.parametrize("error,expected", [

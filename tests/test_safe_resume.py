@@ -133,3 +133,18 @@ def test_sigterm_saves_exits_143_and_prints_a_resume_command_that_works(data, re
     log = finish([sys.executable, "-m", "tunelab.cli", *args[1:]], tmp_path / "second.log")
     assert f"resuming {out} at step {step}" in log
     assert_same_result(out, reference, f"SIGTERM after checkpoint {stop_at}, saved at {step}")
+
+
+def test_a_bf16_run_killed_and_rerun_equals_the_uninterrupted_bf16_run(data, tmp_path):
+    """bf16 autocast is as deterministic on CPU as fp32: the resumed run matches bit for bit (bf16 forced, so
+    the path `auto` takes on a CPU with native bf16 runs on every machine)."""
+    bf16 = [*data, "train.precision=bf16"]
+    reference = tmp_path / "reference"
+    finish(command(bf16, reference), tmp_path / "reference.log")
+    out = tmp_path / "run"
+    code, _ = stop_after_checkpoint(command(bf16, out), out, 2, signal.SIGKILL, tmp_path / "first.log")
+    assert code == -signal.SIGKILL
+    log = finish(command(bf16, out), tmp_path / "second.log")
+    assert f"resuming {out} at step" in log
+    assert_same_result(out, reference, "bf16, killed after checkpoint 2")
+    assert json.loads((out / "summary.json").read_text())["train"]["precision"] == "bf16"

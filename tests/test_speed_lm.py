@@ -14,7 +14,8 @@ from tunelab.models.loading import LoadRules, ModelSpec, load_pair
 from tunelab.scoring.lm_loss import lm_parts, shared_length, supervised_nll
 from tunelab.tasks.lm import Collator, Encoded, FlatCollator, LmPrepared, SpeedSettings, heldout_loss
 from tunelab.tasks.sft import Sft
-from tunelab.train.trainer import cpu_has_bf16, precision_flags
+from tunelab.precision import cpu_has_bf16
+from tunelab.train.trainer import precision_flags
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +206,9 @@ def test_bf16_only_where_the_cpu_has_it(monkeypatch):
     assert cpu_has_bf16("flags\t: fpu amx_bf16 amx_tile\n")
     assert not cpu_has_bf16("flags\t: fpu avx2 avx512f avx512bw\n")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("tunelab.train.trainer.cpu_has_bf16", lambda: True)
+    monkeypatch.setattr("tunelab.precision.cpu_has_bf16", lambda: True)
     assert precision_flags("auto")["bf16"] and not precision_flags("fp32")["bf16"]
-    monkeypatch.setattr("tunelab.train.trainer.cpu_has_bf16", lambda: False)
+    monkeypatch.setattr("tunelab.precision.cpu_has_bf16", lambda: False)
     assert not precision_flags("auto")["bf16"]
 
 

@@ -18,6 +18,7 @@ from tunelab.models.loading import LoadRules, load_model, load_pair
 from tunelab.models.students import chosen_layers, student_from_teacher
 from tunelab.tasks import get_task, task_for_format
 from tunelab.tasks.distill import DistillHeldOut, distill_loss, teacher_comparison
+from tunelab.train.guards import own_forward_after
 from tunelab.train.trainer import common_args
 
 ROWS = [{"prompt": f"Item {i} colour? ", "completion": " ".join(["red", "green", "blue"][: 1 + i % 3]) * (1 + i % 2)}
@@ -66,30 +67,45 @@ def distill_setup(tmp_path):
     return make
 
 
-def one_step(config, task, tokenizer, model, prepared, out, batch_size, accum):
+def one_step(config, task, tokenizer, model, prepared, out, batch_size, accum, **extra):
     args = {**common_args(config, out), "per_device_train_batch_size": batch_size, "gradient_accumulation_steps": accum,
             "max_steps": 1, "optim": "sgd", "learning_rate": 1.0, "warmup_steps": 0, "save_strategy": "no",
-            "lr_scheduler_type": "constant"}
-    task.trainer(model, tokenizer, prepared, args, []).train()
+            "lr_scheduler_type": "constant", **extra}
+    trainer = task.trainer(model, tokenizer, prepared, args, [])
+    with own_forward_after(trainer):  # the next step's trainer prepares the model anew, in its own precision
+        trainer.train()
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def test_accumulation_gives_the_big_batch_update(distill_setup, tmp_path):
+def reset(model, start):
+    with torch.no_grad():
+        for p, s in zip(model.parameters(), torch.split(start, [p.numel() for p in model.parameters()])):
+            p.copy_(s.view_as(p))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_accumulation_gives_the_big_batch_update(distill_setup, tmp_path, precision):
     # SGD, not Adam: Adam's update hardly changes when the gradient is scaled, which would hide the bug.
-    config, task, tokenizer, model, prepared = distill_setup()
+    config, task, tokenizer, model, prepared = distill_setup(f"train.precision={precision}")
     start = torch.cat([p.detach().flatten() for p in model.parameters()])
     prepared.teacher = load_model(resolve_model("tiny-random-llama")).eval()
     with torch.no_grad():  # a teacher that differs from the student, so the KL term has a gradient
         for p in prepared.teacher.parameters():
             p.add_(0.05 * torch.randn_like(p))
     big = one_step(config, task, tokenizer, model, prepared, tmp_path / "a", 8, 1)
-    with torch.no_grad():
-        for p, s in zip(model.parameters(), torch.split(start, [p.numel() for p in model.parameters()])):
-            p.copy_(s.view_as(p))
+    reset(model, start)
     accumulated = one_step(config, task, tokenizer, model, prepared, tmp_path / "b", 4, 2)
     moved = (big - start).abs().max().item()
     assert moved > 1e-3
-    assert (accumulated - big).abs().max().item() < 1e-4 * max(moved, 1.0)
+    tolerance = 1e-4 * max(moved, 1.0)
+    if precision == "bf16":
+        # bf16 keeps 8 significant bits, and a batch of 4 rounds other sums than a batch of 8: each of the two
+        # updates may be as far from the exact one as the big batch's bf16 update is from its fp32 one.
+        reset(model, start)
+        exact = one_step(config, task, tokenizer, model, prepared, tmp_path / "c", 8, 1, bf16=False)
+        tolerance = 2 * (big - exact).abs().max().item()
+        assert tolerance < 0.05 * moved  # bf16's own error is small beside the update (a missed 1/2 is not)
+    assert (accumulated - big).abs().max().item() < tolerance
 
 
 def test_task_auto_still_picks_sft():

@@ -93,12 +93,14 @@ def test_dpo_reference_is_the_adapter_switched_off(tmp_path):
     assert got["pairwise_accuracy"] == pytest.approx(expected["pairwise_accuracy"])
 
 
-def test_dpo_trainer_keeps_no_adapter_copy_and_trl_flags_are_ours(tmp_path):
-    s = prepared_for("dpo", tmp_path, PAIRS, "method=lora")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_dpo_trainer_keeps_no_adapter_copy_and_trl_flags_are_ours(tmp_path, precision):
+    s = prepared_for("dpo", tmp_path, PAIRS, "method=lora", f"train.precision={precision}")
     model = get_method("lora").apply(s.model, s.config, s.spec)
     trainer = s.task.trainer(model, s.tokenizer, s.prepared, common_args(s.config, tmp_path / "ck"), [])
     assert list(model.peft_config) == ["default"]  # TRL's frozen "ref" copy removed: the reference is the base
-    assert (trainer.args.gradient_checkpointing, trainer.args.bf16) == (False, False)  # TRL defaults both on
+    # TRL defaults both on; they follow train.gradient_checkpointing and train.precision instead
+    assert (trainer.args.gradient_checkpointing, trainer.args.bf16) == (False, precision == "bf16")
     with pytest.raises(ConfigError, match="method=lora"):
         s.task.trainer(s.model, s.tokenizer, s.prepared, common_args(s.config, tmp_path / "ck"), [])
 
@@ -121,12 +123,14 @@ def test_dpo_sft_weight_adds_the_chosen_answers_cross_entropy(tmp_path):
     assert half == pytest.approx(math.log(2) + 0.5 * chosen_nll, rel=1e-5) and chosen_nll > 1
 
 
-def test_trl_config_follows_tunelab_arguments(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_trl_config_follows_tunelab_arguments(tmp_path, precision):
     from trl import RewardConfig
 
-    config = load_config(None, ["train.epochs=1", "data.train=x.jsonl", "train.gradient_checkpointing=true"])
+    config = load_config(None, ["train.epochs=1", "data.train=x.jsonl", "train.gradient_checkpointing=true",
+                                f"train.precision={precision}"])
     args = trl_config(RewardConfig, common_args(config, tmp_path))
-    assert args.gradient_checkpointing is True and args.bf16 is False
+    assert args.gradient_checkpointing is True and args.bf16 is (precision == "bf16")
 
 
 def test_dpo_refuses_a_method_without_a_switched_off_view(tmp_path):

@@ -70,8 +70,9 @@ class TrainConfig(Section):
                                            "liger-kernel package (pip install 'tunelab[gpu]'). Off by default until "
                                            "measured on a GPU against the same run without them.")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
-        "auto", description="auto: bf16 autocast on a CUDA device or CPU (AVX512-BF16/AMX) that has it natively, "
-                          "else fp32.")
+        "auto", description="Autocast dtype of training, validation and every evaluation (weights stay fp32); "
+                          "auto: bf16 on a CUDA device or CPU (AVX512-BF16/AMX) that has it natively, else fp32; "
+                          "fp16: CUDA only.")
     early_stopping_patience: int = Field(
         0, ge=0, description="Stop after this many validations in a row that improved neither best_metric nor "
                              "the validation loss; 0 means off. The best weights (best metric, ties broken by the "

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from tunelab.errors import ConfigError
+from tunelab.precision import autocast
 
 
 def add_eval_commands(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +66,8 @@ def evaluate_file(target: str, data: Path, overrides: list[str] = ()) -> dict[st
     dataset = load_dataset(data, config.data.format, config.data.columns)
     task = choose_task(config, dataset)
     tokenizer, model = load_for_eval(config, run_dir, dataset)
-    scores = task.evaluate(model, tokenizer, task.held_out(config, tokenizer, dataset, None), config)
+    with autocast(config.train.precision):  # as the run scored its held-out set
+        scores = task.evaluate(model, tokenizer, task.held_out(config, tokenizer, dataset, None), config)
     return {"target": str(target), "data": str(data), "rows": len(dataset.rows), "metrics": scores.metrics}
 
 

@@ -19,6 +19,7 @@ from tunelab.errors import ConfigError
 from tunelab.eval import forgetting
 from tunelab.eval.diagnosis import Evidence, diagnose, read_curves
 from tunelab.eval.early_stopping import BestWeights
+from tunelab.precision import autocast
 from tunelab.tasks.base import FORGETTING, Baseline, Prepared, Scores, Task
 
 
@@ -69,7 +70,12 @@ def validation(task: Task, tokenizer: Any, held_out: Any, config: Any,
     without early stopping too, so a sweep can prune on it)."""
     watched = best.metric if best is not None else config.train.best_metric
     want = () if watched == "eval_loss" else (watched,)
-    return lambda model: task.validate(model, tokenizer, held_out, config, want)
+
+    def measure(model: torch.nn.Module) -> dict[str, float]:
+        with autocast(config.train.precision):  # as before and after training (tunelab.precision)
+            return task.validate(model, tokenizer, held_out, config, want)
+
+    return measure
 
 
 def baseline_entry(baseline: Baseline) -> dict[str, Any]:

@@ -10,11 +10,13 @@ are padded after the prefix instead of before it, so the prefix sits at the same
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from tunelab.precision import active_dtype
 from tunelab.scoring.lm_loss import prompt_learning, worth_sharing
 
 BATCH_TOKENS = 16384  # prompt and answer tokens per batch: bounds the cache (0.75 GiB on SmolLM2-135M)
@@ -68,11 +70,11 @@ def generate_rows(model: torch.nn.Module, rows: list[list[int]], pad_id: int, op
     width = max(len(p) for p in rows)
     ids = torch.tensor([p[:shared] + [pad_id] * (width - len(p)) + p[shared:] for p in rows], device=device)
     mask = torch.tensor([[1] * shared + [0] * (width - len(p)) + [1] * (len(p) - shared) for p in rows], device=device)
-    cache = prefix_cache(model, ids[:1, :shared], len(rows), width + options["max_new_tokens"]) if shared else None
-    if cache is not None:
-        return model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, **options)
-    return model.generate(input_ids=ids, attention_mask=mask, **options,
-                          **({} if virtual_tokens else {"cache_implementation": "static"}))
+    max_len = width + options["max_new_tokens"]
+    cache = prefix_cache(model, ids[:1, :shared], len(rows), max_len) if shared else None
+    if cache is None and not virtual_tokens:  # prompt learning prepends virtual tokens: its own (dynamic) cache
+        cache = static_cache(model, max_len)
+    return model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, **options)
 
 
 def shared_length(rows: list[list[int]], model: torch.nn.Module) -> int:
@@ -89,16 +91,42 @@ def shared_length(rows: list[list[int]], model: torch.nn.Module) -> int:
 def prefix_cache(model: torch.nn.Module, prefix: torch.Tensor, rows: int, max_len: int) -> Any:
     """A static cache holding the prefix's keys and values for every row, the prefix read by the model once;
     None for a model whose cache is not a plain per-layer one (it then reads each row's prefix itself)."""
-    from transformers import DynamicCache, StaticCache
+    from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
     once = model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
     if type(once) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in once.layers):
         return None
-    cache = StaticCache(config=model.config, max_cache_len=max_len)
+    cache = static_cache(model, max_len)
     for index, layer in enumerate(once.layers):
         cache.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), index)
     return cache
+
+
+def static_cache(model: torch.nn.Module, max_len: int) -> Any:
+    """An empty static cache that stores keys and values in the dtype the model computes in now: its own,
+    or autocast's."""
+    weight = next(model.parameters())
+    return one_dtype_cache_class()(active_dtype(weight.device.type, weight.dtype), config=model.config,
+                                   max_cache_len=max_len)
+
+
+@functools.cache
+def one_dtype_cache_class() -> type:
+    """transformers' StaticCache, casting what it stores to one dtype. Under autocast a decoder layer hands the
+    cache its values in bf16 but its keys in fp32 (the rotary embedding multiplies them in fp32), and a static
+    cache, allocated once in the dtype of the first keys it sees, takes only one of them."""
+    from transformers import StaticCache
+
+    class OneDtypeCache(StaticCache):
+        def __init__(self, dtype: torch.dtype, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.store_dtype = dtype
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            return super().update(key_states.to(self.store_dtype), value_states.to(self.store_dtype), *args, **kwargs)
+
+    return OneDtypeCache
 
 
 def cut_at(text: str, stops: Sequence[str]) -> str:

@@ -68,7 +68,7 @@ def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], max_length: 
             out.append(torch.nn.functional.normalize((hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1))
     finally:
         model.train(was_training)
-    return torch.cat(out).cpu()
+    return torch.cat(out).float().cpu()
 
 
 def retrieval_scores(similarity: np.ndarray, relevant: list[int], scale: float) -> dict[str, float]:
@@ -152,7 +152,7 @@ class Contrastive(Task):
         batch = config.eval.batch_size
         queries = embed(model, tokenizer, held_out.queries, held_out.max_length, batch)
         corpus = embed(model, tokenizer, held_out.corpus, held_out.max_length, batch)
-        similarity = (queries @ corpus.T).numpy()
+        similarity = queries.numpy() @ corpus.numpy().T  # in fp32, outside the scoring autocast
         found = similarity.argmax(1)
         samples = [{"line": line, "prompt": query, "reference": held_out.corpus[want], "output": held_out.corpus[got]}
                    for line, query, want, got in zip(held_out.lines, held_out.queries, held_out.relevant, found)]

@@ -82,7 +82,7 @@ def make_trainer_class() -> type:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             forward = {k: v for k, v in inputs.items() if k != "labels"}
             outputs = model(**forward)
-            with torch.no_grad():
+            with torch.no_grad(), self.accelerator.autocast():  # the student's precision (its forward is wrapped)
                 teacher_logits = self.teacher(**forward).logits
             loss = distill_loss(outputs.logits, teacher_logits, inputs["labels"], self.temperature, self.alpha,
                                 num_items_in_batch)

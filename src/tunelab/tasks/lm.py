@@ -157,7 +157,8 @@ def lm_trainer_class() -> type:
             if parts is None:
                 extra = {"use_cache": False} if "position_ids" in inputs else {}
                 return super().compute_loss(model, {**inputs, **extra}, return_outputs, num_items_in_batch)
-            nll, _ = supervised_nll(parts, inputs, self.shared_prefix)
+            with self.accelerator.autocast():  # the decoder is called directly, not through the model's forward,
+                nll, _ = supervised_nll(parts, inputs, self.shared_prefix)  # which accelerate wraps in autocast
             if num_items_in_batch is None:  # the Trainer then divides by the accumulation steps itself
                 return nll.sum() / max(nll.numel(), 1)
             loss = nll.sum() / num_items_in_batch

@@ -197,7 +197,7 @@ def train_guarded(build: Callable[[RunConfig], Trainer], config: RunConfig, run_
             nan_guard.watch(trainer)
             start = step_of(resume_from)
             try:
-                with plain_tensors_only(resume_from or checkpoints):
+                with plain_tensors_only(resume_from or checkpoints), own_forward_after(trainer):
                     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
                 break
             except _NothingLeft:
@@ -212,6 +212,25 @@ def train_guarded(build: Callable[[RunConfig], Trainer], config: RunConfig, run_
             config, resume_from = _back_off(config, run_dir, step, start, resume_from, events, batch_multiple)
     stop.raise_if_stopped(trainer.state.global_step, latest_complete(checkpoints))
     return trainer, output
+
+
+@contextmanager
+def own_forward_after(trainer: Trainer) -> Iterator[None]:
+    """The model's forward as it was before training, however training ends. Under bf16/fp16, accelerate sets
+    an autocast wrapper as the model's instance `forward` and leaves it there (wrapping it again for each
+    trainer an OOM back-off builds); scoring chooses its precision itself (tunelab.precision). accelerate's own
+    unwrapping (keep_fp32_wrapper=False) follows `__wrapped__` past decorators of the model's forward, so the
+    attributes are put back as they were instead, with the mark that makes accelerate skip a model it
+    prepared before (the next trainer must wrap it again)."""
+    model = trainer.model
+    keys = ("forward", "_original_forward", "_is_accelerate_prepared")
+    before = {key: model.__dict__[key] for key in keys if key in model.__dict__}
+    try:
+        yield
+    finally:
+        for key in keys:
+            model.__dict__.pop(key, None)
+        model.__dict__.update(before)
 
 
 def _back_off(config: RunConfig, run_dir: Path, step: int, start: int, resume_from: Path | None,

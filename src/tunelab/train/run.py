@@ -27,6 +27,7 @@ from tunelab.events import Events, Listener
 from tunelab.methods import count_params, get_method
 from tunelab.models import resolve_model
 from tunelab.models.loading import LoadRules, load_pair
+from tunelab.precision import autocast, resolve as resolve_precision
 from tunelab.rundir import MetricsLog, directory_bytes, write_json, write_run_header, write_samples
 from tunelab.scoring.metrics import describe
 from tunelab.tasks import TASKS, Task, get_task, task_for_format
@@ -51,11 +52,13 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     events = Events(on_event)
     get_method(config.method).check_machine(config)
     liger_flag(config.train.liger)  # refused here, before any data or model loads, when this machine cannot
+    resolve_precision(config.train.precision)  # likewise
     train_data, held_data = load_data(config)
     task, method = get_task(config.task), get_method(config.method)
     spec, model_path = task.model_spec(config, train_data), resolve_model(config.model)  # labels from every train row
     train_data, validation_data = validation_split(config, train_data)
-    budget = resolve_epochs(config, task, len(train_data.rows))  # epochs=auto: numbers before config.yaml is written
+    budget = resolve_epochs(config, task, len(train_data.rows),  # epochs=auto: numbers before config.yaml is written
+                            len(validation_data.rows) if validation_data is not None else 0)
     run_dir, resume_from = open_run_dir(config, train_data, held_data, validation_data, resume, events)
 
     torch.manual_seed(config.train.seed)
@@ -68,8 +71,9 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     best = evidence.early_stopping(config, task)
 
     events.emit("evaluating", which="before")
-    zero_shot = task.evaluate(model, tokenizer, prepared.held_out, config)
-    before = evidence.before_training(model, tokenizer, task, train_data, held_data, prepared, config, events)
+    with autocast(config.train.precision):  # every scoring pass in the precision the run trains in
+        zero_shot = task.evaluate(model, tokenizer, prepared.held_out, config)
+        before = evidence.before_training(model, tokenizer, task, train_data, held_data, prepared, config, events)
     model = method.apply(model, config, spec)
     trainable, total = count_params(model)
     events.emit("model_ready", trainable_params=trainable, total_params=total)
@@ -79,9 +83,10 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
         best.restore(model)
 
     events.emit("evaluating", which="after")
-    after = task.evaluate(model, tokenizer, prepared.held_out, config)
-    found = evidence.after_training(model, tokenizer, task, prepared, before, zero_shot, after, config, run_dir, best,
-                                    trained["steps"], events)
+    with autocast(config.train.precision):
+        after = task.evaluate(model, tokenizer, prepared.held_out, config)
+        found = evidence.after_training(model, tokenizer, task, prepared, before, zero_shot, after, config, run_dir,
+                                        best, trained["steps"], events)
     if best is not None:
         found["early_stopping"]["validation_rows"] = len(validation_data.rows)
     method.save(model, run_dir / "model")
@@ -120,7 +125,7 @@ def train(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Any, val
     args = trainer.args
     sequences = (trainer.state.global_step - progress.steps_at_start) * args.train_batch_size \
         * args.gradient_accumulation_steps * args.world_size
-    return {"seconds": round(seconds, 2), "tokens": tokens,
+    return {"seconds": round(seconds, 2), "tokens": tokens, "precision": precision_name(args),
             "tokens_per_second": round((tokens - progress.tokens_at_start) / seconds, 2),  # this process's
             **throughput(model, tokens - progress.tokens_at_start, sequences, seconds, precision_name(args)),
             "steps": trainer.state.global_step, "final_train_loss": output.training_loss}

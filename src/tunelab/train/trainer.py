@@ -20,19 +20,16 @@ from tunelab.config import RunConfig
 from tunelab.errors import ConfigError
 from tunelab.events import Events
 from tunelab.methods import get_method
+from tunelab.precision import resolve
 from tunelab.rundir import MetricsLog
 
 Validate = Callable[[torch.nn.Module], dict[str, float]]
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
-    """auto: bf16 autocast where the hardware does bf16 natively (CUDA that has it, a CPU with AVX512-BF16
-    or AMX), fp32 elsewhere: a CPU without them emulates bf16 and is slower than in fp32."""
-    cuda = torch.cuda.is_available()
-    if precision == "auto":
-        native = torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16()
-        precision = "bf16" if native else "fp32"
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "use_cpu": not cuda}
+    """The Trainer's precision arguments for `train.precision` on this machine (see tunelab.precision)."""
+    resolved = resolve(precision)
+    return {"bf16": resolved == "bf16", "fp16": resolved == "fp16", "use_cpu": not torch.cuda.is_available()}
 
 
 def liger_flag(wanted: bool) -> dict[str, bool]:
@@ -50,17 +47,6 @@ def liger_flag(wanted: bool) -> dict[str, bool]:
 def precision_name(args: Any) -> str:
     """The precision a trainer's arguments train in: bf16, fp16 or fp32."""
     return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-
-
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU computes bf16 natively (the avx512_bf16 or amx_bf16 flag in /proc/cpuinfo)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:  # not Linux: no evidence of native bf16, so stay in fp32
-            return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 def common_args(config: RunConfig, checkpoint_dir: Path) -> dict[str, Any]:
