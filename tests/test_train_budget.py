@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tunelab.tasks import get_task
-from tunelab.train.budget import MAX_EPOCHS, MIN_EPOCHS, auto_epochs, resolve_epochs
+from tunelab.train.budget import MAX_EPOCHS, MIN_EPOCHS, MIN_METRIC_ROWS, auto_epochs, resolve_epochs
 
 
 @pytest.mark.parametrize("rows, epochs", [(10, MAX_EPOCHS), (200, 5), (240, 5), (500, 2), (100_000, MIN_EPOCHS)])
@@ -13,23 +13,25 @@ def test_small_data_gets_more_passes_within_bounds(rows, epochs):
     assert auto_epochs(rows) == epochs
 
 
-def test_auto_is_the_default_and_sets_schedule_patience_and_metric(tiny_config):
+@pytest.mark.parametrize("validation_rows, metric", [(MIN_METRIC_ROWS, "exact_match"),
+                                                     (MIN_METRIC_ROWS - 1, "eval_loss")])
+def test_auto_is_the_default_and_sets_schedule_patience_and_metric(tiny_config, validation_rows, metric):
     config = tiny_config("train.max_steps=-1", "train.batch_size=4", "eval.metrics=[exact_match]")
     assert config.train.epochs == "auto"
-    budget = resolve_epochs(config, get_task("sft"), 40)
-    assert budget == {"epochs": 8.0, "max_steps": 80, "eval_steps": 5, "patience": 2, "metric": "exact_match"}
-    assert config.train.early_stopping_patience == 2 and config.train.best_metric == "exact_match"
+    budget = resolve_epochs(config, get_task("sft"), 40, validation_rows)
+    assert budget == {"epochs": 8.0, "max_steps": 80, "eval_steps": 5, "patience": 2, "metric": metric}
+    assert config.train.early_stopping_patience == 2 and config.train.best_metric == metric
 
 
 def test_what_the_user_set_is_kept(tiny_config):
     config = tiny_config("train.max_steps=-1", "train.eval_steps=3", "train.best_metric=eval_loss",
                          "train.early_stopping_patience=5")
-    budget = resolve_epochs(config, get_task("sft"), 40)
+    budget = resolve_epochs(config, get_task("sft"), 40, 4)
     assert (budget["eval_steps"], budget["patience"], budget["metric"]) == (3, 5, "eval_loss")
     fixed = tiny_config("train.epochs=2", "train.max_steps=-1")
-    assert resolve_epochs(fixed, get_task("sft"), 40) is None and fixed.train.epochs == 2.0
+    assert resolve_epochs(fixed, get_task("sft"), 40, 0) is None and fixed.train.epochs == 2.0
     steps = tiny_config()  # max_steps=4: epochs is not read
-    assert resolve_epochs(steps, get_task("sft"), 40) is None and steps.train.epochs == 1.0
+    assert resolve_epochs(steps, get_task("sft"), 40, 0) is None and steps.train.epochs == 1.0
 
 
 def test_an_auto_run_validates_stops_early_and_keeps_the_best(tiny_config):
