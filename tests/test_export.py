@@ -16,6 +16,7 @@ from tunelab.export.verify import logits_of
 from tunelab.methods import METHODS
 
 MERGEABLE = sorted(name for name, m in METHODS.items() if m.mergeable)
+RUNS = [*MERGEABLE, "lora-a", "lora-b"]  # every run the tests ask for; its index is its seed
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +29,23 @@ def make_run(tmp_path_factory):
     rows = [{"messages": [{"role": "user", "content": f"Say the number {i}."},
                           {"role": "assistant", "content": f"The number is {i}."}]} for i in range(24)]
     train, held = c.write_jsonl(tmp / "train.jsonl", rows[:20]), c.write_jsonl(tmp / "eval.jsonl", rows[20:])
-    runs = {}
+    runs, failed = {}, {}
 
     def make(method: str, name: str = ""):
         key = name or method
+        if key in failed:  # every test that needs this run fails with its first error, not a leftover directory
+            raise failed[key]
         if key not in runs:
             config = load_config(None, [f"data.train={train}", f"data.eval={held}", "model=tiny-random-llama",
                                         f"output_dir={tmp / key}", f"method={method}", "train.learning_rate=1e-2",
                                         "train.max_steps=3", "train.batch_size=4", "train.max_length=64",
                                         "eval.max_new_tokens=4", "eval.forgetting_probe=false",
-                                        "eval.few_shot_k=0", f"train.seed={len(runs)}"])
-            runs[key] = run(config).run_dir
+                                        "eval.few_shot_k=0", f"train.seed={RUNS.index(key)}"])  # its own, whatever the order
+            try:
+                runs[key] = run(config).run_dir
+            except Exception as err:
+                failed[key] = err
+                raise
         return runs[key]
 
     return make
