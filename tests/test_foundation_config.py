@@ -101,3 +101,16 @@ def test_learning_rate_defaults_to_the_methods_own():
     assert load_config(None, [*BASE, "method=lora"]).train.learning_rate == pytest.approx(1e-3)
     assert load_config(None, [*BASE, "method=full"]).train.learning_rate == pytest.approx(2e-5)
     assert load_config(None, [*BASE, "method=full", "train.learning_rate=1e-4"]).train.learning_rate == 1e-4
+
+
+def test_readme_config_table_is_the_config_models_own():
+    import sys
+
+    from tests.conftest import REPO
+    from tunelab.config import options_markdown
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from readme_config import README, block
+
+    assert block(README.read_text(encoding="utf-8")) == options_markdown(), \
+        "README.md's config table is stale: run `python scripts/readme_config.py`"

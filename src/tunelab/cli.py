@@ -85,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     add_experiment_commands(sub, ConsoleProgress)
 
     options = sub.add_parser("options", help="list every config key with its default and meaning")
+    options.add_argument("--markdown", action="store_true",
+                         help="the run's own keys and each section's owner as a Markdown table (README.md's)")
     options.set_defaults(handler=_cmd_options)
 
     methods = sub.add_parser("methods", help="list the fine-tuning strategies (method=...)")
@@ -135,8 +137,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_options(args: argparse.Namespace) -> int:
-    from tunelab.config import describe_options
+    from tunelab.config import describe_options, options_markdown
 
+    if args.markdown:
+        print(options_markdown(), end="")
+        return 0
     rows = describe_options()
     width = max(len(key) for key, _, _ in rows)
     for key, default, help_text in rows:

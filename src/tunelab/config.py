@@ -375,6 +375,21 @@ def describe_options() -> list[tuple[str, str, str]]:
     return rows
 
 
+def options_markdown() -> str:
+    """The README's config table, from the same source as `tunelab options`: the run's own keys one per row,
+    then each method's and task's section by name (its keys: `tunelab options`)."""
+    rows = [(key, default, help_text) for key, default, help_text in describe_options()
+            if key.split(".")[0] not in SECTIONS]
+    choices = {"task": ["auto", *sorted(TASKS)], "method": sorted(METHODS)}
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, help_text in rows:
+        extra = f" One of: {', '.join(f'`{c}`' for c in choices[key])}." if key in choices else ""
+        lines.append(f"| `{key}` | `{default}` | {help_text}{extra} |".replace("`required`", "required"))
+    for key in sorted(SECTIONS):
+        lines.append(f"| `{key}.*` | | settings of {', '.join(section_owners(key))} |")
+    return "\n".join(lines) + "\n"
+
+
 def dump_config(config: RunConfig) -> str:
     """YAML of every setting; sections of methods and tasks this run does not use are left out."""
     raw = config.model_dump(mode="json")
