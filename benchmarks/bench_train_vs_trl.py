@@ -153,11 +153,12 @@ def child_eval(opts, record: dict) -> None:
     from tunelab.events import Events
     from tunelab.models import resolve_model
     from tunelab.models.loading import LoadRules, ModelSpec, load_pair
+    from tunelab.precision import autocast, resolve
     from tunelab.scoring.generate import generate
     from tunelab.tasks import get_task
     from tunelab.train.run import load_data
 
-    cfg = load_config(QUICKSTART, [f"model={opts.model}", *COMMON])
+    cfg = load_config(QUICKSTART, [f"model={opts.model}", *COMMON, *opts.overrides])
     train, held = load_data(cfg)
     tokenizer, model = load_pair(resolve_model(cfg.model), ModelSpec("causal_lm"), LoadRules.of(cfg))
     cases = get_task(cfg.task).held_out(cfg, tokenizer, held, Events()).cases[: opts.eval_examples]
@@ -169,15 +170,17 @@ def child_eval(opts, record: dict) -> None:
                              pad_token_id=tokenizer.eos_token_id)
         return tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True).strip()
 
-    generate(model, tokenizer, prompts[:2], 2, batch_size=cfg.eval.generation_batch)  # warm-up, both ways
-    one(prompts[0], 2)
-    started = time.perf_counter()
-    batched = generate(model, tokenizer, prompts, new, batch_size=cfg.eval.generation_batch)
-    record["batched_s"] = time.perf_counter() - started
-    started = time.perf_counter()
-    looped = [one(p, new) for p in prompts]
-    record["loop_s"] = time.perf_counter() - started
-    record.update(examples=len(prompts), identical=sum(a == b for a, b in zip(batched, looped)))
+    with autocast(cfg.train.precision):  # both ways in the precision a run scores in (auto: bf16 where native)
+        generate(model, tokenizer, prompts[:2], 2, batch_size=cfg.eval.generation_batch)  # warm-up, both ways
+        one(prompts[0], 2)
+        started = time.perf_counter()
+        batched = generate(model, tokenizer, prompts, new, batch_size=cfg.eval.generation_batch)
+        record["batched_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        looped = [one(p, new) for p in prompts]
+        record["loop_s"] = time.perf_counter() - started
+    record.update(examples=len(prompts), identical=sum(a == b for a, b in zip(batched, looped)),
+                  precision=resolve(cfg.train.precision))
 
 
 def child_data(opts, record: dict) -> None:
@@ -291,7 +294,9 @@ def parent(opts) -> None:
     import torch
 
     cuda = torch.cuda.is_available()
-    variants = {"trl-defaults": [], "trl-fp32": [], "tunelab": []} | ({"tunelab-qlora": ["method=qlora"]} if cuda else {})
+    # tunelab's default is train.precision=auto (bf16 where native); tunelab-fp32 is the same run in fp32
+    variants = {"trl-defaults": [], "trl-fp32": [], "tunelab": [], "tunelab-fp32": ["train.precision=fp32"]} \
+        | ({"tunelab-qlora": ["method=qlora"]} if cuda else {})
     if not (cuda or cpu_has_bf16() or opts.trl_bf16):
         del variants["trl-defaults"]
         print("trl-defaults (bf16 autocast, gradient checkpointing) left out: this CPU has no native bf16, and "
@@ -308,9 +313,10 @@ def parent(opts) -> None:
               f"loss {r['loss']:.4f} ({(r['loss'] - trl['loss']) / trl['loss']:+.2%})  "
               f"peak RSS {r['rss'] / 2**20:.0f} MiB ({r['rss'] / trl['rss']:.2f}x)  supervised {r['supervised']}"
               + (f"  peak GPU {r['gpu'] / 2**20:.0f} MiB  MFU {r['mfu']:.1%}" if cuda else ""))
-    ev = run_child("eval", opts, [])
+    ev = run_child("eval", opts, [f"train.precision={opts.eval_precision}"])
     eval_ratio = ev["loop_s"] / ev["batched_s"]
-    print(f"\neval on {ev['examples']} held-out prompts: batched {ev['examples'] / ev['batched_s']:.2f} ex/s, "
+    print(f"\neval on {ev['examples']} held-out prompts in {ev['precision']}: batched "
+          f"{ev['examples'] / ev['batched_s']:.2f} ex/s, "
           f"one at a time {ev['examples'] / ev['loop_s']:.2f} ex/s ({eval_ratio:.2f}x); identical outputs "
           f"{ev['identical']}/{ev['examples']}")
     if opts.data_mb:
@@ -331,6 +337,8 @@ def main() -> None:
     p.add_argument("--data-mb", type=int, default=50, help="size of the generated JSONL read for memory (0: skip)")
     p.add_argument("--ablation", action="store_true", help="also run each speed switch alone")
     p.add_argument("--only", type=lambda text: text.split(","), default=[], help="with --ablation: these rows of it")
+    p.add_argument("--eval-precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="precision of both generation timings (a run scores in its train.precision)")
     p.add_argument("--trl-bf16", action="store_true", help="run TRL's bf16 defaults even on a CPU without native bf16")
     p.add_argument("--model", default="smollm2-135m-instruct", help="tiny-random-llama: a smoke test of this script")
     p.add_argument("--child", help=argparse.SUPPRESS)
