@@ -175,10 +175,12 @@ def open_run(path: Path | str, finished: bool = True, what: str = "") -> Run:
     who = f"{what}: " if what else ""
     if not run_dir.has_config():
         raise TunelabError(f"{who}{run_dir}: not a run directory (no config); give a directory `tunelab run` wrote")
-    if finished and not (run_dir.finished() and run_dir.has_model()):
-        state = run_dir.state()
-        raise TunelabError(f"{who}{run_dir}: the run has not finished (it is {state}); finish it or resume it "
-                           "with `tunelab run ... --resume` first")
+    if finished and not run_dir.finished():
+        raise TunelabError(f"{who}{run_dir}: the run has not finished (it is {run_dir.state()}); finish it or resume "
+                           "it with `tunelab run ... --resume` first")
+    if finished and not run_dir.has_model():
+        raise TunelabError(f"{who}{run_dir}: holds no tuned model (a train.seeds run keeps one in each seed-N "
+                           "directory); give one of those")
     try:
         config = validate_config(run_dir.read_config())
     except ConfigError as err:

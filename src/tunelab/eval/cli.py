@@ -74,7 +74,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from tunelab.eval.report import fmt
     from tunelab.scoring.metrics import describe
 
-    result = evaluate_file(args.target, Path(args.data), args.overrides)
+    from tunelab.cli_output import ConsoleProgress
+    from tunelab.events import Events
+
+    console = ConsoleProgress()
+    try:
+        with Events(console).active():  # rows scored and answers generated, drawn as bars
+            result = evaluate_file(args.target, Path(args.data), args.overrides)
+    finally:
+        console.close()
     print_table([("metric", "value"), *((describe(k).label, fmt(k, v)) for k, v in result["metrics"].items())])
     print(f"\n{result['rows']} rows of {args.data} scored with {args.target}")
     if args.out:
