@@ -387,3 +387,28 @@ def test_generation_reports_rows_while_a_batch_decodes(tiny_model_dir, tokenizer
     done = [e.fields["done"] for e in seen if e.fields["what"] == "generating answers"]
     assert len(answers) == 8 and done[0] == 0 and done[-1] == 8 and done == sorted(done)
     assert [d for d in done if 0 < d < 8]  # one batch of all 8 rows: counted while it decodes, not only at its end
+
+
+CONFIG_WRITERS = {"config.py", "inputs.py",  # the config itself, and the one step that completes it
+                  "experiments/sweep.py",    # best.yaml's config for a later run, written before it runs
+                  "models/students.py"}      # a transformers model config, the student being built
+
+
+def config_writes(path: Path) -> list[str]:
+    """Assignments into a config object (`config.task = ...`, `cfg.train.epochs = ...`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AugAssign) else []
+        for target in (t for tree in targets for t in (tree.elts if isinstance(tree, (ast.Tuple, ast.List)) else [tree])):
+            root = target
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if target is not root and isinstance(root, ast.Name) and root.id in ("config", "cfg"):
+                found.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    return found
+
+
+def test_no_module_writes_into_a_config_after_resolve():
+    writes = [hit for path in sorted(SRC.rglob("*.py")) if str(path.relative_to(SRC)) not in CONFIG_WRITERS
+              for hit in config_writes(path)]
+    assert writes == []
