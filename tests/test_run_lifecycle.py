@@ -412,3 +412,40 @@ def test_no_module_writes_into_a_config_after_resolve():
     writes = [hit for path in sorted(SRC.rglob("*.py")) if str(path.relative_to(SRC)) not in CONFIG_WRITERS
               for hit in config_writes(path)]
     assert writes == []
+
+
+class Terminal:
+    """What a terminal would receive (isatty: bars are drawn and redrawn)."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_console_prints_each_events_own_words_and_draws_counted_loops():
+    from tunelab.cli_output import ConsoleProgress
+
+    screen = Terminal()
+    console = ConsoleProgress(screen, tick=0.05)
+    events = Events(console)
+    console.waiting("starting: loading the training libraries")
+    events.emit("evaluating", which="before")
+    with events.active():
+        for _ in batch_starts("scoring loss", 3, 1):
+            time.sleep(0.1)  # the ticker redraws the elapsed time meanwhile
+    events.emit("warning", message="a row was cut")
+    events.emit("run_failed", error_type="DataError", error="x")  # the CLI prints the error itself
+    console.close()
+    assert "starting: loading the training libraries ..." in screen.text  # drawn, then cleared by the first line
+    lines = [line.rsplit("\r", 1)[-1].strip() for line in screen.text.split("\n")]
+    assert "evaluating before training on the held-out set ..." in lines and "warning: a row was cut" in lines
+    assert "scoring loss" in screen.text and "3/3" in screen.text and "failed" not in screen.text

@@ -103,10 +103,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(config_path, overrides)
 
     from tunelab.cli_output import ConsoleProgress, print_summary
-    from tunelab.experiments import run_experiment
 
     progress = ConsoleProgress()
+    progress.waiting("starting: loading the training libraries")  # seconds of imports before the run's first event
     try:
+        from tunelab.experiments import run_experiment
+
         result = run_experiment(config, on_event=progress, resume=args.resume)
     except RunInterrupted as err:
         err.resume_command = _resume_command(config_path, overrides, err.run_dir)

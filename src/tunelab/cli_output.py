@@ -32,6 +32,7 @@ class ConsoleProgress:
         self.bar: tqdm | None = None
         self.shape = ""            # what self.bar shows: "train", "count" or "phase"
         self.phase: str | None = None
+        self.transient = False     # the phase is the CLI's own `waiting`, gone at the first line
         self.counting: str | None = None
         self.train_words = ""
         self.lock = threading.RLock()
@@ -55,7 +56,16 @@ class ConsoleProgress:
             else:
                 print(text, file=self.stream, flush=True)
 
+    def waiting(self, text: str) -> None:
+        """A phase of the CLI's own before the run has said anything: drawn with its time on a terminal and gone
+        at the first line (printed nowhere else, so a mistake found then is still the only line)."""
+        with self.lock:
+            self.phase, self.transient = text, True
+            self._show_phase()
+
     def _line(self, e: Event) -> None:
+        if self.transient:
+            self.phase, self.transient = None, False
         self.say(e.message if e.level == INFO else f"{e.level}: {e.message}")
         if e.kind in ("phase", "evaluating"):
             self.phase = e.message.rstrip(" .")
