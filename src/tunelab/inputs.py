@@ -149,6 +149,8 @@ def check_before_loading(config: RunConfig, task: Task, datasets: tuple[Dataset,
     if config.train.early_stopping_patience:
         check_best_metric(config, task)
     task.check(config, datasets)
+    for path in task.runs_read(config):
+        open_run(path, what=f"task {task.name}")
 
 
 @dataclass

@@ -83,6 +83,11 @@ class Task:
         """Refuse, before any model loads (and before the run directory is written), settings this task cannot
         train with (ConfigError) and rows of `datasets` (the run's train and held-out files) it cannot read."""
 
+    def runs_read(self, config: Any) -> list[Any]:
+        """Run directories this task loads from (a reward run for rlhf): `inputs.resolve` opens each with the one
+        reader, config validated and run finished, before this run's directory is written."""
+        return []
+
     def model_spec(self, config: Any, train: Any) -> ModelSpec:
         """The model kind to load; what it reads from rows (labels) comes from the config once resolved, else
         from `train`. Pure: it writes nothing."""

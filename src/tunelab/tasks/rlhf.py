@@ -161,6 +161,9 @@ class Rlhf(LmTask):
 
             reward_run_config(Path(r.reward_model))
 
+    def runs_read(self, config: Any) -> list[Any]:
+        return [Path(config.rlhf.reward_model)] if config.rlhf.reward_model else []
+
     def metric_names(self, config: Any) -> list[str]:
         return list(self.default_metrics)
 
