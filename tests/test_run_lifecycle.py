@@ -449,3 +449,16 @@ def test_the_console_prints_each_events_own_words_and_draws_counted_loops():
     lines = [line.rsplit("\r", 1)[-1].strip() for line in screen.text.split("\n")]
     assert "evaluating before training on the held-out set ..." in lines and "warning: a row was cut" in lines
     assert "scoring loss" in screen.text and "3/3" in screen.text and "failed" not in screen.text
+
+
+def test_a_reward_run_is_read_through_the_one_reader_before_the_run_begins(tiny_config, tmp_path):
+    reward = tmp_path / "reward-run"
+    (reward / "model").mkdir(parents=True)
+    (reward / "summary.json").write_text("{}")
+    (reward / "config.yaml").write_text("task: reward\nmodel: tiny-random-llama\nmethod: lora\nlora: {rank: 8}\n"
+                                        "data: {train: x.jsonl}\n")
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Colour {i}?"} for i in range(8)])
+    config = tiny_config(f"data.train={prompts}", "data.eval=null", "task=rlhf", f"rlhf.reward_model={reward}", *QUICK)
+    with pytest.raises(ConfigError, match=r'(?s)reward-run: its config no longer validates:.*unknown key "lora.rank"'):
+        run(config)
+    assert RunDir(config.output_dir).read_status()["error"]["type"] == "ConfigError"  # refused before it began
