@@ -137,15 +137,21 @@ def with_settings(config: RunConfig, updates: dict[str, Any], refused: str = "co
     return copy
 
 
+def check_machine(config: RunConfig) -> None:
+    """Refusals that need neither data nor model: what this machine cannot run (a CUDA-only method, Liger)."""
+    from tunelab.train.trainer import liger_flag
+
+    get_method(config.method).check_machine(config)
+    liger_flag(config.train.liger)
+
+
 def check_before_loading(config: RunConfig, task: Task, datasets: tuple[Dataset, ...]) -> None:
     """Refusals that need no model: the model's place, this machine's means, the watched metric, the task's
     own checks of its settings and of the rows."""
     from tunelab.eval.evidence import check_best_metric
-    from tunelab.train.trainer import liger_flag
 
     resolve_model(config.model)  # a bundled alias or an existing directory (building a bundled one once)
-    get_method(config.method).check_machine(config)
-    liger_flag(config.train.liger)
+    check_machine(config)
     if config.train.early_stopping_patience:
         check_best_metric(config, task)
     task.check(config, datasets)

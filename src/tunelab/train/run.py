@@ -26,7 +26,7 @@ from tunelab.errors import ConfigError, RunInterrupted, TunelabError
 from tunelab.eval import evidence
 from tunelab.eval.report_html import write_report
 from tunelab.events import Events, Listener
-from tunelab.inputs import RunData, auto_budget, load_data, resolve
+from tunelab.inputs import RunData, auto_budget, check_machine, load_data, resolve
 from tunelab.methods import count_params, get_method
 from tunelab.models import resolve_model
 from tunelab.models.loading import LoadRules, load_pair
@@ -68,6 +68,7 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     opened = None
     with events.active(), sigterm_interrupts():
         try:
+            check_machine(config)  # before the rows are read: the cheapest refusal first
             data = load_data(config)
             complete = resolve(config, data)
             opened = open_run_dir(complete, data, resume, events)
