@@ -87,11 +87,12 @@ def child_tunelab(opts, record: dict) -> None:
     from tunelab.models import resolve_model
     from tunelab.models.loading import LoadRules, load_pair
     from tunelab.tasks import get_task
-    from tunelab.train.run import load_data
+    from tunelab.inputs import load_data, resolve
     from tunelab.train.trainer import common_args
 
     cfg = load_config(QUICKSTART, [f"train.max_steps={opts.steps}", f"model={opts.model}", *COMMON, *opts.overrides])
-    train, held = load_data(cfg)
+    data = load_data(cfg)
+    cfg, train, held = resolve(cfg, data), data.all_train, data.held
     task, method = get_task(cfg.task), get_method(cfg.method)
     spec = task.model_spec(cfg, train)
     tokenizer, model = load_pair(resolve_model(cfg.model), spec, LoadRules.of(cfg), **method.load_options(cfg, spec))
@@ -156,10 +157,11 @@ def child_eval(opts, record: dict) -> None:
     from tunelab.precision import autocast, resolve
     from tunelab.scoring.generate import generate
     from tunelab.tasks import get_task
-    from tunelab.train.run import load_data
+    from tunelab.inputs import load_data, resolve
 
     cfg = load_config(QUICKSTART, [f"model={opts.model}", *COMMON, *opts.overrides])
-    train, held = load_data(cfg)
+    data = load_data(cfg)
+    cfg, train, held = resolve(cfg, data), data.all_train, data.held
     tokenizer, model = load_pair(resolve_model(cfg.model), ModelSpec("causal_lm"), LoadRules.of(cfg))
     cases = get_task(cfg.task).held_out(cfg, tokenizer, held, Events()).cases[: opts.eval_examples]
     prompts, new = [c.prompt_ids for c in cases], cfg.eval.max_new_tokens
@@ -224,10 +226,11 @@ def quickstart_rows(path: Path) -> None:
     from tunelab.config import load_config
     from tunelab.models import resolve_model
     from tunelab.tasks import get_task
-    from tunelab.train.run import load_data
+    from tunelab.inputs import load_data, resolve
 
     cfg = load_config(QUICKSTART, COMMON)
-    train, _ = load_data(cfg)
+    data = load_data(cfg)
+    cfg, train = resolve(cfg, data), data.all_train
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model))
     task = get_task(cfg.task)
     encoded = [task.encode(row, train.format, tokenizer, cfg.train.max_length) for row in train.rows]

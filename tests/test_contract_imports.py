@@ -18,7 +18,7 @@ LAYERS = [
     {"methods", "tasks"},
     {"config"},
     {"eval"},
-    {"train"},
+    {"train", "inputs"},  # inputs resolves the config with train.budget's rules; eval's CLI is on top
     {"export"},
     {"experiments"},
     {"cli", "cli_output"},

@@ -15,6 +15,7 @@ from tests.conftest import write_jsonl
 from tunelab.config import load_config
 from tunelab.data import load_dataset
 from tunelab.events import Events
+from tunelab.inputs import RunData, resolve
 from tunelab.methods import get_method
 from tunelab.models import resolve_model
 from tunelab.models.loading import LoadRules, load_pair
@@ -61,6 +62,7 @@ def setup(request, tmp_path_factory):
                                 "eval.few_shot_k=0", "method=full", "train.learning_rate=1e-3", "train.epochs=1",
                                 *OVERRIDES.get(name, [])])
     data = load_dataset(path, "auto")
+    config = resolve(config, RunData.of(data))  # labels read from the rows, as a run records them
     spec = task.model_spec(config, data)
     torch.manual_seed(0)
     tokenizer, model = load_pair(resolve_model(config.model), spec, LoadRules())

@@ -8,7 +8,7 @@ from tests.conftest import write_jsonl
 from tunelab.data import load_dataset, validate_file
 from tunelab.data.formats import Row, detect_format, inspect_row, validate_row
 from tunelab.errors import DataError
-from tunelab.train.run import load_data
+from tunelab.inputs import load_data, resolve
 
 TURN = [{"role": "user", "content": "Pick a colour."}]
 DPO = {"input": {"messages": TURN}, "preferred_output": [{"role": "assistant", "content": "Blue."}],
@@ -89,8 +89,9 @@ def test_run_refuses_rows_no_task_trains_on(tmp_path, tiny_config, monkeypatch):
 def test_task_auto_follows_the_rows(tmp_path, tiny_config):
     rows = [{"text": f"review {i}", "label": i % 2} for i in range(6)]
     config = tiny_config(f"data.train={write_jsonl(tmp_path / 'cls.jsonl', rows)}", "data.eval=null")
-    load_data(config)
-    assert config.task == "classify" and config.classify is not None
+    complete = resolve(config, load_data(config))
+    assert complete.task == "classify" and complete.classify.labels == ["0", "1"]
+    assert config.task == "auto" and config.classify is None  # the caller's config is read, never written
 
 
 def test_a_task_section_set_for_another_task_is_refused_once_auto_chooses(tmp_path, tiny_config):
@@ -98,7 +99,7 @@ def test_a_task_section_set_for_another_task_is_refused_once_auto_chooses(tmp_pa
     config = tiny_config(f"data.train={write_jsonl(tmp_path / 'text.jsonl', rows)}", "data.eval=null",
                          "classify.labels=[a, b]")
     with pytest.raises(DataError, match='(?s)task=auto chose "causal_lm".*task classify'):
-        load_data(config)
+        resolve(config, load_data(config))
 
 
 def test_keys_training_ignores_are_warnings_and_mapped_columns_are_not_among_them(tmp_path):

@@ -12,7 +12,8 @@ from tunelab.cli import main
 from tunelab.data import load_dataset
 from tunelab.data.leakage import Leak, LeakReport, find_leaks, refuse_leaks
 from tunelab.errors import LeakageError
-from tunelab.train.run import load_data, run
+from tunelab.inputs import load_data
+from tunelab.train.run import run
 
 
 @pytest.mark.parametrize("name", ["quickstart", "dates"])
@@ -55,15 +56,19 @@ def test_run_refuses_planted_leaks_and_says_how_to_override(tmp_path, tiny_confi
     assert f"{held_path}:61 repeats {train_path}:6 (exact)" in message
     assert f"{held_path}:62 repeats {train_path}:11 (near, Jaccard" in message
     assert "data.leakage_threshold=0.05" in message and "data.leakage_check=false" in message
-    assert not (tmp_path / "run").exists()
+    # Refused before the run began: the output_dir holds only the record that it failed, and why.
+    left = tmp_path / "run"
+    assert sorted(p.name for p in left.iterdir() if p.name != ".lock") == ["events.jsonl", "status.json"]
+    status = json.loads((left / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"]["type"] == "LeakageError"
 
 
 def test_threshold_and_switch_let_a_known_overlap_through(tmp_path, tiny_config):
     held_path, train_path = planted(tmp_path)
     allowed = tiny_config(f"data.train={train_path}", f"data.eval={held_path}", "data.leakage_threshold=0.05")
-    assert [len(d.rows) for d in load_data(allowed)] == [240, 63]
+    assert [len(d.rows) for d in (load_data(allowed).train, load_data(allowed).held)] == [240, 63]
     off = tiny_config(f"data.train={train_path}", f"data.eval={held_path}", "data.leakage_check=false")
-    assert [len(d.rows) for d in load_data(off)] == [240, 63]
+    assert [len(d.rows) for d in (load_data(off).train, load_data(off).held)] == [240, 63]
     strict = tiny_config(f"data.train={train_path}", f"data.eval={held_path}", "data.leakage_threshold=0.04")
     with pytest.raises(LeakageError):
         load_data(strict)

@@ -49,4 +49,4 @@ def test_a_bare_model_scores_like_the_untuned_before(saved_run, tmp_path):
 def test_an_unfinished_run_dir_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("model: tiny-random-llama\ndata:\n  train: x.jsonl\n")
     assert main(["eval", str(tmp_path), "--data", "x.jsonl"]) == 2
-    assert "has no model/ directory" in capsys.readouterr().err
+    assert "the run has not finished" in capsys.readouterr().err

@@ -72,15 +72,17 @@ def test_replay_adds_general_text_steps(tiny_config, tmp_path):
 def test_probe_is_measured_on_the_base_model_before_and_the_tuned_one_after(tiny_config):
     from tunelab.eval.cli import load_for_eval
     from tunelab.precision import autocast
+    from tunelab.inputs import open_run
     from tunelab.train.run import run
 
     config = tiny_config("eval.few_shot_k=0", "eval.train_sample=0", "train.learning_rate=1e-2")
     result = run(config)
     f = result.summary["forgetting"]
     measured = {}
+    used = open_run(result.run_dir).config  # the complete config the run resolved (task=auto chose sft)
     for name, run_dir in (("base", None), ("tuned", result.run_dir)):
-        tokenizer, model = load_for_eval(config, run_dir)
-        with autocast(config.train.precision):  # as the run measures it
+        tokenizer, model = load_for_eval(used, run_dir)
+        with autocast(used.train.precision):  # as the run measures it
             measured[name] = forgetting.measure(model, tokenizer, config.eval.batch_size)
     base, tuned = measured["base"], measured["tuned"]
     assert f["questions"] == 20

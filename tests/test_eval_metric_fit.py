@@ -71,6 +71,6 @@ def test_a_classification_run_from_the_quickstart_config_reports_no_json_metrics
     assert summary["metrics"] == ["exact_match", "token_f1"]
     for measured in (summary["before"], summary["after"], summary["baselines"]["few_shot"]["metrics"], summary["train_sample"]["after"]):
         assert not {"json_valid", "json_fields"} & set(measured)
-    warnings = [e["message"] for e in events if e["type"] == "warning"]
+    warnings = [e.message for e in events if e.kind == "warning"]
     assert any("left out json_valid, json_fields: 8 of 8" in w for w in warnings)
     assert any("add accuracy, macro_f1 to eval.metrics" in w for w in warnings)

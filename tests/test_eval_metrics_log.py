@@ -6,8 +6,7 @@ import pytest
 
 from tunelab.errors import TunelabError
 from tunelab.eval.diagnosis import Point, read_curves
-from tunelab.train.resume import trim_metrics
-from tunelab.rundir import MetricsLog, read_metrics
+from tunelab.rundir import MetricsLog, RunDir, read_metrics
 
 RECORDS = [{"step": 1, "epoch": 0.5, "train_loss": 2.0}, {"step": 2, "epoch": 1.0, "train_loss": 1.5},
            {"step": 2, "epoch": 1.0, "eval_loss": 1.8, "perplexity": 6.05, "eval_loss_se": 0.1}]
@@ -43,7 +42,7 @@ def test_curves_of_a_killed_run(killed_run):
 
 
 def test_resume_trims_to_the_checkpoint_step_and_drops_the_torn_line(killed_run):
-    trim_metrics(killed_run, 1)
+    RunDir(killed_run.parent).trim_metrics(1)
     assert killed_run.read_text() == '{"step": 1, "epoch": 0.5, "train_loss": 2.0}\n'
 
 

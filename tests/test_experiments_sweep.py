@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from tunelab.errors import ConfigError
-from tunelab.events import Events
+from tunelab.events import Event, Events
 from tunelab.experiments.sweep import FINISHED, SweepOptions, pruning_listener, sweep
 from tests.conftest import write_jsonl
 
@@ -157,15 +157,16 @@ def test_a_validation_behind_the_pruner_stops_the_run_with_trial_pruned():
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=1.0))
     trial, seen = study.ask(), []
     listen = pruning_listener(trial, "eval_loss", True, Events(seen.append))
-    listen({"type": "eval", "step": 1, "eval_loss": 0.5})
-    listen({"type": "step", "step": 2, "loss": 9.0})  # not a validation: not reported
+    listen(Event("validation", "info", "", {"step": 1, "metrics": {"eval_loss": 0.5}}))
+    listen(Event("step", "progress", "", {"step": 2, "loss": 9.0}))  # not a validation: not reported
     with pytest.raises(optuna.TrialPruned, match="eval_loss 5 at step 3"):
-        listen({"type": "eval", "step": 3, "eval_loss": 5.0})
-    assert [e["type"] for e in seen] == ["eval", "step", "eval", "trial_pruned"]
+        listen(Event("validation", "info", "", {"step": 3, "metrics": {"eval_loss": 5.0}}))
+    assert [e.kind for e in seen] == ["validation", "step", "validation", "trial_pruned"]
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     assert study.trials[0].intermediate_values == {1: 0.5, 3: 5.0}
     unpruned = study.ask()
-    pruning_listener(unpruned, "eval_loss", False, Events())({"type": "eval", "step": 3, "eval_loss": 5.0})
+    pruning_listener(unpruned, "eval_loss", False, Events())(
+        Event("validation", "info", "", {"step": 3, "metrics": {"eval_loss": 5.0}}))
 
 
 def test_score_default_reuses_the_best_score_when_the_default_trial_won(sweep_setup):

@@ -67,11 +67,11 @@ def test_run_directory_is_self_describing(full_run):
 
 def test_progress_goes_out_as_events(full_run):
     _, events = full_run
-    kinds = [e["type"] for e in events]
+    kinds = [e.kind for e in events]
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
-    steps = [e["step"] for e in events if e["type"] == "step"]
+    steps = [e.fields["step"] for e in events if e.kind == "step"]
     assert steps == list(range(1, 31))
-    assert all(e["tokens_per_second"] > 0 for e in events if e["type"] == "step")
+    assert all(e.fields["tokens_per_second"] > 0 for e in events if e.kind == "step")
 
 
 def test_lora_trains_only_the_adapter_and_counts_it_exactly(tiny_config):

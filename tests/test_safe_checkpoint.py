@@ -60,7 +60,7 @@ def test_latest_complete_skips_and_removes_a_half_written_newer_checkpoint(tmp_p
     partial = fake_checkpoint(tmp_path, 6, seal=False)
     assert latest_complete(tmp_path, Events(seen.append)) == good
     assert not partial.exists() and good.exists()
-    assert "checkpoint-6: removed an unusable checkpoint: no manifest" in seen[0]["message"]
+    assert "checkpoint-6: removed an unusable checkpoint: no manifest" in seen[0].message
 
 
 def test_latest_complete_ignores_symlinked_and_oddly_named_directories(tmp_path):

@@ -53,6 +53,13 @@ def adapter(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path / "adapter_model.safetensors")
 
 
+def died_in_final_evaluation(run_dir: Path) -> None:
+    """As if the process had been killed before writing its summary: no summary, a status nobody updates."""
+    (run_dir / "summary.json").unlink()
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps({**status, "state": "running", "heartbeat_at": 0}))
+
+
 def train_losses(run_dir: Path) -> list[float]:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["train_loss"] for r in records if "train_loss" in r]
@@ -62,7 +69,7 @@ def test_a_poisoned_step_is_skipped_leaving_weights_unchanged_and_the_run_goes_o
     with_hook(monkeypatch, poison_loss(on_calls={2}))
     events = []
     result = run(tiny_config("train.save_steps=1", "train.save_total_limit=4", "eval.generate=false"), events.append)
-    assert [e["step"] for e in events if e["type"] == "step_skipped"] == [2]
+    assert [e.fields["step"] for e in events if e.kind == "step_skipped"] == [2]
     assert result.summary["train"]["steps"] == 4
     one, two, three = (adapter(result.run_dir / "checkpoints" / f"checkpoint-{s}") for s in (1, 2, 3))
     assert all(torch.equal(one[k], two[k]) for k in one)
@@ -79,7 +86,7 @@ def test_nan_for_max_bad_steps_in_a_row_stops_the_run_with_the_step_and_rate(tin
         run(config, events.append)
     assert str(err.value).startswith("step 3: loss or gradients were NaN/Inf for 3 steps in a row at learning rate 0.001")
     assert "try a lower train.learning_rate (e.g. 1.0e-04)" in str(err.value)
-    assert [e["step"] for e in events if e["type"] == "step_skipped"] == [1, 2]
+    assert [e.fields["step"] for e in events if e.kind == "step_skipped"] == [1, 2]
     saved = sorted((config.output_dir / "checkpoints").glob("checkpoint-*"))
     assert [p.name for p in saved] == ["checkpoint-1", "checkpoint-2"]
     for path in saved:  # skipped steps change nothing: LoRA's B matrices are still their initial zeros
@@ -123,9 +130,9 @@ def test_oom_on_the_first_step_halves_the_micro_batch_and_completes(tiny_config,
     with_hook(monkeypatch, fail_batches_over(2, torch.OutOfMemoryError))
     events = []
     result = run(tiny_config("train.batch_size=4", "train.grad_accum=1", "eval.generate=false"), events.append)
-    backoffs = [e for e in events if e["type"] == "batch_backoff"]
-    assert [(e["step"], e["batch_size"], e["grad_accum"]) for e in backoffs] == [(1, 2, 2)]
-    assert "same effective batch of 4" in backoffs[0]["message"]
+    backoffs = [e for e in events if e.kind == "batch_backoff"]
+    assert [(e.fields["step"], e.fields["batch_size"], e.fields["grad_accum"]) for e in backoffs] == [(1, 2, 2)]
+    assert "same effective batch of 4" in backoffs[0].message
     assert result.summary["train"]["steps"] == 4
     # The retry is a fresh, reseeded Trainer: it equals a run configured with batch 2 x 2 from the start.
     ours = adapter(result.run_dir / "model")
@@ -150,9 +157,9 @@ def test_oom_after_training_began_returns_to_the_last_checkpoint(tiny_config, mo
     with_hook(monkeypatch, fail_batches_over(0, torch.OutOfMemoryError, only_once_at_step=3))
     events = []
     result = run(tiny_config(*settings, "train.save_steps=1"), events.append)
-    backoff = [e for e in events if e["type"] == "batch_backoff"]
-    assert [(e["step"], e["batch_size"], e["grad_accum"]) for e in backoff] == [(3, 2, 2)]
-    assert "retrying from step 2" in backoff[0]["message"]
+    backoff = [e for e in events if e.kind == "batch_backoff"]
+    assert [(e.fields["step"], e.fields["batch_size"], e.fields["grad_accum"]) for e in backoff] == [(3, 2, 2)]
+    assert "retrying from step 2" in backoff[0].message
     diff = max_difference(adapter(result.run_dir / "model"), theirs)
     print(f"max |weight difference| after an OOM back-off at step 3 ({precision}): {diff:.3g}, allowed {tolerance:.3g}")
     assert diff < tolerance
@@ -193,11 +200,11 @@ def test_a_run_stopped_after_its_final_checkpoint_finishes_without_training_agai
     config = tiny_config("eval.generate=false", "train.save_steps=2")
     first = run(config)
     trained = adapter(first.run_dir / "model")
-    (first.run_dir / "summary.json").unlink()  # died during the final evaluation
+    died_in_final_evaluation(first.run_dir)
     events = []
     second = run(config, events.append)
-    assert [e["step"] for e in events if e["type"] == "resumed"] == [4]
-    assert not [e for e in events if e["type"] == "step"]  # Trainer alone would run a fifth step here
+    assert [e.fields["step"] for e in events if e.kind == "resumed"] == [4]
+    assert not [e for e in events if e.kind == "step"]  # Trainer alone would run a fifth step here
     assert second.summary["train"]["steps"] == 4
     assert second.summary["train"]["tokens"] == first.summary["train"]["tokens"] > 0
     assert second.summary["train"]["tokens_per_second"] == 0  # counts only what this process trained
@@ -208,7 +215,7 @@ def test_a_run_stopped_after_its_final_checkpoint_finishes_without_training_agai
 def test_resuming_with_other_settings_is_refused(tiny_config):
     config = tiny_config("eval.generate=false", "train.save_steps=2")
     run(config)
-    (config.output_dir / "summary.json").unlink()
+    died_in_final_evaluation(config.output_dir)
     with pytest.raises(ConfigError, match=r"holds an unfinished run with other settings \(train.seed: 42 -> 7\)"):
         run(tiny_config("eval.generate=false", "train.save_steps=2", "train.seed=7"))
 
@@ -231,7 +238,7 @@ def test_resume_flag_without_output_dir_picks_the_newest_unfinished_run(tiny_con
         (folder / "config.yaml").write_text("name: exp\n")
         if finished:
             (folder / "summary.json").write_text("{}")
-    assert find_run_dir(config, resume=True) == Path("runs") / "exp-20260102-000000"
+    assert find_run_dir(config, resume=True).path == Path("runs") / "exp-20260102-000000"
     with pytest.raises(TunelabError, match="no unfinished run named other"):
         find_run_dir(tiny_config("name=other", "output_dir=null"), resume=True)
 

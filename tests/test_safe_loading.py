@@ -71,7 +71,9 @@ def test_a_crafted_checkpoint_with_a_matching_manifest_is_refused_on_resume(tiny
 
     config = tiny_config("train.max_steps=2", "train.save_steps=1", "eval.generate=false")
     result = run(config)
-    (result.run_dir / "summary.json").unlink()  # as if the process died after its last checkpoint
+    (result.run_dir / "summary.json").unlink()  # as if the process died after its last checkpoint:
+    status = json.loads((result.run_dir / "status.json").read_text())  # no summary, a status nobody updates
+    (result.run_dir / "status.json").write_text(json.dumps({**status, "state": "running", "heartbeat_at": 0}))
     checkpoint = result.run_dir / "checkpoints" / "checkpoint-2"
     marker = tmp_path / "pwned"
     write_payload(checkpoint / "optimizer.pt", marker)

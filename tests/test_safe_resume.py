@@ -21,6 +21,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import REPO, write_jsonl
+from tunelab.rundir import RunDir
 from tunelab.train.checkpoint import MANIFEST, step_of
 
 MAX_STEPS = 5
@@ -101,6 +102,8 @@ def test_sigkill_then_a_half_written_checkpoint_then_rerun_equals_the_uninterrup
     out = tmp_path / "run"
     code, _ = stop_after_checkpoint(command(data, out), out, kill_at, signal.SIGKILL, tmp_path / "first.log")
     assert code == -signal.SIGKILL
+    # Nobody was left to write its status: it still says running, and a reader sees that its process is gone.
+    assert json.loads((out / "status.json").read_text())["state"] == "running" and RunDir(out).state() == "dead"
     checkpoints = out / "checkpoints"
     sealed = max(step_of(p) for p in checkpoints.glob("checkpoint-*") if (p / MANIFEST).exists())
     assert sealed >= kill_at
@@ -130,6 +133,7 @@ def test_sigterm_saves_exits_143_and_prints_a_resume_command_that_works(data, re
     args = shlex.split(resume)
     assert args[:2] == ["tunelab", "run"] and args[-1] == "--resume" and f"output_dir={out}" in args
 
+    assert RunDir(out).state() == "interrupted"
     log = finish([sys.executable, "-m", "tunelab.cli", *args[1:]], tmp_path / "second.log")
     assert f"resuming {out} at step {step}" in log
     assert_same_result(out, reference, f"SIGTERM after checkpoint {stop_at}, saved at {step}")

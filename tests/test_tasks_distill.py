@@ -13,6 +13,7 @@ from tunelab.config import load_config
 from tunelab.data import load_dataset
 from tunelab.data.tokens import IGNORE
 from tunelab.errors import ConfigError
+from tunelab.inputs import RunData, resolve
 from tunelab.models import resolve_model
 from tunelab.models.loading import LoadRules, load_model, load_pair
 from tunelab.models.students import chosen_layers, student_from_teacher
@@ -59,6 +60,7 @@ def distill_setup(tmp_path):
                                     "distill.teacher=tiny-random-llama", "method=full", "train.max_length=32",
                                     "eval.max_new_tokens=2", "eval.train_sample=0", *overrides])
         task, data = get_task("distill"), load_dataset(path, "auto")
+        config = resolve(config, RunData.of(data))  # builds the student of distill.student_layers
         spec = task.model_spec(config, data)
         torch.manual_seed(0)
         tokenizer, model = load_pair(resolve_model(config.model), spec, LoadRules())

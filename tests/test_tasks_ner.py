@@ -13,7 +13,7 @@ from tunelab.data.rows import Row
 from tunelab.errors import DataError
 from tunelab.scoring.metrics import generation_scores
 from tunelab.tasks.ner import IGNORE, Tagged, dictionary_tags, encode_row, encode_rows, words_and_tags
-from tunelab.train.run import choose_task
+from tunelab.inputs import choose_task
 
 NAMES = ["entity_f1", "entity_precision", "entity_recall"]
 REFERENCES = ["B-PER I-PER O B-LOC", "O B-ORG"]  # three entities

@@ -27,7 +27,7 @@ from tunelab.tasks.dpo import answer_logps, implicit_rewards
 from tunelab.tasks.lm import heldout_loss
 from tunelab.tasks.preference import trl_config
 from tunelab.tasks.rlhf import load_reward_function
-from tunelab.train.run import choose_task
+from tunelab.inputs import choose_task
 from tunelab.train.trainer import common_args
 
 PAIRS = [{"prompt": f"Colour {i}?", "chosen": "red" * (1 + i % 3), "rejected": "no"} for i in range(6)]
@@ -137,7 +137,7 @@ def test_dpo_refuses_a_method_without_a_switched_off_view(tmp_path):
     path = write_jsonl(tmp_path / "rows.jsonl", PAIRS)
     config = load_config(None, [f"data.train={path}", "task=dpo", "method=full"])
     with pytest.raises(ConfigError, match='method "full" has none'):
-        TASKS["dpo"].model_spec(config, None)
+        TASKS["dpo"].check(config)
 
 
 def test_dpo_on_prompt_completion_rows_names_the_schema_with_an_example(tmp_path):
@@ -179,7 +179,7 @@ def test_rlhf_needs_exactly_one_reward(overrides, expected):
 def test_rlhf_batch_holds_whole_groups():
     config = load_config(None, ["data.train=x.jsonl", "task=rlhf", "rlhf.reward_function=a:b", "train.batch_size=6"])
     with pytest.raises(ConfigError, match="train.batch_size: 6 must be a multiple of rlhf.num_generations"):
-        TASKS["rlhf"].model_spec(config, None)
+        TASKS["rlhf"].check(config)
 
 
 def test_rlhf_scores_with_a_reward_run_as_the_reward_task_does_and_trains_by_rloo(tmp_path):

@@ -18,20 +18,21 @@ def test_small_data_gets_more_passes_within_bounds(rows, epochs):
 def test_auto_is_the_default_and_sets_schedule_patience_and_metric(tiny_config, validation_rows, metric):
     config = tiny_config("train.max_steps=-1", "train.batch_size=4", "eval.metrics=[exact_match]")
     assert config.train.epochs == "auto"
-    budget = resolve_epochs(config, get_task("sft"), 40, validation_rows)
+    settings, budget = resolve_epochs(config, get_task("sft"), 40, validation_rows)
     assert budget == {"epochs": 8.0, "max_steps": 80, "eval_steps": 5, "patience": 2, "metric": metric}
-    assert config.train.early_stopping_patience == 2 and config.train.best_metric == metric
+    assert settings["train.early_stopping_patience"] == 2 and settings["train.best_metric"] == metric
+    assert config.train.epochs == "auto" and config.train.early_stopping_patience == 0  # read, never written
 
 
 def test_what_the_user_set_is_kept(tiny_config):
     config = tiny_config("train.max_steps=-1", "train.eval_steps=3", "train.best_metric=eval_loss",
                          "train.early_stopping_patience=5")
-    budget = resolve_epochs(config, get_task("sft"), 40, 4)
+    budget = resolve_epochs(config, get_task("sft"), 40, 4)[1]
     assert (budget["eval_steps"], budget["patience"], budget["metric"]) == (3, 5, "eval_loss")
     fixed = tiny_config("train.epochs=2", "train.max_steps=-1")
-    assert resolve_epochs(fixed, get_task("sft"), 40, 0) is None and fixed.train.epochs == 2.0
+    assert resolve_epochs(fixed, get_task("sft"), 40, 0) == ({}, None)
     steps = tiny_config()  # max_steps=4: epochs is not read
-    assert resolve_epochs(steps, get_task("sft"), 40, 0) is None and steps.train.epochs == 1.0
+    assert resolve_epochs(steps, get_task("sft"), 40, 0) == ({"train.epochs": 1.0}, None)
 
 
 def test_an_auto_run_validates_stops_early_and_keeps_the_best(tiny_config):
@@ -70,7 +71,7 @@ def test_early_stopping_validates_on_rows_set_aside_from_train_never_on_held_out
                                                 (("train.max_steps=4", "train.early_stopping_patience=1"), True)])
 def test_rows_are_set_aside_only_when_the_run_stops_early(tiny_config, overrides, carved):
     from tunelab.data import load_dataset
-    from tunelab.train.run import validation_split
+    from tunelab.inputs import validation_split
 
     config = tiny_config(*overrides)
     train, validation = validation_split(config, load_dataset(config.data.train, "auto", {}))

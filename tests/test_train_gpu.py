@@ -32,7 +32,8 @@ def test_a_run_refuses_liger_before_loading_anything(tiny_config, monkeypatch, t
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         run(tiny_config("train.liger=true"))
-    assert not (tmp_path / "run").exists()  # no run directory: it failed before the data and the model
+    left = sorted(p.name for p in (tmp_path / "run").iterdir() if p.name != ".lock")
+    assert left == ["events.jsonl", "status.json"]  # only the record that it failed: before the data and the model
 
 
 @cuda

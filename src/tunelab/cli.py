@@ -44,7 +44,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 
 def _quiet_libraries() -> None:
     """Offline always; library chatter off so a user sees tunelab's own lines."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # also set on `import tunelab`, for callers of run()
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -105,10 +105,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(config_path, overrides)
 
     from tunelab.cli_output import ConsoleProgress, print_summary
-    from tunelab.experiments import run_experiment
 
     progress = ConsoleProgress()
+    progress.waiting("starting: loading the training libraries")  # seconds of imports before the run's first event
     try:
+        from tunelab.experiments import run_experiment
+
         result = run_experiment(config, on_event=progress, resume=args.resume)
     except RunInterrupted as err:
         err.resume_command = _resume_command(config_path, overrides, err.run_dir)

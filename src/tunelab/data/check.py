@@ -168,9 +168,8 @@ def write_rejects(report: CheckReport, target: Path) -> None:
 
 
 def load_tokenizer(model: str) -> Any:
-    """Only the tokenizer of a bundled alias or local checkpoint (no weights are loaded)."""
-    from transformers import AutoTokenizer
-
+    """Only the tokenizer of a bundled alias or local checkpoint (no weights are loaded), through the one loader."""
     from tunelab.models import resolve_model
+    from tunelab.models.loading import load_tokenizer as load
 
-    return AutoTokenizer.from_pretrained(resolve_model(model))
+    return load(resolve_model(model))

@@ -27,17 +27,15 @@ class LocalTeacher:
     """A bundled alias or local checkpoint, generating in batches on this machine."""
 
     def __init__(self, model: str):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from tunelab.models import resolve_model
+        from tunelab.models.loading import LoadRules, ModelSpec, load_model, load_tokenizer
 
         path = resolve_model(model)
         self.name = model
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = load_tokenizer(path, LoadRules())  # the one loader: local files, safetensors only
         if not getattr(self.tokenizer, "chat_template", None):
             raise ModelError(f"{model}: a teacher needs a chat template; this model has none")
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        self.model = load_model(path, ModelSpec("causal_lm"), LoadRules())
 
     def chat(self, conversations: list[Conversation], max_new_tokens: int, temperature: float,
              seed: int) -> list[str]:

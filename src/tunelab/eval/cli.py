@@ -7,9 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tunelab.errors import ConfigError
 from tunelab.precision import autocast
 
 
@@ -26,14 +23,15 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def eval_config(target: str, overrides: list[str]) -> tuple[Any, Path | None]:
-    """The run's saved config for a run directory, else defaults for a bare model; overrides on top."""
+    """The run's saved config for a run directory (read by `inputs.open_run`), else defaults for a bare model;
+    overrides on top."""
     from tunelab.config import _apply_override, validate_config
+    from tunelab.inputs import open_run
+    from tunelab.rundir import RunDir
 
     run_dir = Path(target)
-    if (run_dir / "config.yaml").is_file():
-        if not (run_dir / "model").is_dir():
-            raise ConfigError(f"{run_dir}: has no model/ directory; is the run finished?")
-        raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    if RunDir(run_dir).has_config():
+        raw = open_run(run_dir).config.model_dump(mode="json")
     else:
         raw, run_dir = {"model": target, "data": {"train": "unused"}}, None
     for item in overrides:
@@ -47,23 +45,26 @@ def load_for_eval(config: Any, run_dir: Path | None, dataset: Any = None) -> tup
     from tunelab.methods import get_method
     from tunelab.models import resolve_model
     from tunelab.models.loading import LoadRules, load_pair
+    from tunelab.rundir import RunDir
     from tunelab.tasks import get_task
 
     task, method = get_task(config.task), get_method(config.method)
     spec, rules = task.model_spec(config, dataset), LoadRules.of(config)
     tokenizer, model = load_pair(resolve_model(config.model), spec, rules, **method.load_options(config, spec))
     if run_dir is not None:
-        model = method.load(model, run_dir / "model", spec, rules)
+        model = method.load(model, RunDir(run_dir).model_dir, spec, rules)
     return tokenizer, model
 
 
 def evaluate_file(target: str, data: Path, overrides: list[str] = ()) -> dict[str, Any]:
     """Scores of the target on the data file, as the run would have scored its held-out set."""
     from tunelab.data import load_dataset
-    from tunelab.train.run import choose_task
+    from tunelab.inputs import RunData, choose_task, resolve
 
     config, run_dir = eval_config(target, list(overrides))
     dataset = load_dataset(data, config.data.format, config.data.columns)
+    if run_dir is None:  # a bare model: the task (and a classifier's labels) come from this file
+        config = resolve(config, RunData.of(dataset))
     task = choose_task(config, dataset)
     tokenizer, model = load_for_eval(config, run_dir, dataset)
     with autocast(config.train.precision):  # as the run scored its held-out set
@@ -76,7 +77,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from tunelab.eval.report import fmt
     from tunelab.scoring.metrics import describe
 
-    result = evaluate_file(args.target, Path(args.data), args.overrides)
+    from tunelab.cli_output import ConsoleProgress
+    from tunelab.events import Events
+
+    console = ConsoleProgress()
+    try:
+        with Events(console).active():  # rows scored and answers generated, drawn as bars
+            result = evaluate_file(args.target, Path(args.data), args.overrides)
+    finally:
+        console.close()
     print_table([("metric", "value"), *((describe(k).label, fmt(k, v)) for k, v in result["metrics"].items())])
     print(f"\n{result['rows']} rows of {args.data} scored with {args.target}")
     if args.out:

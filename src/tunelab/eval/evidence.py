@@ -9,7 +9,7 @@ task's to say (`Task.evidence`, `Task.baselines`); the scoring is the task's own
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from tunelab.eval import forgetting
 from tunelab.eval.diagnosis import Evidence, diagnose, read_curves
 from tunelab.eval.early_stopping import BestWeights
 from tunelab.precision import autocast
+from tunelab.rundir import RunDir
 from tunelab.tasks.base import FORGETTING, Baseline, Prepared, Scores, Task
 
 
@@ -46,6 +47,20 @@ def before_training(model: torch.nn.Module, tokenizer: Any, task: Task, train: A
         out.train_sample = {k: v for k, v in measured.items() if isinstance(v, (int, float))}
         out.train_sample_rows = min(config.eval.train_sample, len(train.rows))
     return out
+
+
+def before_record(zero_shot: Scores, before: Before) -> dict[str, Any]:
+    """What was measured before training, as JSON (the run directory keeps it, so a resumed run reuses it)."""
+    return {"zero_shot": asdict(zero_shot), "baselines": {name: asdict(b) for name, b in before.baselines.items()},
+            "probe": before.probe, "train_sample": before.train_sample, "train_sample_rows": before.train_sample_rows}
+
+
+def before_from_record(record: dict[str, Any]) -> tuple[Scores, Before]:
+    """The zero-shot scores and the Before that `before_record` wrote."""
+    baselines = {name: Baseline(b["label"], Scores(**b["scores"]), b.get("details") or {})
+                 for name, b in record["baselines"].items()}
+    return Scores(**record["zero_shot"]), Before(baselines, record.get("probe"), record.get("train_sample") or {},
+                                                 int(record.get("train_sample_rows") or 0))
 
 
 def early_stopping(config: Any, task: Task) -> BestWeights | None:
@@ -99,6 +114,6 @@ def after_training(model: torch.nn.Module, tokenizer: Any, task: Task, prepared:
         train_after = task.evaluate(model, tokenizer, prepared.train_sample, config).metrics
         entries["train_sample"] = {"rows": before.train_sample_rows, "before": before.train_sample,
                                    "after": train_after}
-    train_curve, eval_curve = read_curves(run_dir / "metrics.jsonl")
+    train_curve, eval_curve = read_curves(RunDir(run_dir).metrics_path)
     entries["diagnosis"] = diagnose(Evidence(train_curve, eval_curve, before.train_sample, train_after, after.metrics))
     return entries

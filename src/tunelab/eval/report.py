@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunelab.rundir import RunDir
 from tunelab.scoring.metrics import confusion, describe
 
 Row = tuple[str, ...]
@@ -125,10 +126,7 @@ def verdict(summary: dict[str, Any]) -> list[str]:
 
 
 def read_samples(run_dir: Path, n: int) -> list[dict[str, Any]]:
-    path = run_dir / "samples.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:n] if line.strip()]
+    return RunDir(run_dir).read_samples(n)
 
 
 def forgetting_rows(summary: dict[str, Any]) -> list[Row]:
@@ -155,8 +153,7 @@ def confusion_rows(run_dir: Path, summary: dict[str, Any]) -> list[Row]:
 
 
 def leakage(run_dir: Path) -> Any:
-    path = run_dir / "data.json"
-    return json.loads(path.read_text(encoding="utf-8")).get("leakage") if path.exists() else None
+    return RunDir(run_dir).read_data_info().get("leakage")
 
 
 def md_table(rows: list[Row]) -> list[str]:

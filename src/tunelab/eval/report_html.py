@@ -12,7 +12,7 @@ from tunelab.scoring.metrics import METRICS, describe
 from tunelab.eval.report import (Row, baselines, comparison_header, comparison_rows, confusion_rows, escape,
                                  forgetting_rows, leakage, png_base64, read_samples, render_markdown, training_line,
                                  verdict)
-from tunelab.rundir import read_metrics, write_atomic
+from tunelab.rundir import RunDir, write_atomic
 
 STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#1d2330}
@@ -48,7 +48,7 @@ def _figure(width: float = 7.0, height: float = 3.4) -> tuple[Any, Any]:
 def curves_png(run_dir: Path, summary: dict[str, Any]) -> str | None:
     """Train and validation loss against step, from metrics.jsonl (validation: the held-out rows, or under early
     stopping the rows set aside from train)."""
-    train, held = read_curves(run_dir / "metrics.jsonl")
+    train, held = read_curves(RunDir(run_dir).metrics_path)
     carved = (summary.get("early_stopping") or {}).get("validation_rows")
     held_label = f"validation loss ({carved} rows set aside from train)" if carved else "held-out loss"
     if not train and not held:
@@ -81,7 +81,7 @@ def curves_png(run_dir: Path, summary: dict[str, Any]) -> str | None:
 def metric_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Percentage metrics logged at validations, by name, as (step, value)."""
     curves: dict[str, list[tuple[int, float]]] = {}
-    for record in read_metrics(run_dir / "metrics.jsonl"):
+    for record in RunDir(run_dir).read_metrics():
         for name, value in record.items():
             if "eval_loss" in record and name in METRICS and describe(name).percent:
                 curves.setdefault(name, []).append((record["step"], float(value)))

@@ -12,9 +12,11 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunelab.config import dump_config
+from tunelab.errors import RunInterrupted
 from tunelab.eval.report import fmt, md_table
-from tunelab.events import Listener
-from tunelab.rundir import choose_run_dir, write_atomic, write_json
+from tunelab.events import Events, Listener
+from tunelab.rundir import FAILED, INTERRUPTED, RUNNING, SUCCEEDED, RunDir, Status, write_atomic
 from tunelab.scoring.metrics import describe
 
 if TYPE_CHECKING:
@@ -26,7 +28,7 @@ def run_experiment(config: Any, on_event: Listener | None = None, resume: bool =
     from tunelab.train.run import run  # not at import time: the CLI's parser imports this package
 
     if config.train.seeds:
-        return run_repeated(config, on_event)
+        return run_repeated(config, on_event, resume)
     return run(config, on_event, resume)
 
 
@@ -65,16 +67,72 @@ def aggregate(summaries: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
     return out
 
 
-def run_repeated(config: Any, on_event: Listener | None = None) -> RunResult:
-    """One run per seed, then the parent directory's summary: means in before/after, intervals in `repeat`."""
+def run_repeated(config: Any, on_event: Listener | None = None, resume: bool = False) -> RunResult:
+    """One run per seed under a parent directory, then the parent's summary: means in before/after, intervals
+    in `repeat`. The parent has a status and a config like a single run, and resumes like one: a seed whose
+    run finished is read back, an unfinished one continues from its checkpoint."""
+    from tunelab.train.resume import find_run_dir
+
+    from tunelab.train.resume import refuse_foreign
+
+    parent = find_run_dir(config, resume)
+    events = Events(on_event)
+    refuse_foreign(parent)
+    lock = parent.lock()
+    try:
+        check_parent(parent, config)
+        status = Status(parent).begin()
+        events.attach_log(parent.event_log())
+        parent.write_header(dump_config(config), {})
+        status.set(state=RUNNING)
+        try:
+            result = run_seeds(parent, config, events, on_event)
+        except BaseException as err:
+            stopped = isinstance(err, (KeyboardInterrupt, RunInterrupted))
+            if isinstance(err, RunInterrupted):
+                err.run_dir = parent.path  # resuming the parent resumes the seed
+            status.end(INTERRUPTED if stopped else FAILED, {"type": type(err).__name__, "message": str(err)})
+            raise
+        status.end(SUCCEEDED)
+        return result
+    finally:
+        lock.close()
+
+
+def check_parent(parent: RunDir, config: Any) -> None:
+    """A finished parent is kept; one holding other settings is refused (the seeds' own runs check their data)."""
+    from tunelab.train.resume import differences, refuse_unusable
+
+    state = parent.state()
+    if state is not None:
+        refuse_unusable(parent, state)
+        changed = differences(parent, config, {})
+        if changed:
+            raise changed[0]
+
+
+def run_seeds(parent: RunDir, config: Any, events: Events, on_event: Listener | None) -> RunResult:
+    from tunelab.inputs import with_settings
     from tunelab.train.run import RunResult, run
 
-    parent = choose_run_dir(config)
     results = []
     for seed in config.train.seeds:
-        one = config.model_copy(deep=True)
-        one.train.seeds, one.train.seed, one.output_dir = None, seed, parent / f"seed-{seed}"
-        results.append(run(one, on_event))
+        seed_dir = RunDir(parent.path / f"seed-{seed}")
+        if seed_dir.finished():
+            events.emit("seed_reused", seed=seed, run_dir=str(seed_dir))
+            results.append(RunResult(seed_dir.path, seed_dir.read_summary()))
+            continue
+        events.emit("seed_started", seed=seed, of=len(config.train.seeds), run_dir=str(seed_dir))
+        one = with_settings(config, {"train.seeds": None, "train.seed": seed, "output_dir": seed_dir.path})
+        results.append(run(one, on_event))  # an unfinished seed directory resumes by itself
+    summary = repeated_summary(config, results)
+    parent.write_summary(summary)
+    write_atomic(parent.path / "report.md", repeat_markdown(parent.path, summary))
+    events.emit("run_finished", run_dir=str(parent))
+    return RunResult(parent.path, summary)
+
+
+def repeated_summary(config: Any, results: list[Any]) -> dict[str, Any]:
     summaries = [r.summary for r in results]
     stats = aggregate(summaries)
     means = {section: {k: v["mean"] for k, v in stats[section].items()} for section in stats}
@@ -83,9 +141,7 @@ def run_repeated(config: Any, on_event: Listener | None = None) -> RunResult:
                "repeat": {"seeds": list(config.train.seeds), "runs": [str(r.run_dir) for r in results],
                           "intervals": stats, "diagnoses": [s["diagnosis"]["verdict"] for s in summaries]}}
     summary["zero_shot"] = summary["before"]
-    write_json(parent / "summary.json", summary)
-    write_atomic(parent / "report.md", repeat_markdown(parent, summary))
-    return RunResult(parent, summary)
+    return summary
 
 
 def interval_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:

@@ -18,28 +18,15 @@ def split_config(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 
 class TrialProgress:
-    """The run's progress bar, with a line saying which trial or entry is running and how it ended."""
+    """The run's progress bar and lines, which say which trial or entry is running and how it ended."""
 
     def __init__(self, console: Any):
         self.console = console
 
     def __call__(self, event: Event) -> None:
-        kind = event["type"]
-        if kind == "trial_started":
-            shown = ", ".join(f"{k}={v}" for k, v in event["params"].items())
-            self.console.say(f"trial {event['trial']} (sweep of {event['of']}): {shown}")
-        elif kind == "trial_finished":
-            self.console.say(f"trial {event['trial']}: {event['metric']} {event['value']:.4g} on validation")
-        elif kind == "trial_pruned":
+        if event.kind == "trial_pruned":
             self.console.close()
-            self.console.say(f"trial {event['trial']}: pruned at step {event['step']} (behind earlier trials)")
-        elif kind in ("waiting", "entry_started"):
-            self.console.say(event["message"])
-        elif kind == "scoring_held_out":
-            self.console.say(f"scoring the {'best' if event['trial'] is not None else 'unchanged'} config on the "
-                             f"held-out set: {event['run_dir']}")
-        else:
-            self.console(event)
+        self.console(event)
 
 
 def add_experiment_commands(sub: Any, console: Any) -> None:

@@ -24,7 +24,7 @@ from tunelab.eval.report import fmt, headline_metric, md_table
 from tunelab.events import Events, Listener
 from tunelab.experiments.pages import figure, save_png, write_pages
 from tunelab.experiments.variants import variant_raw
-from tunelab.rundir import write_atomic, write_json
+from tunelab.rundir import RunDir, write_atomic, write_json
 from tunelab.scoring.metrics import describe
 
 
@@ -65,12 +65,12 @@ def same_budget(entries: list[Entry], base: dict[str, Any] | None) -> int | None
     if base is None:
         return None
     from tunelab.train.budget import auto_epochs
-    from tunelab.train.run import load_data
+    from tunelab.inputs import load_data
 
     config = validate_config(base)
     steps = config.train.max_steps
     if steps <= 0:
-        rows = len(load_data(config)[0].rows)
+        rows = len(load_data(config).all_train.rows)
         epochs = auto_epochs(rows) if config.train.epochs == "auto" else config.train.epochs
         steps = math.ceil(math.ceil(rows / (config.train.batch_size * config.train.grad_accum)) * epochs)
     for entry in entries:
@@ -101,8 +101,6 @@ def compare(entries: list[Entry], seeds: int, out_dir: Path | None, base: dict[s
 
 def run_entry(entry: Entry, out: Path) -> dict[str, Any]:
     """`tunelab run` on the entry's config in a fresh process (its own peak memory); the run's summary."""
-    import json
-
     run_dir = out / entry.label
     entry.raw["output_dir"] = str(run_dir.resolve())
     config_path = out / "configs" / f"{entry.label}.yaml"
@@ -111,7 +109,7 @@ def run_entry(entry: Entry, out: Path) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-m", "tunelab.cli", "run", str(config_path)], env=os.environ.copy())
     wall = time.monotonic() - started
     # A failed entry (say, a method this machine cannot run) is listed as failed; the others still compare.
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8")) if done.returncode == 0 else None
+    summary = RunDir(run_dir).read_summary() if done.returncode == 0 else None
     return {"label": entry.label, "run_dir": str(run_dir), "wall_seconds": round(wall, 1), "summary": summary}
 
 

@@ -25,15 +25,14 @@ from optuna.trial import TrialState
 from tunelab.config import dump_config, validate_config
 from tunelab.data import split_rows
 from tunelab.errors import ConfigError, RunAborted
-from tunelab.events import Events, Listener
+from tunelab.events import Event, Events, Listener
 from tunelab.experiments import run_experiment
 from tunelab.experiments.space import Dimension, load_space
 from tunelab.experiments.variants import variant
-from tunelab.rundir import write_atomic, write_json
+from tunelab.rundir import RunDir, write_atomic, write_json
 from tunelab.scoring.metrics import describe
-from tunelab.tasks import get_task
 from tunelab.train.budget import watched_metric
-from tunelab.train.run import load_data
+from tunelab.inputs import choose_task, load_data
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -93,15 +92,16 @@ def choose_metric(config: Any, task: Any, asked: str | None) -> str:
 def carve_validation(config: Any, out: Path, fraction: float) -> tuple[dict[str, Any], Any]:
     """Split the training rows (after the held-out set is set aside, as a run does) into fit and validation
     files; trials train on one and are judged on the other, so no choice ever sees the held-out set."""
-    train, _held = load_data(config)  # chooses the task for task=auto, as the run will
+    train = load_data(config).all_train  # every training row, after the held-out set is set aside
+    task = choose_task(config, train)  # for task=auto, the one the run would choose
     fit, validation = split_rows(train, fraction, config.train.seed)
     paths = {}
     for name, part in (("train", fit), ("validation", validation)):
         paths[name] = out / "data" / f"{name}.jsonl"
         write_atomic(paths[name], "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in part.rows))
     values = {"data.train": str(paths["train"].resolve()), "data.eval": str(paths["validation"].resolve()),
-              "data.format": train.format, "data.columns": {}, "task": config.task}
-    return values, get_task(config.task)
+              "data.format": train.format, "data.columns": {}, "task": task.name}
+    return values, task
 
 
 def open_study(out: Path, opts: SweepOptions, config: Any, higher: bool) -> optuna.Study:
@@ -174,15 +174,16 @@ def fixed_length(trial: optuna.trial.FrozenTrial | None) -> dict[str, Any]:
 def pruning_listener(trial: optuna.Trial, metric: str, prune: bool, events: Events) -> Listener:
     """Forward the run's events; report each validation of `metric` to the study and stop the run when
     the pruner says this trial is behind."""
-    def listen(event: dict[str, Any]) -> None:
-        if events.listener is not None:
-            events.listener(event)
-        if event["type"] != "eval" or metric not in event:
+    def listen(event: Event) -> None:
+        events.tell(event)
+        measured = event.fields.get("metrics") or {}
+        if event.kind != "validation" or metric not in measured:
             return
-        trial.report(float(event[metric]), event["step"])
+        step, value = event.fields["step"], float(measured[metric])
+        trial.report(value, step)
         if prune and trial.should_prune():
-            events.emit("trial_pruned", trial=trial.number, step=event["step"], value=float(event[metric]))
-            raise optuna.TrialPruned(f"{metric} {event[metric]:.4g} at step {event['step']} is behind earlier trials")
+            events.emit("trial_pruned", trial=trial.number, step=step, value=value)
+            raise optuna.TrialPruned(f"{metric} {value:.4g} at step {step} is behind earlier trials")
 
     return listen
 
@@ -223,11 +224,11 @@ def score_once(raw: dict[str, Any], values: dict[str, Any], run_dir: Path, metri
     """Train `raw` with `values` on the full training rows and score it on the held-out set, once: a worker
     finding the score already there (or being made by another) reuses it."""
     with file_lock(run_dir.parent / ".held-out.lock"):
-        record = run_dir / "summary.json"
-        if not record.is_file():
+        summary = RunDir(run_dir).read_summary()
+        if summary is None:
             events.emit("scoring_held_out", run_dir=str(run_dir), trial=trial)
-            run_experiment(variant(raw, {**values, "output_dir": str(run_dir)}), on_event=events.listener)
-        summary = json.loads(record.read_text(encoding="utf-8"))
+            summary = run_experiment(variant(raw, {**values, "output_dir": str(run_dir)}),
+                                     on_event=events.tell).summary
     config = variant(raw, values)
     config.output_dir = None
     config.data.train = config.data.train.resolve()  # best.yaml lives elsewhere; its paths must not move

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.events import Events, Listener
 from tunelab.export import verify
 from tunelab.export.card import model_card
 from tunelab.export.gguf_file import QUANTS, check_exportable, rounded_like_file, write_gguf
@@ -30,17 +30,23 @@ class VerificationFailed(TunelabError):
 
 
 def export_run(run_dir: Path, fmt: str, out: Path, quants: tuple[str, ...] = ("f16",), rows: int = 16,
-               say: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """Write, verify and publish one export; returns what verification.json holds."""
-    source = open_run(Path(run_dir))
+               on_event: Listener | None = None) -> dict[str, Any]:
+    """Write, verify and publish one export; returns what verification.json holds. Progress goes out as events
+    (`tunelab.events`), as a run's does."""
+    events = Events(on_event)
+    with events.active():
+        return _export(Path(run_dir), fmt, Path(out), quants, rows, events)
+
+
+def _export(run_dir: Path, fmt: str, out: Path, quants: tuple[str, ...], rows: int, events: Events) -> dict[str, Any]:
+    source = open_run(run_dir)
     check_format(source, fmt, quants)
-    out = Path(out)
     check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        say(f"exporting {source.run_dir} as {fmt} ...")
-        report = WRITERS[fmt](source, tmp, quants, rows, say)
+        events.emit("export_started", run_dir=str(source.run_dir), format=fmt)
+        report = WRITERS[fmt](source, tmp, quants, rows, events)
         report.update(format=fmt, run_dir=str(source.run_dir), method=source.config.method,
                       model=source.config.model, bytes=directory_bytes(tmp))
         write_atomic(tmp / "README.md", model_card(source, fmt, str(out), report))
@@ -51,10 +57,12 @@ def export_run(run_dir: Path, fmt: str, out: Path, quants: tuple[str, ...] = ("f
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     for name, check in report["checks"].items():
-        say(verify.describe_check(name, check))
+        events.emit("export_checked", check=name, passed=check.get("passed"), message=verify.describe_check(name, check))
     if not report["passed"]:
         raise VerificationFailed(f"{out}: the export does not match the run's model within tolerance "
                                  f"(see {out / 'verification.json'})")
+    events.emit("export_finished", out=str(out), bytes=report["bytes"], passed=True,
+                message=f"wrote {out} ({report['bytes'] / 2**20:.1f} MiB); verification passed")
     return report
 
 
@@ -82,9 +90,9 @@ def check_out(out: Path) -> None:
         raise ConfigError(f"{out}: output exists and is not an empty directory; choose a new -o")
 
 
-def _write_adapter(source: Source, tmp: Path, quants: tuple[str, ...], rows: int, say: Callable) -> dict[str, Any]:
+def _write_adapter(source: Source, tmp: Path, quants: tuple[str, ...], rows: int, events: Events) -> dict[str, Any]:
     """The method's own artifact as the run saved it (PEFT's format for PEFT methods) and the tokenizer."""
-    for item in (source.run_dir / "model").iterdir():
+    for item in source.model_dir.iterdir():
         if item.is_file() and item.name != "README.md":  # PEFT's stub card is replaced by ours
             shutil.copy2(item, tmp / item.name)
     tokenizer, reference = load_tuned(source)
@@ -110,7 +118,7 @@ def merged_model(source: Source) -> tuple[Any, torch.nn.Module]:
     return tokenizer, source.method.merge(model).eval()
 
 
-def _write_merged(source: Source, tmp: Path, quants: tuple[str, ...], rows: int, say: Callable) -> dict[str, Any]:
+def _write_merged(source: Source, tmp: Path, quants: tuple[str, ...], rows: int, events: Events) -> dict[str, Any]:
     import transformers
 
     from tunelab.models.loading import KINDS
@@ -133,7 +141,7 @@ def _write_merged(source: Source, tmp: Path, quants: tuple[str, ...], rows: int,
     return {"checks": checks, "passed": checks["merged"]["passed"]}
 
 
-def _write_gguf(source: Source, tmp: Path, quants: tuple[str, ...], rows: int, say: Callable) -> dict[str, Any]:
+def _write_gguf(source: Source, tmp: Path, quants: tuple[str, ...], rows: int, events: Events) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer, merged = merged_model(source)
@@ -142,8 +150,8 @@ def _write_gguf(source: Source, tmp: Path, quants: tuple[str, ...], rows: int, s
     checks, files = {}, {}
     for quant in quants:
         name = f"{source.config.name}-{quant}.gguf"
-        say(f"writing {name} ...")
-        write_gguf(merged, tokenizer, source.run_dir / "model", tmp / name, quant)
+        events.emit("export_writing", file=name)
+        write_gguf(merged, tokenizer, source.model_dir, tmp / name, quant)
         files[quant] = {"file": name, "bytes": (tmp / name).stat().st_size}
         reread = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=name, dtype=torch.float32).eval()
         rounded = rounded_like_file(merged, quant)

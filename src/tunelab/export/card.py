@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from tunelab.export.source import Source
+from tunelab.rundir import RunDir
 
 LOADING = {
     "adapter": """```python
@@ -46,8 +47,7 @@ def _fmt(value: Any) -> str:
 
 
 def _data_lines(source: Source) -> str:
-    path = source.run_dir / "data.json"
-    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    data = RunDir(source.run_dir).read_data_info()
     return "\n".join(f"- {split}: `{d.get('path')}`, {d.get('rows')} rows ({d.get('format')}), sha256 `{d.get('sha256')}`"
                      for split, d in data.items() if isinstance(d, dict))
 
@@ -59,7 +59,7 @@ def model_card(source: Source, kind: str, out_name: str, extra: dict[str, Any]) 
     s, config = source.summary, source.config
     forgetting = s.get("forgetting")
     auto = KINDS[source.task.model_kind][0]
-    config_yaml = (source.run_dir / "config.yaml").read_text(encoding="utf-8")
+    config_yaml = RunDir(source.run_dir).read_config_text()
     how = LOADING[kind].format(out=out_name, run_dir=source.run_dir, auto=auto, file=extra.get("file", ""))
     return f"""# {config.name}: {config.method} fine-tune of {config.model} ({kind} export)
 

@@ -35,12 +35,15 @@ def add_export_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from tunelab.cli_output import ConsoleProgress
     from tunelab.export.build import export_run
 
     quants = tuple(q.strip() for q in args.quant.split(",") if q.strip())
-    report = export_run(Path(args.run_dir), args.fmt, Path(args.out), quants, args.rows,
-                        say=lambda line: print(line, file=sys.stderr))
-    print(f"wrote {args.out} ({report['bytes'] / 2**20:.1f} MiB); verification passed")
+    console = ConsoleProgress()
+    try:
+        export_run(Path(args.run_dir), args.fmt, Path(args.out), quants, args.rows, on_event=console)
+    finally:
+        console.close()
     return 0
 
 

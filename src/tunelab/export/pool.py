@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.rundir import RunDir
 
 BASE = "base"  # the adapter name that switches every adapter off
 
@@ -23,7 +24,7 @@ def load_target(target: str) -> tuple[Any, torch.nn.Module]:
     from tunelab.export.source import load_tuned, open_run
 
     path = Path(target)
-    if (path / "config.yaml").is_file():
+    if RunDir(path).has_config():
         return load_tuned(open_run(path))
     ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else []
     if ggufs:
@@ -64,9 +65,9 @@ class AdapterSet:
         model = None
         for name, source in sources.items():
             if model is None:
-                model = PeftModel.from_pretrained(base, source.run_dir / "model", adapter_name=name)
+                model = PeftModel.from_pretrained(base, source.model_dir, adapter_name=name)
             else:
-                model.load_adapter(source.run_dir / "model", adapter_name=name)
+                model.load_adapter(source.model_dir, adapter_name=name)
         self.model = model.eval()
         self.active = self.names[0]
         self._lock = threading.Lock()
@@ -97,7 +98,7 @@ def _adapter_run(name: str, run_dir: Path) -> Any:
     from tunelab.export.source import open_run
 
     source = open_run(run_dir)
-    if not (run_dir / "model" / "adapter_config.json").is_file():
+    if not (source.model_dir / "adapter_config.json").is_file():
         raise ConfigError(f'adapter "{name}": {run_dir} holds no PEFT adapter (method "{source.config.method}"); '
                           "only LoRA-family runs share a base")
     if source.task.model_kind != "causal_lm":

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from tunelab.errors import ConfigError, TunelabError
+from tunelab.rundir import RunDir
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -35,25 +35,22 @@ class Source:
         return get_task(self.config.task)
 
     @property
+    def model_dir(self) -> Path:
+        """What the run's method saved (with the tokenizer beside it)."""
+        return RunDir(self.run_dir).model_dir
+
+    @property
     def artifact_is_whole_model(self) -> bool:
         """What the method saved is a complete checkpoint (full fine-tuning), not an adapter over the base."""
-        model = self.run_dir / "model"
-        return (model / "config.json").is_file() and any((model / name).is_file() for name in WEIGHT_FILES)
+        return (self.model_dir / "config.json").is_file() and any((self.model_dir / n).is_file() for n in WEIGHT_FILES)
 
 
 def open_run(run_dir: Path) -> Source:
-    """A finished run, or a one-line error saying what the directory is missing."""
-    from tunelab.config import validate_config
+    """A finished run (read by `inputs.open_run`), or a one-line error saying what the directory lacks."""
+    from tunelab.inputs import open_run as read_run
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise TunelabError(f"{run_dir}: not a run directory (no config.yaml); give a directory `tunelab run` wrote")
-    if not (run_dir / "summary.json").is_file() or not (run_dir / "model").is_dir():
-        raise TunelabError(f"{run_dir}: the run has not finished (no summary.json or model/); finish it or "
-                           "resume it with `tunelab run ... --resume` first")
-    config = validate_config(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")))
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    return Source(run_dir, config, summary)
+    run = read_run(run_dir)
+    return Source(run.run_dir.path, run.config, run.summary or {})
 
 
 def spec_of(source: Source) -> Any:
@@ -70,7 +67,7 @@ def load_tuned(source: Source, full_precision: bool = False) -> tuple[Any, torch
     options = method.load_options(source.config, spec)
     options = without_quantization(options) if full_precision else options
     tokenizer, base = load_pair(resolve_model(source.config.model), spec, rules, **options)
-    model = method.load(base, source.run_dir / "model", spec, rules)
+    model = method.load(base, source.model_dir, spec, rules)
     return tokenizer, model.eval()
 
 
@@ -93,12 +90,11 @@ class Probe:
 def held_out_probes(source: Source, tokenizer: Any, limit: int) -> list[Probe]:
     """The run's held-out rows (its eval file, or the same seeded split of train), at most `limit`."""
     from tunelab.data.formats import get_format
-    from tunelab.train.run import load_data
+    from tunelab.inputs import load_data
 
-    config = source.config.model_copy(deep=True)
-    config.data.leakage_check = False  # checked when the run trained; here only the rows are wanted
+    config = source.config
     try:
-        _, held = load_data(config)
+        held = load_data(config, check_leakage=False).held  # leakage was checked when the run trained
     except TunelabError as err:
         raise TunelabError(f"{source.run_dir}: cannot read the run's held-out rows to verify on: {err}") from None
     fmt = get_format(held.format)

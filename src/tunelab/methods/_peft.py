@@ -39,6 +39,7 @@ class PeftMethod(Method):
     """A method whose tuned model is a PeftModel: subclasses say only how to build the PEFT config."""
 
     target_key = ""  # the config key naming target modules, for errors (e.g. lora.target_modules)
+    peft_model = True
 
     def peft_config(self, model: torch.nn.Module, config: Any, spec: ModelSpec) -> Any:
         raise NotImplementedError

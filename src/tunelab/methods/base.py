@@ -29,6 +29,7 @@ class Method:
     mergeable: bool = False
     devices: tuple[str, ...] = ("cpu", "cuda")
     kinds: tuple[str, ...] = tuple(KINDS)  # model kinds (models.loading.KINDS) this method can train
+    peft_model: bool = False        # apply() returns a PEFT PeftModel: library trainers (TRL) switch its adapter off
 
     def check_machine(self, config: Any) -> None:
         """Refuse, before any model loads, a method or option this machine cannot run (e.g. CUDA-only on CPU).

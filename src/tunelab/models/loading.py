@@ -56,7 +56,7 @@ def device() -> torch.device:
 def load_tokenizer(path: Path, rules: LoadRules = LoadRules()) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=rules.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=rules.trust_remote_code, local_files_only=True)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -76,7 +76,7 @@ def load_model(path: Path, spec: ModelSpec = ModelSpec(), rules: LoadRules = Loa
     placed = "device_map" in options or "quantization_config" in options
     with plain_tensors_only(path):
         try:
-            model = auto.from_pretrained(path, trust_remote_code=rules.trust_remote_code,
+            model = auto.from_pretrained(path, trust_remote_code=rules.trust_remote_code, local_files_only=True,
                                          **loading_kwargs(rules.allow_pickle), **options)
         except ValueError as err:
             if "Unrecognized configuration class" not in str(err):

@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
+from tunelab.events import counting
 from tunelab.precision import active_dtype
 from tunelab.scoring.lm_loss import prompt_learning, worth_sharing
 
@@ -40,14 +42,32 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], m
     prompts = [p[-max_prompt_tokens:] for p in prompts]
     answers: list[str] = [""] * len(prompts)
     try:
-        for chunk in batches(prompts, batch_size, max_new_tokens):
-            rows = [prompts[i] for i in chunk]
-            width = max(len(p) for p in rows)
-            for i, ids in zip(chunk, generate_rows(model, rows, pad_id, options)):
-                answers[i] = cut_at(tokenizer.decode(ids[width:], skip_special_tokens=True), stop).strip()
+        with counting("generating answers", len(prompts)) as counter:
+            for chunk in batches(prompts, batch_size, max_new_tokens):
+                rows = [prompts[i] for i in chunk]
+                width = max(len(p) for p in rows)
+                steps = DecodeSteps(counter, len(chunk), max_new_tokens)
+                ticking = {**options, "stopping_criteria": StoppingCriteriaList([steps])}
+                for i, ids in zip(chunk, generate_rows(model, rows, pad_id, ticking)):
+                    answers[i] = cut_at(tokenizer.decode(ids[width:], skip_special_tokens=True), stop).strip()
+                counter.set(steps.start + len(chunk))
     finally:
         model.train(was_training)
     return answers
+
+
+class DecodeSteps(StoppingCriteria):
+    """Never stops generation: counts its decoding steps so a batch's progress shows while it decodes (a batch of
+    every held-out prompt is one `generate` call of minutes on a CPU)."""
+
+    def __init__(self, counter: Any, rows: int, max_new_tokens: int):
+        self.counter, self.rows, self.max_new_tokens, self.steps = counter, rows, max_new_tokens, 0
+        self.start = counter.done
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.steps += 1  # rows count as done in step with the tokens decoded; whole when the batch returns
+        self.counter.set(self.start + self.rows * min(self.steps, self.max_new_tokens) // (self.max_new_tokens + 1))
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def batches(prompts: list[list[int]], batch_size: int, max_new_tokens: int) -> list[list[int]]:

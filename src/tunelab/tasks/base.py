@@ -73,9 +73,24 @@ class Task:
     default_metrics: tuple[str, ...] = ()
     chosen_by_auto: bool = True           # False: only `task=<name>` picks it (it shares its formats with another)
 
+    def resolve(self, config: Any, train: Any) -> dict[str, Any]:
+        """Settings this task decides from the training rows before the run starts (a classifier's labels, a
+        distillation student), as dotted keys; `inputs.resolve` records them, so config.yaml rebuilds the same
+        model. Reads the config, never writes it."""
+        return {}
+
+    def check(self, config: Any, datasets: tuple[Any, ...] = ()) -> None:
+        """Refuse, before any model loads (and before the run directory is written), settings this task cannot
+        train with (ConfigError) and rows of `datasets` (the run's train and held-out files) it cannot read."""
+
+    def runs_read(self, config: Any) -> list[Any]:
+        """Run directories this task loads from (a reward run for rlhf): `inputs.resolve` opens each with the one
+        reader, config validated and run finished, before this run's directory is written."""
+        return []
+
     def model_spec(self, config: Any, train: Any) -> ModelSpec:
-        """The model kind to load for these training rows; what it reads from them (a classifier's labels)
-        is written into the config, so the saved config.yaml rebuilds the same model."""
+        """The model kind to load; what it reads from rows (labels) comes from the config once resolved, else
+        from `train`. Pure: it writes nothing."""
         return ModelSpec(self.model_kind)
 
     def metric_names(self, config: Any) -> list[str]:
@@ -113,6 +128,10 @@ class Task:
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, held_out: Any, config: Any) -> Scores:
         """The full held-out scoring, before and after training."""
         raise NotImplementedError
+
+    def note_before(self, held_out: Any, scores: Scores) -> None:
+        """The untuned model's scores on `held_out`, measured now or read back by a resumed run, for a task whose
+        later scores are relative to them (distillation's share of the teacher gap closed)."""
 
     def baselines(self, model: torch.nn.Module, tokenizer: Any, train: Any, held: Any, prepared: Prepared,
                   config: Any, events: Any) -> dict[str, Baseline]:

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 
 from tunelab.errors import DataError
+from tunelab.events import batch_starts
 from tunelab.models.loading import ModelSpec
 from tunelab.scoring.metrics import generation_scores
 from tunelab.settings import Section, register_section
@@ -44,20 +45,28 @@ class Labelled:
 
 
 def label_names(config: Any, train: Any) -> list[str]:
-    """classify.labels, else the training rows' labels sorted (then written into the config)."""
-    if not config.classify.labels:
-        config.classify.labels = sorted({str(row["label"]) for row in train.rows})
-    return list(config.classify.labels)
+    """classify.labels, else the training rows' labels sorted (what `resolve` records in the config)."""
+    if config.classify.labels:
+        return list(config.classify.labels)
+    return sorted({str(row["label"]) for row in train.rows})
+
+
+def unknown_label(dataset: Any, labels: list[str]) -> None:
+    """The first row whose label is not one of `labels`, as a DataError naming its file and line."""
+    known = set(labels)
+    for row, line in zip(dataset.rows, dataset.lines):
+        name = str(row["label"])
+        if name not in known:
+            raise DataError(f'{dataset.path}:{line}: field "label": "{name}" is not one of the labels '
+                            f'({", ".join(labels)}); set classify.labels to name every label')
 
 
 def encode_rows(dataset: Any, tokenizer: Any, labels: list[str], max_length: int) -> Labelled:
+    unknown_label(dataset, labels)
     index = {name: i for i, name in enumerate(labels)}
     rows = []
-    for row, line in zip(dataset.rows, dataset.lines):
+    for row in dataset.rows:
         name = str(row["label"])
-        if name not in index:
-            raise DataError(f'{dataset.path}:{line}: field "label": "{name}" is not one of the labels '
-                            f'({", ".join(labels)}); set classify.labels to name every label')
         ids = tokenizer(row["text"], add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
         rows.append({"input_ids": ids, "labels": index[name]})
     return Labelled(rows, list(dataset.lines), [row["text"] for row in dataset.rows])
@@ -85,7 +94,7 @@ def predict(model: torch.nn.Module, held: Labelled, pad_id: int, batch_size: int
     device = next(model.parameters()).device
     collate, total, predicted = Collate(pad_id), 0.0, []
     try:
-        for start in range(0, len(held.rows), batch_size):
+        for start in batch_starts("classifying rows", len(held.rows), batch_size):
             batch = {k: v.to(device) for k, v in collate(held.rows[start:start + batch_size]).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
             total += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
@@ -104,7 +113,7 @@ def embeddings(model: torch.nn.Module, rows: list[dict[str, Any]], pad_id: int, 
     device = next(model.parameters()).device
     collate, out = Collate(pad_id), []
     try:
-        for start in range(0, len(rows), batch_size):
+        for start in batch_starts("embedding rows", len(rows), batch_size):
             batch = collate(rows[start:start + batch_size])
             mask = batch["attention_mask"].to(device)
             hidden = body(input_ids=batch["input_ids"].to(device), attention_mask=mask).last_hidden_state.float()
@@ -123,6 +132,13 @@ class Classify(Task):
     baseline_names = ("linear_probe",)
     default_metrics = ("accuracy", "macro_f1")
 
+    def resolve(self, config: Any, train: Any) -> dict[str, Any]:
+        return {"classify.labels": label_names(config, train)}
+
+    def check(self, config: Any, datasets: tuple[Any, ...] = ()) -> None:
+        for dataset in datasets:
+            unknown_label(dataset, list(config.classify.labels or ()))
+
     def model_spec(self, config: Any, train: Any) -> ModelSpec:
         labels = label_names(config, train)
         return ModelSpec(self.model_kind, heads=HEADS, options={
@@ -136,11 +152,11 @@ class Classify(Task):
         return ["eval_loss", *self.default_metrics]
 
     def prepare(self, config: Any, tokenizer: Any, train: Any, held: Any, events: Any) -> Prepared:
-        labels = label_names(config, train)
+        labels, cut = label_names(config, train), config.train.max_length  # held-out rows keep train's labels
         sample = train.sample(config.eval.train_sample, config.train.seed)
-        return Prepared(encode_rows(train, tokenizer, labels, config.train.max_length).rows,
-                        self.held_out(config, tokenizer, held, events), self.metric_names(config),
-                        train_sample=self.held_out(config, tokenizer, sample, events) if sample.rows else None,
+        return Prepared(encode_rows(train, tokenizer, labels, cut).rows, encode_rows(held, tokenizer, labels, cut),
+                        self.metric_names(config),
+                        train_sample=encode_rows(sample, tokenizer, labels, cut) if sample.rows else None,
                         info={"labels": labels})
 
     def held_out(self, config: Any, tokenizer: Any, dataset: Any, events: Any) -> Labelled:

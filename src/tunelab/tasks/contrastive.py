@@ -10,6 +10,8 @@ relevant text (recall@1, recall@10, MRR). The untuned encoder's numbers are the 
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ import torch
 from pydantic import Field
 
 from tunelab.data.formats import get_format
+from tunelab.events import batch_starts
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import Prepared, Scores, Task, register_task
 
@@ -60,7 +63,7 @@ def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], max_length: 
     device = next(model.parameters()).device
     out = []
     try:
-        for start in range(0, len(texts), batch_size):
+        for start in batch_starts("embedding texts", len(texts), batch_size):
             batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
                               return_tensors="pt").to(device)
             hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
@@ -141,8 +144,11 @@ class Contrastive(Task):
         loss = MultipleNegativesRankingLoss(wrapped, scale=prepared.info["loss_scale"])
         # transformers counts tokens from the model's main input, which sentence-transformers' batches lack
         args = {**args, "include_num_input_tokens_seen": False}
-        return Trainer(model=wrapped, args=SentenceTransformerTrainingArguments(**args),
-                       train_dataset=Dataset.from_list(prepared.train), loss=loss, callbacks=callbacks)
+        # Built, sentence-transformers' model-card callback draws a "Computing widget examples" bar on stderr; a
+        # run reports its progress as events, so that bar is sent nowhere (errors still raise).
+        with contextlib.redirect_stderr(io.StringIO()):
+            return Trainer(model=wrapped, args=SentenceTransformerTrainingArguments(**args),
+                           train_dataset=Dataset.from_list(prepared.train), loss=loss, callbacks=callbacks)
 
     def validate(self, model: torch.nn.Module, tokenizer: Any, held_out: Retrieval, config: Any,
                  want: tuple[str, ...] = ()) -> dict[str, float]:

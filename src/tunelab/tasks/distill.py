@@ -141,16 +141,24 @@ class Distill(LmTask):
     default_metrics = ("exact_match", "token_f1")
     chosen_by_auto = False  # the same rows train sft; distillation is asked for by name
 
-    def model_spec(self, config: Any, train: Any) -> ModelSpec:
-        """With distill.student_layers the student is built from the teacher and model= set to it."""
+    def resolve(self, config: Any, train: Any) -> dict[str, Any]:
+        """With distill.student_layers, the student is built from the teacher (once, cached) before the run
+        starts, and recorded: model= names the built student, student_layers the layers it kept."""
         layers = config.distill.student_layers
-        if layers is not None:
-            from tunelab.models.students import chosen_layers, student_from_teacher
+        if layers is None:
+            return {}
+        from tunelab.models.students import chosen_layers, student_from_teacher
 
-            teacher = teacher_path(config)
-            if isinstance(layers, int):  # the run's config.yaml then names the layers chosen
-                config.distill.student_layers = layers = self.layers_by_loss(config, train, teacher, layers)
-            config.model = str(student_from_teacher(teacher, chosen_layers(teacher, layers), LoadRules.of(config)))
+        teacher = teacher_path(config)
+        if isinstance(layers, int):
+            layers = self.layers_by_loss(config, train, teacher, layers)
+        student = student_from_teacher(teacher, chosen_layers(teacher, layers), LoadRules.of(config))
+        return {"distill.student_layers": layers, "model": str(student)}
+
+    def check(self, config: Any, datasets: tuple[Any, ...] = ()) -> None:
+        teacher_path(config)
+
+    def model_spec(self, config: Any, train: Any) -> ModelSpec:
         return ModelSpec("causal_lm")
 
     def layers_by_loss(self, config: Any, train: Any, teacher: Any, keep: int) -> list[int]:
@@ -195,6 +203,10 @@ class Distill(LmTask):
             held_out.student_before = held_out.student_before or dict(scores.metrics)
             scores.metrics.update(teacher_comparison(held_out, scores.metrics, seconds))
         return scores
+
+    def note_before(self, held_out: Any, scores: Scores) -> None:
+        if isinstance(held_out, DistillHeldOut):
+            held_out.student_before = held_out.student_before or dict(scores.metrics)
 
 
 def teacher_comparison(held_out: DistillHeldOut, metrics: dict[str, float], seconds: float) -> dict[str, float]:

@@ -24,7 +24,6 @@ from pydantic import Field
 
 from tunelab.data.tokens import IGNORE
 from tunelab.errors import ConfigError
-from tunelab.models.loading import ModelSpec
 from tunelab.scoring.metrics import fit_metrics, pairwise_scores
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import FORGETTING, GENERATION, Scores, register_task
@@ -99,12 +98,14 @@ def implicit_rewards(model: torch.nn.Module, held: PairsHeldOut, batch_size: int
 
 
 def needs_switched_off_view(config: Any) -> None:
+    """TRL's DPOTrainer takes its reference from a PEFT model with the adapter switched off (else it keeps a
+    second copy of the model): the method must make one (`Method.peft_model`)."""
     from tunelab.methods import get_method
-    from tunelab.methods.base import Method
 
-    if type(get_method(config.method)).disabled is Method.disabled:
+    if not get_method(config.method).peft_model:
         raise ConfigError(f'method: task "dpo" takes its reference from the method switched off, and method '
-                          f'"{config.method}" has none; use an adapter method (e.g. method=lora)')
+                          f'"{config.method}" has none that TRL can use (it needs a PEFT adapter); use an adapter '
+                          "method (e.g. method=lora)")
 
 
 class Dpo(LmTask):
@@ -115,9 +116,8 @@ class Dpo(LmTask):
     evidence = frozenset({GENERATION, FORGETTING})
     default_metrics = ("pairwise_accuracy", "reward_margin", "exact_match", "token_f1")
 
-    def model_spec(self, config: Any, train: Any) -> ModelSpec:
+    def check(self, config: Any, datasets: tuple[Any, ...] = ()) -> None:
         needs_switched_off_view(config)
-        return ModelSpec(self.model_kind)
 
     def validation_metrics(self, config: Any) -> list[str]:
         return ["eval_loss", "pairwise_accuracy", "reward_margin", *super().validation_metrics(config)[2:]]
@@ -151,12 +151,8 @@ class Dpo(LmTask):
 
     def trainer(self, model: torch.nn.Module, tokenizer: Any, prepared: TrlPrepared, args: dict[str, Any],
                 callbacks: list[Any]) -> Any:
-        from peft import PeftModel
         from trl import DPOConfig, DPOTrainer
 
-        if not isinstance(model, PeftModel):
-            raise ConfigError('task "dpo" trains an adapter against the base (the adapter switched off); this model '
-                              "has no adapter: use an adapter method (e.g. method=lora)")
         config = trl_config(DPOConfig, args, **prepared.options)
         trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=trl_dataset(prepared.train),
                              processing_class=tokenizer, callbacks=callbacks)

@@ -18,6 +18,7 @@ from pydantic import Field
 from tunelab.data.formats import get_format
 from tunelab.data.tokens import IGNORE, encode_text
 from tunelab.errors import DataError
+from tunelab.events import counting
 from tunelab.scoring.generate import generate
 from tunelab.scoring.lm_loss import lm_parts, supervised_nll
 from tunelab.scoring.metrics import describe, fit_metrics, generation_scores
@@ -192,11 +193,13 @@ def heldout_loss(model: torch.nn.Module, examples: list[Encoded], pad_id: int, b
     row_nll, row_tokens = [], []
     parts = lm_parts(model)
     try:
-        for start in range(0, len(examples), batch_size):
-            batch = collate(examples[start:start + batch_size], pad_id)
-            nll, tokens = row_losses(model, parts, {k: v.to(device) for k, v in batch.items()})
-            row_nll += nll
-            row_tokens += tokens
+        with counting("scoring loss", len(examples)) as counter:
+            for start in range(0, len(examples), batch_size):
+                batch = collate(examples[start:start + batch_size], pad_id)
+                nll, tokens = row_losses(model, parts, {k: v.to(device) for k, v in batch.items()})
+                row_nll += nll
+                row_tokens += tokens
+                counter.advance(len(nll))
     finally:
         model.train(was_training)
     loss = sum(row_nll) / max(sum(row_tokens), 1)

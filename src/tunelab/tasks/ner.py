@@ -18,6 +18,7 @@ import torch
 from pydantic import Field
 
 from tunelab.errors import DataError
+from tunelab.events import batch_starts
 from tunelab.models.loading import ModelSpec
 from tunelab.scoring.metrics import generation_scores
 from tunelab.settings import Section, register_section
@@ -54,11 +55,11 @@ def words_and_tags(fields: dict[str, Any]) -> tuple[list[str], list[str]]:
 
 
 def tag_names(config: Any, train: Any) -> list[str]:
-    """ner.labels, else O and B-/I- of each entity type in the training rows (then written into the config)."""
-    if not config.ner.labels:
-        types = sorted({tag[2:] for row in train.rows for tag in words_and_tags(row)[1] if tag != "O"})
-        config.ner.labels = ["O", *(f"{prefix}-{t}" for t in types for prefix in "BI")]
-    return list(config.ner.labels)
+    """ner.labels, else O and B-/I- of each entity type in the training rows (what `resolve` records)."""
+    if config.ner.labels:
+        return list(config.ner.labels)
+    types = sorted({tag[2:] for row in train.rows for tag in words_and_tags(row)[1] if tag != "O"})
+    return ["O", *(f"{prefix}-{t}" for t in types for prefix in "BI")]
 
 
 @dataclass
@@ -81,15 +82,22 @@ def encode_row(words: list[str], tags: list[int], tokenizer: Any, max_length: in
     return {"input_ids": encoded["input_ids"], "labels": labels}
 
 
-def encode_rows(dataset: Any, tokenizer: Any, names: list[str], max_length: int) -> Tagged:
-    index = {name: i for i, name in enumerate(names)}
-    out = Tagged([], list(dataset.lines), [], [])
+def unknown_tag(dataset: Any, names: list[str]) -> None:
+    """The first row with a tag that is not one of `names`, as a DataError naming its file and line."""
+    known = set(names)
     for row, line in zip(dataset.rows, dataset.lines):
-        words, tags = words_and_tags(row)
-        unknown = next((t for t in tags if t not in index), None)
+        unknown = next((t for t in words_and_tags(row)[1] if t not in known), None)
         if unknown is not None:
             raise DataError(f'{dataset.path}:{line}: tag "{unknown}" is not one of the labels ({", ".join(names)}); '
                             "set ner.labels to name every tag")
+
+
+def encode_rows(dataset: Any, tokenizer: Any, names: list[str], max_length: int) -> Tagged:
+    unknown_tag(dataset, names)
+    index = {name: i for i, name in enumerate(names)}
+    out = Tagged([], list(dataset.lines), [], [])
+    for row in dataset.rows:
+        words, tags = words_and_tags(row)
         out.rows.append(encode_row(words, [index[t] for t in tags], tokenizer, max_length))
         out.words.append(words)
         out.tags.append(tags)
@@ -108,7 +116,7 @@ def predict(model: torch.nn.Module, tokenizer: Any, held: Tagged, batch_size: in
     device = next(model.parameters()).device
     total, count, predicted = 0.0, 0, []
     try:
-        for start in range(0, len(held.rows), batch_size):
+        for start in batch_starts("tagging rows", len(held.rows), batch_size):
             batch = {k: v.to(device) for k, v in collate(held.rows[start:start + batch_size]).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
             labels = batch["labels"]
@@ -149,6 +157,13 @@ class Ner(Task):
     baseline_names = ("dictionary",)
     default_metrics = ("entity_f1", "entity_precision", "entity_recall")
 
+    def resolve(self, config: Any, train: Any) -> dict[str, Any]:
+        return {"ner.labels": tag_names(config, train)}
+
+    def check(self, config: Any, datasets: tuple[Any, ...] = ()) -> None:
+        for dataset in datasets:
+            unknown_tag(dataset, list(config.ner.labels or ()))
+
     def model_spec(self, config: Any, train: Any) -> ModelSpec:
         names = tag_names(config, train)
         return ModelSpec(self.model_kind, heads=HEADS, options={
@@ -162,11 +177,11 @@ class Ner(Task):
         return ["eval_loss", *self.default_metrics]
 
     def prepare(self, config: Any, tokenizer: Any, train: Any, held: Any, events: Any) -> Prepared:
-        names = tag_names(config, train)
+        names, cut = tag_names(config, train), config.train.max_length  # held-out rows keep train's tags
         sample = train.sample(config.eval.train_sample, config.train.seed)
-        return Prepared(encode_rows(train, tokenizer, names, config.train.max_length).rows,
-                        self.held_out(config, tokenizer, held, events), self.metric_names(config),
-                        train_sample=self.held_out(config, tokenizer, sample, events) if sample.rows else None,
+        return Prepared(encode_rows(train, tokenizer, names, cut).rows, encode_rows(held, tokenizer, names, cut),
+                        self.metric_names(config),
+                        train_sample=encode_rows(sample, tokenizer, names, cut) if sample.rows else None,
                         info={"labels": names})
 
     def held_out(self, config: Any, tokenizer: Any, dataset: Any, events: Any) -> Tagged:

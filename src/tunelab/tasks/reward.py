@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from tunelab.errors import ConfigError
+from tunelab.events import batch_starts
 from tunelab.models.loading import ModelSpec
 from tunelab.scoring.metrics import pairwise_scores
 from tunelab.tasks.base import Scores, Task, register_task
@@ -57,7 +58,7 @@ def rewards(model: torch.nn.Module, sequences: list[list[int]], pad_id: int, bat
     device = next(model.parameters()).device
     collate, out = Collate(pad_id), []
     try:
-        for start in range(0, len(sequences), batch_size):
+        for start in batch_starts("scoring rewards", len(sequences), batch_size):
             batch = collate([{"input_ids": s, "labels": 0} for s in sequences[start:start + batch_size]])
             logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
             out += logits[:, 0].float().tolist()
@@ -125,22 +126,33 @@ class Reward(Task):
 REWARD = register_task(Reward())
 
 
-def load_reward_run(run_dir: Path) -> tuple[Any, torch.nn.Module]:
-    """Tokenizer and frozen tuned model of a finished `reward` run (its base model and method as its config.yaml
-    names them), for `rlhf.reward_model`."""
-    import yaml
+def reward_run_config(run_dir: Path) -> dict[str, Any]:
+    """The settings of a finished `reward` run (the one reader, `rundir.RunDir`; `inputs.open_run`, above this
+    layer, also validates them), refused unless the run succeeded and saved its model."""
+    from tunelab.rundir import RunDir
 
+    run = RunDir(run_dir)
+    if not run.has_config():
+        raise ConfigError(f"rlhf.reward_model: {run_dir} is not a run directory (no config)")
+    raw = run.read_config()
+    if raw.get("task") != REWARD.name:
+        raise ConfigError(f'rlhf.reward_model: {run_dir} is a run of task "{raw.get("task")}"; expected "reward"')
+    if not (run.finished() and run.has_model()):
+        raise ConfigError(f"rlhf.reward_model: {run_dir} holds an unfinished run (it is {run.state()}); finish it first")
+    return raw
+
+
+def load_reward_run(run_dir: Path) -> tuple[Any, torch.nn.Module]:
+    """Tokenizer and frozen tuned model of a finished `reward` run (its base model and method as its config
+    names them), for `rlhf.reward_model`."""
     from tunelab.methods import get_method
     from tunelab.models import resolve_model
     from tunelab.models.loading import LoadRules, load_pair
+    from tunelab.rundir import RunDir
 
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "model").is_dir():
-        raise ConfigError(f"rlhf.reward_model: {run_dir} is not a finished run directory (config.yaml and model/)")
-    raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    if raw.get("task") != REWARD.name:
-        raise ConfigError(f'rlhf.reward_model: {run_dir} is a run of task "{raw.get("task")}"; expected "reward"')
+    raw = reward_run_config(run_dir)
     spec, rules = REWARD.model_spec(None, None), LoadRules(bool(raw.get("allow_pickle")), bool(raw.get("trust_remote_code")))
     tokenizer, base = load_pair(resolve_model(raw["model"]), spec, rules)
-    model = get_method(raw["method"]).load(base, run_dir / "model", spec, rules).eval()
+    model = get_method(raw["method"]).load(base, RunDir(run_dir).model_dir, spec, rules).eval()
     model.requires_grad_(False)
     return tokenizer, model

@@ -27,7 +27,6 @@ import torch
 from pydantic import Field, model_validator
 
 from tunelab.errors import ConfigError, DataError
-from tunelab.models.loading import ModelSpec
 from tunelab.scoring.generate import generate
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import FORGETTING, GENERATION, Scores, register_task
@@ -149,11 +148,21 @@ class Rlhf(LmTask):
     evidence = frozenset({GENERATION, FORGETTING})
     default_metrics = ("mean_reward",)
 
-    def model_spec(self, config: Any, train: Any) -> ModelSpec:
+    def check(self, config: Any, datasets: tuple[Any, ...] = ()) -> None:
+        """A batch of whole groups, and a reward that loads (a function that imports, a finished reward run)."""
         if config.train.batch_size % config.rlhf.num_generations:
             raise ConfigError(f"train.batch_size: {config.train.batch_size} must be a multiple of "
                               f"rlhf.num_generations ({config.rlhf.num_generations}): a batch holds whole groups")
-        return ModelSpec(self.model_kind)
+        r = config.rlhf
+        if r.reward_function:
+            load_reward_function(r.reward_function)
+        else:
+            from tunelab.tasks.reward import reward_run_config
+
+            reward_run_config(Path(r.reward_model))
+
+    def runs_read(self, config: Any) -> list[Any]:
+        return [Path(config.rlhf.reward_model)] if config.rlhf.reward_model else []
 
     def metric_names(self, config: Any) -> list[str]:
         return list(self.default_metrics)

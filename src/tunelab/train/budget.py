@@ -46,21 +46,21 @@ def stops_early(config: Any) -> bool:
     return config.train.early_stopping_patience > 0 or auto_length(config)
 
 
-def resolve_epochs(config: Any, task: Any, n_rows: int, validation_rows: int) -> dict[str, Any] | None:
-    """Replace epochs=auto by numbers (written into the run's config.yaml, so a resume finds the same ones);
-    the chosen budget, or None when the user fixed the length. n_rows trains, validation_rows validates."""
+def resolve_epochs(config: Any, task: Any, n_rows: int,
+                   validation_rows: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """epochs=auto as numbers: the settings to record in the run's config (dotted keys, so a resume finds the
+    same ones; `inputs.resolve` records them) and the chosen budget, or ({...}, None) when the user fixed the
+    length. n_rows trains, validation_rows validates. Reads the config, never writes it."""
     t = config.train
     if not auto_length(config):
-        if t.epochs == "auto":
-            t.epochs = 1.0  # max_steps decides the length; epochs is not read
-        return None
+        return ({"train.epochs": 1.0} if t.epochs == "auto" else {}), None  # max_steps decides; epochs is unread
     per_epoch = math.ceil(n_rows / (t.batch_size * t.grad_accum))
-    t.epochs = float(auto_epochs(n_rows))
-    if not t.eval_steps:
-        t.eval_steps = max(1, per_epoch // VALIDATIONS_PER_EPOCH)
-    if not t.early_stopping_patience:
-        t.early_stopping_patience = PATIENCE
-    if "best_metric" not in t.model_fields_set:
-        t.best_metric = watched_metric(config, task, validation_rows)
-    return {"epochs": t.epochs, "max_steps": int(t.epochs) * per_epoch, "eval_steps": t.eval_steps,
-            "patience": t.early_stopping_patience, "metric": t.best_metric}
+    chosen = {"train.epochs": float(auto_epochs(n_rows)),
+              "train.eval_steps": t.eval_steps or max(1, per_epoch // VALIDATIONS_PER_EPOCH),
+              "train.early_stopping_patience": t.early_stopping_patience or PATIENCE,
+              "train.best_metric": t.best_metric if "best_metric" in t.model_fields_set
+              else watched_metric(config, task, validation_rows)}
+    budget = {"epochs": chosen["train.epochs"], "max_steps": int(chosen["train.epochs"]) * per_epoch,
+              "eval_steps": chosen["train.eval_steps"], "patience": chosen["train.early_stopping_patience"],
+              "metric": chosen["train.best_metric"]}
+    return chosen, budget

@@ -145,6 +145,10 @@ class CheckpointKeeper(TrainerCallback):
         self.metrics_path, self.events = metrics_path, events
         self.metric, self.higher_is_better = best
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save:  # the guards before this one have had their say: the save will happen
+            self.events.emit("saving_checkpoint", step=state.global_step)
+
     def on_save(self, args, state, control, **kwargs):
         directory = self.root / f"checkpoint-{state.global_step}"
         value = metric_at(self.metrics_path, state.global_step, self.metric)
@@ -152,3 +156,15 @@ class CheckpointKeeper(TrainerCallback):
                                    "higher_is_better": self.higher_is_better})
         prune(self.root, self.keep_last)
         self.events.emit("checkpoint_saved", step=state.global_step, path=str(directory))
+
+
+class SaveAtEnd(TrainerCallback):
+    """A checkpoint when training ends (the last step, or early stopping), when checkpoints are on: a run
+    interrupted in the evaluation after training then resumes there instead of training again."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.enabled and (control.should_training_stop or state.global_step >= state.max_steps):
+            control.should_save = True

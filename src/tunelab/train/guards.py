@@ -20,9 +20,9 @@ from transformers.trainer_utils import TrainOutput
 from tunelab.config import RunConfig
 from tunelab.errors import RunAborted, RunInterrupted
 from tunelab.models.safety import plain_tensors_only
-from tunelab.train.checkpoint import CheckpointKeeper, latest_complete, step_of
+from tunelab.rundir import RunDir
+from tunelab.train.checkpoint import CheckpointKeeper, SaveAtEnd, latest_complete, step_of
 from tunelab.events import Events
-from tunelab.train.resume import trim_metrics
 
 
 def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -98,15 +98,20 @@ class SignalStop(TrainerCallback):
 
     EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+    def __init__(self, run_dir: Path, events: Events | None = None):
+        self.run_dir, self.events = run_dir, events
         self.signum: int | None = None
 
     def _handle(self, signum, frame) -> None:
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         if self.signum is not None:
-            raise RunInterrupted(f"{signal.Signals(signum).name} again: stopped at once; the last complete "
-                                 "checkpoint is kept", self.EXIT_CODES[signum], run_dir=self.run_dir)
+            raise RunInterrupted(f"{name} again: stopped at once; the last complete checkpoint is kept",
+                                 self.EXIT_CODES[signum], run_dir=self.run_dir)
         self.signum = signum
+        if self.events is not None:  # answered at once: the step may take a while yet
+            self.events.emit("stopping", signal=signal.Signals(signum).name,
+                             message=f"{name}: stopping after this step and saving a checkpoint "
+                                     f"({name} again stops at once) ...")
 
     @contextmanager
     def installed(self) -> Iterator[SignalStop]:
@@ -178,16 +183,17 @@ def smaller_batch(batch_size: int, grad_accum: int, step: int, multiple: int = 1
                      "train.gradient_checkpointing=true, a smaller train.max_length, or method=lora")
 
 
-def train_guarded(build: Callable[[RunConfig], Trainer], config: RunConfig, run_dir: Path,
+def train_guarded(build: Callable[[RunConfig], Trainer], config: RunConfig, run_dir: RunDir,
                   resume_from: Path | None, events: Events, batch_multiple: int = 1,
                   best: tuple[str, bool] = ("eval_loss", False)) -> tuple[Trainer, Any]:
     """`trainer.train` under every guard; an OOM rebuilds the trainer with a smaller micro-batch and retries."""
-    checkpoints = run_dir / "checkpoints"
-    stop = SignalStop(run_dir)
-    # Order matters in on_step_end: a signal asks for a save first, then NanGuard vets the weights to be saved.
+    checkpoints = run_dir.checkpoints_dir
+    stop = SignalStop(run_dir.path, events)
+    # Order matters in on_step_end: a signal or the end asks for a save first, then NanGuard vets the weights
+    # to be saved, then the keeper says a save is coming.
     nan_guard = NanGuard(events, config.train.max_bad_steps)
-    guards = [stop, nan_guard,
-              CheckpointKeeper(checkpoints, config.train.save_total_limit, run_dir / "metrics.jsonl", events, best),
+    guards = [stop, SaveAtEnd(config.train.save_steps > 0), nan_guard,
+              CheckpointKeeper(checkpoints, config.train.save_total_limit, run_dir.metrics_path, events, best),
               StopWhenDone()]
     with stop.installed():
         while True:
@@ -233,18 +239,18 @@ def own_forward_after(trainer: Trainer) -> Iterator[None]:
         model.__dict__.update(before)
 
 
-def _back_off(config: RunConfig, run_dir: Path, step: int, start: int, resume_from: Path | None,
+def _back_off(config: RunConfig, run_dir: RunDir, step: int, start: int, resume_from: Path | None,
               events: Events, multiple: int) -> tuple[RunConfig, Path | None]:
     """Halve the micro-batch; continue from where the weights are known: unchanged, or the last checkpoint."""
     t = config.train
     batch, accum = smaller_batch(t.batch_size, t.grad_accum, step + 1, multiple)
     if step > start:  # weights moved since the last known state: go back to the newest complete checkpoint
-        resume_from = latest_complete(run_dir / "checkpoints", events)
+        resume_from = latest_complete(run_dir.checkpoints_dir, events)
         if resume_from is None:
             raise RunAborted(f"step {step + 1}: out of memory after training began, with no checkpoint to return "
                              f"to; rerun with train.batch_size={batch} train.grad_accum={accum}")
     restart = step_of(resume_from)
-    trim_metrics(run_dir / "metrics.jsonl", restart)
+    run_dir.trim_metrics(restart)
     events.emit("batch_backoff", step=step + 1, batch_size=batch, grad_accum=accum,
                 message=f"step {step + 1}: out of memory with train.batch_size={t.batch_size} "
                         f"grad_accum={t.grad_accum}; retrying from step {restart} with batch_size={batch} "

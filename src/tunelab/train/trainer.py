@@ -134,11 +134,36 @@ class Progress(TrainerCallback):
         model = self.model if self.model is not None else model
         if self.measure is None or model is None:
             return
+        self.events.emit("validating", step=state.global_step)
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **self.measure(model)}
         self.metrics.append(record)
-        self.events.emit("eval", **record)
+        metrics = {k: v for k, v in record.items()  # numbers only: per-row losses stay in metrics.jsonl
+                   if k not in ("step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.events.emit("validation", step=record["step"], epoch=record["epoch"], metrics=metrics,
+                         message=validation_words(record["step"], metrics))
         if self.best is not None and self.best.observe(state.global_step, record, model) and control is not None:
             control.should_training_stop = True
+
+
+def validation_words(step: int, metrics: dict[str, Any]) -> str:
+    """`step 10: eval loss 1.2345 (exact match 40.0%, ...)`: what a validation measured, as a person reads it."""
+    from tunelab.eval.report import fmt
+    from tunelab.scoring.metrics import describe
+
+    shown = [f"{describe(k).label} {fmt(k, v)}" for k, v in metrics.items()
+             if k != "eval_loss" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    loss = f"eval loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else "validated"  # RL has no held-out loss
+    return f"step {step}: {loss}" + (f" ({', '.join(shown)})" if shown else "")
+
+
+def library_bars_off() -> None:
+    """The libraries' own progress bars (datasets' "Tokenizing train dataset", transformers' downloads) off:
+    a run reports progress as events, and the CLI draws those."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
 
 
 def _num(value: Any) -> float | None:
