@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import write_jsonl
+from tests.emulated_device import EmulatedDevice
 from tunelab.config import load_config
 from tunelab.data import load_dataset
 from tunelab.events import Events
@@ -86,6 +87,22 @@ def test_rows_become_batches(setup):
     assert all(tensors[k].shape[0] == 4 * per_row for k in ids), {k: tuple(v.shape) for k, v in tensors.items()}
     assert all(tensors[k.replace("input_ids", "attention_mask")].shape == tensors[k].shape for k in ids)
     assert len(s.prepared.train) == len(ROWS[s.task.name])
+
+
+def test_scoring_runs_with_the_model_on_an_accelerator(setup):
+    """Every tensor the task's scoring makes follows the model's device: held-out loss, generation, rewards,
+    labels, embeddings and the baselines run with the model on an emulated accelerator (tests/emulated_device.py;
+    the CUDA tests skip here) and give the numbers they give on the CPU. Runs before any training step."""
+    s = setup
+    on_cpu = s.task.evaluate(s.model, s.tokenizer, s.prepared.held_out, s.config).metrics
+    with EmulatedDevice() as device:
+        device.place(s.model)
+        elsewhere = s.task.evaluate(s.model, s.tokenizer, s.prepared.held_out, s.config).metrics
+        s.task.validate(s.model, s.tokenizer, s.prepared.held_out, s.config, tuple(s.task.validation_metrics(s.config)))
+        s.task.baselines(s.model, s.tokenizer, s.data, s.data, s.prepared, s.config, Events())
+    timings = ("speedup",)  # distill: wall-clock ratios differ from call to call
+    assert {k: v for k, v in elsewhere.items() if k not in timings} == \
+        pytest.approx({k: v for k, v in on_cpu.items() if k not in timings}, rel=1e-5)
 
 
 def test_a_few_steps_lower_the_loss(setup):

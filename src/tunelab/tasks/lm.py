@@ -212,7 +212,8 @@ def row_losses(model: torch.nn.Module, parts: Any, batch: dict[str, torch.Tensor
     if parts is not None:
         nll, rows = supervised_nll(parts, batch, shared_prefix=True)
         n = batch["input_ids"].shape[0]
-        return torch.zeros(n).index_add_(0, rows, nll).tolist(), torch.bincount(rows, minlength=n).tolist()
+        sums = torch.zeros(n, dtype=nll.dtype, device=nll.device).index_add_(0, rows, nll)
+        return sums.tolist(), torch.bincount(rows, minlength=n).tolist()
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logits = logits[:, -batch["input_ids"].size(1):]  # prompt learning puts virtual-token positions first
     shift_logits, shift_labels = logits[:, :-1].float(), batch["labels"][:, 1:]
