@@ -129,14 +129,23 @@ def json_valid(prediction: str, reference: str) -> float:
     return float(parse_json(prediction) is not None)
 
 
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values, types included: true, 1 and 1.0 differ (Python's == calls them equal)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
 def json_fields(prediction: str, reference: str) -> float:
-    """Share of the reference object's fields that the answer reproduces exactly (0 if not an object)."""
+    """Share of the reference's fields that the answer reproduces exactly: an object's keys, an array's
+    positions (the answer must be the same kind of container, else 0). A reference with no fields (a
+    scalar, an empty container, not JSON) is scored by exact match."""
     want, got = parse_json(reference), parse_json(prediction)
-    if not isinstance(want, dict) or not want:
+    if not isinstance(want, (dict, list)) or not want:
         return exact_match(prediction, reference)
-    if not isinstance(got, dict):
+    if type(got) is not type(want):
         return 0.0
-    return sum(key in got and got[key] == value for key, value in want.items()) / len(want)
+    if isinstance(want, list):
+        return sum(i < len(got) and same_json(got[i], value) for i, value in enumerate(want)) / len(want)
+    return sum(key in got and same_json(got[key], value) for key, value in want.items()) / len(want)
 
 
 def mean_of(per_example: Callable[[str, str], float]) -> Corpus:
