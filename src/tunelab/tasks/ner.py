@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -63,22 +63,27 @@ def tag_names(config: Any, train: Any) -> list[str]:
 
 @dataclass
 class Tagged:
-    """Rows as sub-word ids with tag ids on first sub-words, and each row's words and gold tags."""
+    """Rows as sub-word ids with tag ids on first sub-words, each row's words and gold tags, and which word
+    each tagged sub-word starts (a word with no sub-word, such as a zero-width character, has none)."""
 
     rows: list[dict[str, Any]]
     lines: list[int]
     words: list[list[str]]
     tags: list[list[str]]
+    word_at: list[list[int]] = field(default_factory=list)
 
 
-def encode_row(words: list[str], tags: list[int], tokenizer: Any, max_length: int) -> dict[str, Any]:
-    """Sub-word ids; a word's tag on its first sub-word, IGNORE on the rest and on special tokens."""
+def encode_row(words: list[str], tags: list[int], tokenizer: Any, max_length: int) -> tuple[dict[str, Any], list[int]]:
+    """Sub-word ids with a word's tag on its first sub-word (IGNORE on the rest and on special tokens), and the
+    index of the word each tagged sub-word starts."""
     encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
-    labels, previous = [], None
+    labels, word_at, previous = [], [], None
     for word in encoded.word_ids():
-        labels.append(IGNORE if word is None or word == previous else tags[word])
+        first = word is not None and word != previous
+        labels.append(tags[word] if first else IGNORE)
+        word_at += [word] if first else []
         previous = word
-    return {"input_ids": encoded["input_ids"], "labels": labels}
+    return {"input_ids": encoded["input_ids"], "labels": labels}, word_at
 
 
 def encode_rows(dataset: Any, tokenizer: Any, names: list[str], max_length: int) -> Tagged:
@@ -90,7 +95,9 @@ def encode_rows(dataset: Any, tokenizer: Any, names: list[str], max_length: int)
         if unknown is not None:
             raise DataError(f'{dataset.path}:{line}: tag "{unknown}" is not one of the labels ({", ".join(names)}); '
                             "set ner.labels to name every tag")
-        out.rows.append(encode_row(words, [index[t] for t in tags], tokenizer, max_length))
+        row, word_at = encode_row(words, [index[t] for t in tags], tokenizer, max_length)
+        out.rows.append(row)
+        out.word_at.append(word_at)
         out.words.append(words)
         out.tags.append(tags)
     return out
@@ -98,7 +105,8 @@ def encode_rows(dataset: Any, tokenizer: Any, names: list[str], max_length: int)
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, tokenizer: Any, held: Tagged, batch_size: int) -> tuple[float, list[list[str]]]:
-    """(cross-entropy per tagged sub-word, predicted tags per word); words cut by max_length are predicted O."""
+    """(cross-entropy per tagged sub-word, predicted tags per word). A prediction is read at a word's first
+    sub-word and put back on that word; words cut by max_length or with no sub-word are predicted O."""
     from transformers import DataCollatorForTokenClassification
 
     names = model.config.id2label
@@ -116,10 +124,13 @@ def predict(model: torch.nn.Module, tokenizer: Any, held: Tagged, batch_size: in
                                                              ignore_index=IGNORE, reduction="sum"))
             count += int((labels != IGNORE).sum())
             for row_logits, row_labels in zip(logits.argmax(-1), labels):
-                predicted.append([names[int(i)] for i in row_logits[row_labels != IGNORE]])
+                predicted.append([names[int(i)] for i in row_logits[row_labels != IGNORE].tolist()])
     finally:
         model.train(was_training)
-    full = [tags + ["O"] * (len(words) - len(tags)) for tags, words in zip(predicted, held.words)]
+    full = [["O"] * len(words) for words in held.words]
+    for tags, row, word_at in zip(full, predicted, held.word_at):
+        for word, tag in zip(word_at, row):
+            tags[word] = tag
     return total / max(count, 1), full
 
 
