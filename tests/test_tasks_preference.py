@@ -24,7 +24,7 @@ from tunelab.models.loading import LoadRules, load_pair
 from tunelab.scoring.metrics import pairwise_scores
 from tunelab.tasks import TASKS
 from tunelab.tasks.dpo import answer_logps, implicit_rewards
-from tunelab.tasks.lm import heldout_loss
+from tunelab.tasks.lm import IGNORE, heldout_loss
 from tunelab.tasks.preference import trl_config
 from tunelab.tasks.rlhf import load_reward_function
 from tunelab.train.run import choose_task
@@ -60,6 +60,37 @@ def prepared_for(task_name: str, tmp_path: Path, rows: list, *overrides: str):
     tokenizer, model = load_pair(resolve_model(config.model), spec, LoadRules())
     return SimpleNamespace(task=task, config=config, data=data, spec=spec, tokenizer=tokenizer, model=model,
                            prepared=task.prepare(config, tokenizer, data, data, Events()))
+
+
+CHAT_PAIRS = [{"prompt": [{"role": "user", "content": f"Colour {i}?"}],
+               "chosen": [{"role": "assistant", "content": "red" * (1 + i % 3)}],
+               "rejected": [{"role": "assistant", "content": "no"}]} for i in range(6)]
+
+
+@pytest.mark.parametrize("rows", [PAIRS, CHAT_PAIRS], ids=["strings", "chats"])
+def test_held_out_pairs_are_the_sequences_trl_trains_on(tmp_path, rows):
+    """Scored as trained: the held-out sequences equal TRL's own tokenization of the same rows (DPOTrainer's
+    prompt + answer with the loss on the answer, RewardTrainer's whole sequence), and an answer ends once: a
+    chat answer at the template's end of turn, a string answer at one EOS."""
+    (tmp_path / "dpo").mkdir(), (tmp_path / "reward").mkdir()
+    dpo = prepared_for("dpo", tmp_path / "dpo", rows, "method=lora", "train.precision=fp32")
+    model = get_method("lora").apply(dpo.model, dpo.config, dpo.spec)
+    trained = dpo.task.trainer(model, dpo.tokenizer, dpo.prepared, common_args(dpo.config, tmp_path / "ck"), [])
+    held, eos = dpo.prepared.held_out, dpo.tokenizer.eos_token_id
+    prompt_lengths = [len(example["prompt_ids"]) for example in trained.train_dataset]
+    for example, chosen, rejected in zip(trained.train_dataset, held.chosen, held.rejected):
+        prompt = [IGNORE] * len(example["prompt_ids"])
+        assert (chosen.input_ids, chosen.labels) == (example["prompt_ids"] + example["chosen_ids"],
+                                                     prompt + example["chosen_ids"])
+        assert (rejected.input_ids, rejected.labels) == (example["prompt_ids"] + example["rejected_ids"],
+                                                         prompt + example["rejected_ids"])
+        assert [t for t in chosen.labels if t != IGNORE].count(eos) == 1
+    reward = prepared_for("reward", tmp_path / "reward", rows, "train.precision=fp32")
+    trained = reward.task.trainer(reward.model, reward.tokenizer, reward.prepared,
+                                  common_args(reward.config, tmp_path / "ck2"), [])
+    assert [e["chosen_ids"] for e in trained.train_dataset] == reward.prepared.held_out.chosen
+    assert [e["rejected_ids"] for e in trained.train_dataset] == reward.prepared.held_out.rejected
+    assert all(ids[start:].count(eos) == 1 for ids, start in zip(reward.prepared.held_out.chosen, prompt_lengths))
 
 
 def test_reward_metrics_from_hand_set_rewards(tmp_path):

@@ -29,7 +29,7 @@ from tunelab.scoring.metrics import fit_metrics, pairwise_scores
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import FORGETTING, GENERATION, Scores, register_task
 from tunelab.tasks.lm import Encoded, HeldOut, LmTask, heldout_loss, score, truncate
-from tunelab.tasks.preference import TrlPrepared, render_pair, trl_config, trl_dataset, trl_row
+from tunelab.tasks.preference import TrlPrepared, answer_ids, common_prefix, trl_config, trl_dataset, trl_row
 
 
 class DpoSettings(Section):
@@ -60,13 +60,15 @@ def losses(sft_weight: float) -> dict[str, Any]:
     return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft_weight]}
 
 
-def encode_answer(prompt: str, answer: str, tokenizer: Any, max_length: int) -> Encoded:
-    """prompt + answer (+ EOS unless the chat template already ended the turn), loss on the answer only."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
-    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    if not answer_ids or answer_ids[-1] != tokenizer.eos_token_id:
-        answer_ids.append(tokenizer.eos_token_id)
-    return truncate(prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids, max_length)
+def encode_pair(row: dict[str, Any], tokenizer: Any, max_length: int) -> tuple[Encoded, Encoded]:
+    """The chosen and rejected sequences as DPOTrainer builds them (`preference.answer_ids`), loss on the
+    answers only: they start where the prompt alone and either whole sequence first differ."""
+    pair = trl_row(row)
+    prompt, chosen = answer_ids(pair["prompt"], pair["chosen"], tokenizer)
+    _, rejected = answer_ids(pair["prompt"], pair["rejected"], tokenizer)
+    start = min(common_prefix(prompt, chosen), common_prefix(prompt, rejected))
+    return truncate(chosen, [IGNORE] * start + chosen[start:], max_length), \
+        truncate(rejected, [IGNORE] * start + rejected[start:], max_length)
 
 
 def answer_logps(model: torch.nn.Module, examples: list[Encoded], pad_id: int, batch_size: int) -> list[float]:
@@ -134,9 +136,9 @@ class Dpo(LmTask):
                  metrics: list[str] | None = None) -> PairsHeldOut:
         chosen, rejected = [], []
         for row in dataset.rows:
-            prompt, good, bad = render_pair(row, tokenizer)
-            chosen.append(encode_answer(prompt, good, tokenizer, config.train.max_length))
-            rejected.append(encode_answer(prompt, bad, tokenizer, config.train.max_length))
+            good, bad = encode_pair(row, tokenizer, config.train.max_length)
+            chosen.append(good)
+            rejected.append(bad)
         cases = self.generation_cases(dataset, tokenizer, config.eval.max_examples) if config.eval.generate else []
         if metrics is None:
             metrics, messages = fit_metrics(self.metric_names(config), [c.reference for c in cases],

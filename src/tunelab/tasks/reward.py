@@ -18,7 +18,7 @@ from tunelab.models.loading import ModelSpec
 from tunelab.scoring.metrics import pairwise_scores
 from tunelab.tasks.base import Scores, Task, register_task
 from tunelab.tasks.classify import HEADS, Collate
-from tunelab.tasks.preference import TrlPrepared, render_pair, trl_config, trl_dataset, trl_row
+from tunelab.tasks.preference import TrlPrepared, answer_ids, render_pair, trl_config, trl_dataset, trl_row
 
 
 @dataclass
@@ -32,18 +32,18 @@ class Pairs:
     references: list[str]
 
 
-def sequence(text: str, tokenizer: Any, max_length: int) -> list[int]:
-    """Ids of a whole sequence ending in EOS, as RewardTrainer tokenizes it (cut at max_length)."""
-    eos = tokenizer.eos_token or ""
-    return tokenizer(text if text.endswith(eos) else text + eos)["input_ids"][:max_length]
+def sequence(prompt: Any, answer: Any, tokenizer: Any, max_length: int) -> list[int]:
+    """Ids of prompt + answer as RewardTrainer tokenizes them (`preference.answer_ids`), cut at max_length."""
+    return answer_ids(prompt, answer, tokenizer)[1][:max_length]
 
 
 def encode_pairs(dataset: Any, tokenizer: Any, max_length: int) -> Pairs:
     chosen, rejected, prompts, refs = [], [], [], []
     for row in dataset.rows:
-        prompt, good, bad = render_pair(row, tokenizer)
-        chosen.append(sequence(prompt + good, tokenizer, max_length))
-        rejected.append(sequence(prompt + bad, tokenizer, max_length))
+        pair = trl_row(row)
+        chosen.append(sequence(pair["prompt"], pair["chosen"], tokenizer, max_length))
+        rejected.append(sequence(pair["prompt"], pair["rejected"], tokenizer, max_length))
+        prompt, good, _ = render_pair(row, tokenizer)
         prompts.append(prompt)
         refs.append(good)
     return Pairs(chosen, rejected, list(dataset.lines), prompts, refs)

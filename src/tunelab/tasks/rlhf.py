@@ -117,13 +117,13 @@ class RewardModel:
         self.tokenizer, self.model = load_reward_run(run_dir)
 
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
-        from tunelab.tasks.preference import render_pair
+        from tunelab.tasks.preference import trl_row
         from tunelab.tasks.reward import rewards, sequence
 
         texts = []
         for prompt, completion in zip(prompts, completions):
-            head, answer, _ = render_pair({"prompt": prompt, "chosen": completion, "rejected": ""}, self.tokenizer)
-            texts.append(sequence(head + answer, self.tokenizer, 4096))
+            pair = trl_row({"prompt": prompt, "chosen": completion, "rejected": ""})
+            texts.append(sequence(pair["prompt"], pair["chosen"], self.tokenizer, 4096))
         return rewards(self.model, texts, self.tokenizer.pad_token_id, batch_size=16)
 
 
