@@ -158,7 +158,7 @@ def test_known_answer_uniform_model(setup):
         stub = Uniform(1 if kind == "cls" else len(s.tokenizer), SimpleNamespace(kind=kind))
         metrics = s.task.evaluate(stub, s.tokenizer, s.prepared.held_out, config).metrics
         assert metrics["eval_loss"] == pytest.approx(math.log(2), rel=1e-6)
-        assert (metrics["pairwise_accuracy"], metrics["reward_margin"]) == (0.0, 0.0)  # a tie is not a win
+        assert (metrics["pairwise_accuracy"], metrics["reward_margin"]) == (0.5, 0.0)  # a tie counts one half
         return
     if s.task.name == "rlhf":  # the reward function returns each greedy answer's length
         scores = s.task.evaluate(s.model, s.tokenizer, s.prepared.held_out, config)

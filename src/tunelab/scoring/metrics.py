@@ -186,12 +186,19 @@ LOSS_ONLY = {m.name: m for m in (
     Metric("eval_loss_se", "eval loss SE", None, percent=False, higher_is_better=False, compared=False))}
 
 
+def pair_wins(chosen: list[float], rejected: list[float]) -> list[float]:
+    """Each pair's outcome: 1 when the chosen reward is higher, 0 when lower, 1/2 for a tie (a coin's
+    expected score: a model that cannot tell the two apart scores chance, 50%, not 0%)."""
+    return [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)]
+
+
 def pairwise_scores(chosen: list[float], rejected: list[float]) -> dict[str, float]:
-    """Share of pairs whose chosen reward is strictly higher (a tie is not a win) and the mean margin."""
+    """Share of pairs won (a tie counts one half, `pair_wins`) and the mean margin."""
     if not chosen:
         return {"pairwise_accuracy": 0.0, "reward_margin": 0.0}
     margins = [c - r for c, r in zip(chosen, rejected)]
-    return {"pairwise_accuracy": sum(m > 0 for m in margins) / len(margins), "reward_margin": sum(margins) / len(margins)}
+    return {"pairwise_accuracy": sum(pair_wins(chosen, rejected)) / len(margins),
+            "reward_margin": sum(margins) / len(margins)}
 
 
 def describe(name: str) -> Metric:

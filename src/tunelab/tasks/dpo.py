@@ -7,9 +7,10 @@ freshly initialised LoRA, and the true base for methods whose start is not the i
 no switched-off view (`full`) is refused before the model loads.
 
 Held out: the implicit reward r = beta * (log pi(answer|prompt) - log pi_ref(answer|prompt));
-`pairwise_accuracy` is the share of pairs with r(chosen) > r(rejected), `reward_margin` the mean
-r(chosen) - r(rejected), `eval_loss` the DPO loss. Before training the policy is the reference: every
-implicit reward is 0, so accuracy 0, margin 0 and loss log 2 (TRL's own definitions). Greedy answers are
+`pairwise_accuracy` is the share of pairs with r(chosen) > r(rejected), a tie counting one half,
+`reward_margin` the mean r(chosen) - r(rejected), `eval_loss` the DPO loss. Before training the policy is
+the reference: every implicit reward is 0, every pair a tie, so accuracy 50% (chance: a tuned accuracy
+must beat it, not 0%), margin 0 and loss log 2. Greedy answers are
 scored against the chosen answer as the reference, as `sft` scores its completions.
 """
 

@@ -1,7 +1,7 @@
 """A reward model from preference pairs: a one-output sequence-classification head trained by TRL's
 RewardTrainer (Bradley-Terry: loss = -log sigmoid(r(chosen) - r(rejected))).
 
-Held out, a pair is won when r(chosen) > r(rejected) strictly (`pairwise_accuracy`); `reward_margin` is
+Held out, a pair is won when r(chosen) > r(rejected), a tie counting one half (`pairwise_accuracy`); `reward_margin` is
 the mean r(chosen) - r(rejected). The tuned model is what `rlhf.reward_model` points at.
 """
 
