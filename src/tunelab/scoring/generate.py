@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tunelab.scoring.lm_loss import prompt_learning, worth_sharing
+from tunelab.scoring.lm_loss import prompt_learning, virtual_inputs, worth_sharing
 
 BATCH_TOKENS = 16384  # prompt and answer tokens per batch: bounds the cache (0.75 GiB on SmolLM2-135M)
 
@@ -38,7 +38,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], m
     prompts = [p[-max_prompt_tokens:] for p in prompts]
     answers: list[str] = [""] * len(prompts)
     try:
-        for chunk in batches(prompts, batch_size, max_new_tokens):
+        for chunk in batches(prompts, batch_size, max_new_tokens, same_length=virtual_inputs(model)):
             rows = [prompts[i] for i in chunk]
             width = max(len(p) for p in rows)
             for i, ids in zip(chunk, generate_rows(model, rows, pad_id, options)):
@@ -48,12 +48,15 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], m
     return answers
 
 
-def batches(prompts: list[list[int]], batch_size: int, max_new_tokens: int) -> list[list[int]]:
-    """Prompt indices by length, cut into batches of at most batch_size rows and BATCH_TOKENS tokens."""
+def batches(prompts: list[list[int]], batch_size: int, max_new_tokens: int,
+            same_length: bool = False) -> list[list[int]]:
+    """Prompt indices by length, cut into batches of at most batch_size rows and BATCH_TOKENS tokens; with
+    `same_length`, of one prompt length each, so no row is padded (`lm_loss.virtual_inputs`)."""
     out: list[list[int]] = []
     for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):
         width = len(prompts[i]) + max_new_tokens  # the longest row so far: prompts come shortest first
-        if out and len(out[-1]) < batch_size and (len(out[-1]) + 1) * width <= BATCH_TOKENS:
+        if out and len(out[-1]) < batch_size and (len(out[-1]) + 1) * width <= BATCH_TOKENS \
+                and not (same_length and len(prompts[out[-1][0]]) != len(prompts[i])):
             out[-1].append(i)
         else:
             out.append([i])
