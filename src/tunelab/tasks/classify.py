@@ -8,6 +8,8 @@ mean-pooled embeddings (the linear probe).
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +30,8 @@ class ClassifySettings(Section):
         None, min_length=2, description="Label names in order; default: the training rows' labels, sorted.")
     linear_probe: bool = Field(True, description="Measure a logistic regression on the frozen base model's "
                                                  "mean-pooled embeddings, the cheap alternative to tuning.")
-    probe_rows: int = Field(2000, ge=10, description="Training rows the linear probe fits on at most.")
+    probe_rows: int = Field(2000, ge=10, description="Training rows the linear probe fits on at most: a seeded "
+                                                     "sample, each label in proportion.")
 
 
 register_section("classify", ClassifySettings)
@@ -114,6 +117,18 @@ def embeddings(model: torch.nn.Module, rows: list[dict[str, Any]], pad_id: int, 
     return torch.cat(out).cpu()
 
 
+def stratified_sample(labels: list[int], k: int, seed: int) -> list[int]:
+    """Indices of k rows (all when fewer) drawn with the seed, each label in proportion to its share, every
+    label present when k allows: each row's rank within its label over the label's size orders the draw."""
+    order = list(range(len(labels)))
+    random.Random(seed).shuffle(order)
+    seen, size, rank = Counter(), Counter(labels), {}
+    for i in order:
+        rank[i] = seen[labels[i]] / size[labels[i]]
+        seen[labels[i]] += 1
+    return sorted(sorted(order, key=rank.__getitem__)[:k])
+
+
 class Classify(Task):
     name = "classify"
     description = "Text classification with a new head on an encoder or a decoder (text/label rows)."
@@ -170,7 +185,8 @@ class Classify(Task):
         from sklearn.linear_model import LogisticRegression
 
         events.emit("evaluating", which="linear_probe", what="a logistic regression on frozen embeddings")
-        fit_on = prepared.train[: config.classify.probe_rows]
+        labels = [r["labels"] for r in prepared.train]  # a file sorted by label must not give the probe one class
+        fit_on = [prepared.train[i] for i in stratified_sample(labels, config.classify.probe_rows, config.train.seed)]
         pad, batch = tokenizer.pad_token_id, config.eval.batch_size
         probe = LogisticRegression(max_iter=2000)
         probe.fit(embeddings(model, fit_on, pad, batch).numpy(), [r["labels"] for r in fit_on])
@@ -181,7 +197,9 @@ class Classify(Task):
         references = [names[r["labels"]] for r in held.rows]
         scores = Scores(generation_scores(list(self.default_metrics), answers, references),
                         [{"line": line, "output": out} for line, out in zip(held.lines, answers)])
-        return {"linear_probe": Baseline("linear probe", scores, {"train_rows": len(fit_on)})}
+        fitted = Counter(names[r["labels"]] for r in fit_on)
+        return {"linear_probe": Baseline("linear probe", scores, {"train_rows": len(fit_on),
+                                                                  "train_labels": dict(sorted(fitted.items()))})}
 
 
 register_task(Classify())
