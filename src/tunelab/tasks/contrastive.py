@@ -5,12 +5,15 @@ The run's model is the loaded transformer (kind `embedding`) made trainable by t
 is wrapped, not copied, into a SentenceTransformer (that transformer + mean pooling), so the method's
 weights are what train and what the method saves. Scoring is retrieval on the held-out rows: each anchor
 is a query, every held-out positive and negative is the corpus, and the query's own positive is the one
-relevant text (recall@1, recall@10, MRR). The untuned encoder's numbers are the before.
+relevant text (recall@1, recall@10, MRR). The held-out loss is the training loss's cross-entropy over a
+corpus of a fixed size (the texts of `window` rows), the same on the held-out set and on the train sample
+the fit diagnosis compares it with: the loss grows with the number of distractors, so corpora of
+different sizes would show a gap from size alone. The untuned encoder's numbers are the before.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,17 +31,21 @@ class ContrastiveSettings(Section):
 
 
 register_section("contrastive", ContrastiveSettings)
+LOSS_WINDOW = 32  # rows whose texts make each query's corpus for the held-out loss (eval.train_sample's default)
 
 
 @dataclass
 class Retrieval:
-    """Held-out queries and a corpus of unique texts; relevant[i] is the corpus index of query i's positive."""
+    """Held-out queries and a corpus of unique texts; relevant[i] is the corpus index of query i's positive,
+    negatives[i] of its negative (None for a pair); the loss reads each query against `window` rows' texts."""
 
     queries: list[str]
     corpus: list[str]
     relevant: list[int]
     lines: list[int]
     max_length: int
+    negatives: list[int | None] = field(default_factory=list)
+    window: int = LOSS_WINDOW
 
 
 def retrieval_set(dataset: Any, max_length: int) -> Retrieval:
@@ -49,7 +56,9 @@ def retrieval_set(dataset: Any, max_length: int) -> Retrieval:
             if key in row:
                 corpus.setdefault(row[key], len(corpus))
     return Retrieval([row["anchor"] for row in dataset.rows], list(corpus),
-                     [corpus[row["positive"]] for row in dataset.rows], list(dataset.lines), max_length)
+                     [corpus[row["positive"]] for row in dataset.rows], list(dataset.lines), max_length,
+                     [corpus[row["negative"]] if "negative" in row else None for row in dataset.rows],
+                     min(LOSS_WINDOW, len(dataset.rows)))
 
 
 @torch.no_grad()
@@ -71,19 +80,30 @@ def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], max_length: 
     return torch.cat(out).cpu()
 
 
-def retrieval_scores(similarity: np.ndarray, relevant: list[int], scale: float) -> dict[str, float]:
+def retrieval_scores(similarity: np.ndarray, held: Retrieval, scale: float) -> dict[str, float]:
     """recall@1, recall@10 and MRR of each query's relevant text among all corpus texts (ties count
-    against the query), and eval_loss: the cross-entropy of the scaled similarities with the relevant text
-    as the target, the training loss over the whole held-out corpus."""
-    rows = np.arange(len(relevant))
-    own = similarity[rows, relevant]
+    against the query), and eval_loss (`window_loss`)."""
+    rows = np.arange(len(held.relevant))
+    own = similarity[rows, held.relevant]
     rank = (similarity >= own[:, None]).sum(1)  # 1 is best; a tie with another text ranks below it
-    logits = scale * similarity
-    top = logits.max(1, keepdims=True)
-    log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(1))
-    return {"eval_loss": float(np.mean(log_norm - logits[rows, relevant])),
+    return {"eval_loss": window_loss(similarity, held, scale),
             "recall_at_1": float(np.mean(rank <= 1)), "recall_at_10": float(np.mean(rank <= 10)),
             "mrr": float(np.mean(1.0 / rank))}
+
+
+def window_loss(similarity: np.ndarray, held: Retrieval, scale: float) -> float:
+    """Mean over queries of the cross-entropy of the scaled similarities, the relevant text the target, over
+    the texts of `held.window` rows: the query's own and the next ones (cyclically). Every query, of any
+    set, then meets a corpus of the same size, as a training batch of that many rows does."""
+    n, out = len(held.relevant), []
+    for i in range(n):
+        window = [(i + k) % n for k in range(min(held.window, n))]
+        texts = sorted({held.relevant[j] for j in window} | {held.negatives[j] for j in window
+                                                             if held.negatives and held.negatives[j] is not None})
+        logits = scale * similarity[i, texts]
+        top = logits.max()
+        out.append(top + np.log(np.exp(logits - top).sum()) - scale * similarity[i, held.relevant[i]])
+    return float(np.mean(out)) if out else 0.0
 
 
 def sentence_transformer(model: torch.nn.Module, tokenizer: Any, max_length: int) -> Any:
@@ -116,10 +136,13 @@ class Contrastive(Task):
     def prepare(self, config: Any, tokenizer: Any, train: Any, held: Any, events: Any) -> Prepared:
         sample = train.sample(config.eval.train_sample, config.train.seed)
         columns = get_format(train.format).required  # the loss reads anchor, positive[, negative] in this order
-        return Prepared([{key: row[key] for key in columns} for row in train.rows],
-                        self.held_out(config, tokenizer, held, events), self.metric_names(config),
-                        train_sample=self.held_out(config, tokenizer, sample, events) if sample.rows else None,
-                        info={"loss_scale": config.contrastive.scale})
+        held_out = self.held_out(config, tokenizer, held, events)
+        train_sample = self.held_out(config, tokenizer, sample, events) if sample.rows else None
+        if train_sample is not None:  # the fit diagnosis compares the two losses: equal corpora
+            held_out.window = train_sample.window = min(held_out.window, train_sample.window)
+        return Prepared([{key: row[key] for key in columns} for row in train.rows], held_out,
+                        self.metric_names(config), train_sample=train_sample,
+                        info={"loss_scale": config.contrastive.scale, "loss_window": held_out.window})
 
     def held_out(self, config: Any, tokenizer: Any, dataset: Any, events: Any) -> Retrieval:
         return retrieval_set(dataset, config.train.max_length)
@@ -156,7 +179,7 @@ class Contrastive(Task):
         found = similarity.argmax(1)
         samples = [{"line": line, "prompt": query, "reference": held_out.corpus[want], "output": held_out.corpus[got]}
                    for line, query, want, got in zip(held_out.lines, held_out.queries, held_out.relevant, found)]
-        return Scores(retrieval_scores(similarity, held_out.relevant, config.contrastive.scale), samples)
+        return Scores(retrieval_scores(similarity, held_out, config.contrastive.scale), samples)
 
 
 register_task(Contrastive())
