@@ -26,26 +26,43 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], m
              stop: Sequence[str] = ()) -> list[str]:
     """Answers for token-id prompts (greedy unless temperature > 0), in the order of the prompts.
 
-    Generation also ends at any of the `stop` strings, and each answer is cut before the first one.
+    An answer also ends at any of the `stop` strings once it has begun (`AnswerStops`), and is cut before it.
     """
+    from transformers import StoppingCriteriaList
+
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     options = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id, "eos_token_id": tokenizer.eos_token_id,
                "disable_compile": True, **({"do_sample": True, "temperature": temperature, "top_p": 0.95}
-                                           if temperature > 0 else {"do_sample": False}),
-               **({"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {})}
+                                           if temperature > 0 else {"do_sample": False})}
     prompts = [p[-max_prompt_tokens:] for p in prompts]
     answers: list[str] = [""] * len(prompts)
     try:
         for chunk in batches(prompts, batch_size, max_new_tokens, same_length=virtual_inputs(model)):
             rows = [prompts[i] for i in chunk]
             width = max(len(p) for p in rows)
-            for i, ids in zip(chunk, generate_rows(model, rows, pad_id, options)):
+            stopping = {"stopping_criteria": StoppingCriteriaList([AnswerStops(tokenizer, stop, width)])} if stop else {}
+            for i, ids in zip(chunk, generate_rows(model, rows, pad_id, {**options, **stopping})):
                 answers[i] = cut_at(tokenizer.decode(ids[width:], skip_special_tokens=True), stop).strip()
     finally:
         model.train(was_training)
     return answers
+
+
+class AnswerStops:
+    """A transformers stopping criterion: a row is done once its answer (the tokens after its prompt, leading
+    whitespace skipped) holds a stop string. transformers' own `stop_strings` also match text that begins in
+    the prompt: a prompt ending in a newline and an answer opening with one made a blank line, and the
+    answer ended empty before it began."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_width: int):
+        self.tokenizer, self.stops, self.width = tokenizer, tuple(stops), prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
+        done = [any(stop in text.lstrip() for stop in self.stops) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def batches(prompts: list[list[int]], batch_size: int, max_new_tokens: int,
@@ -105,6 +122,8 @@ def prefix_cache(model: torch.nn.Module, prefix: torch.Tensor, rows: int, max_le
 
 
 def cut_at(text: str, stops: Sequence[str]) -> str:
-    """The text before the first stop string (generation halts on the token that completes one, keeping it)."""
+    """The answer before the first stop string after its leading whitespace (generation halts on the token
+    that completes one, keeping it)."""
+    text = text.lstrip()
     ends = [at for at in (text.find(s) for s in stops) if at >= 0]
     return text[:min(ends)] if ends else text

@@ -84,7 +84,7 @@ class HeldOut:
     cases: list[GenerationCase]
     pad_id: int
     metrics: list[str] = field(default_factory=lambda: ["exact_match", "token_f1"])
-    stop: tuple[str, ...] = ()  # generation ends at these strings, e.g. the separator between few-shot demos
+    stop: tuple[str, ...] = ()  # an answer ends at these strings (Format.answer_end), for every model scored
 
 
 def truncate(ids: list[int], labels: list[int], max_length: int) -> Encoded:
@@ -314,7 +314,8 @@ class LmTask(Task):
                                             explicit=config.eval.metrics is not None)
             for message in messages if events is not None else ():
                 events.emit("warning", message=f"{dataset.path}: {message}")
-        return HeldOut(encoded, cases, tokenizer.pad_token_id, metrics)
+        end = get_format(dataset.format).answer_end([c.reference for c in cases])
+        return HeldOut(encoded, cases, tokenizer.pad_token_id, metrics, stop=(end,) if end else ())
 
     def generation_cases(self, dataset: Any, tokenizer: Any, max_examples: int) -> list[GenerationCase]:
         """A case for each of the first max_examples rows (0: all) that has one, tagged with the row's line."""
