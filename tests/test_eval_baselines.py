@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -81,8 +82,9 @@ def test_run_puts_zero_shot_few_shot_and_tuned_side_by_side(tiny_config, capsys)
     assert few["k"] == 2 and few["mean_shots"] == pytest.approx(2.0) and few["label"] == "2-shot"
     assert few["fewer_shots"] == 0
     print_summary(result.run_dir, s)
-    header = capsys.readouterr().out.strip().splitlines()[0].split()
-    assert header == ["metric", "zero-shot", "2-shot", "tuned", "change"]
+    out = capsys.readouterr().out.strip().splitlines()
+    assert re.split(r"\s{2,}", out[0]) == ["metric", "zero-shot", "2-shot", "tuned", "change [95% CI]"]
+    assert "95% CI" in next(line for line in out if line.startswith("- "))  # the verdict's first line
 
 
 def test_few_shot_is_skipped_when_k_is_zero(tiny_config):

@@ -18,7 +18,8 @@ from pydantic import Field
 
 from tunelab.errors import DataError
 from tunelab.models.loading import ModelSpec
-from tunelab.scoring.metrics import generation_scores
+from tunelab.scoring.metrics import generation_rows, generation_scores
+from tunelab.scoring.rows import RowValues
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import Baseline, Prepared, Scores, Task, register_task
 
@@ -81,21 +82,21 @@ class Collate:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, held: Labelled, pad_id: int, batch_size: int) -> tuple[float, list[int]]:
-    """(mean cross-entropy over rows, predicted label id per row)."""
+def predict(model: torch.nn.Module, held: Labelled, pad_id: int, batch_size: int) -> tuple[list[float], list[int]]:
+    """(cross-entropy of each row, predicted label id per row)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    collate, total, predicted = Collate(pad_id), 0.0, []
+    collate, losses, predicted = Collate(pad_id), [], []
     try:
         for start in range(0, len(held.rows), batch_size):
             batch = {k: v.to(device) for k, v in collate(held.rows[start:start + batch_size]).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            total += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
+            losses += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none").tolist()
             predicted += logits.argmax(-1).tolist()
     finally:
         model.train(was_training)
-    return total / max(len(held.rows), 1), predicted
+    return losses, predicted
 
 
 @torch.no_grad()
@@ -170,13 +171,16 @@ class Classify(Task):
 
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, held_out: Labelled, config: Any) -> Scores:
         names = model.config.id2label
-        loss, predicted = predict(model, held_out, tokenizer.pad_token_id, config.eval.batch_size)
+        losses, predicted = predict(model, held_out, tokenizer.pad_token_id, config.eval.batch_size)
         answers = [names[i] for i in predicted]
         references = [names[r["labels"]] for r in held_out.rows]
-        metrics = {"eval_loss": loss, **generation_scores(list(self.default_metrics), answers, references)}
+        metrics = {"eval_loss": sum(losses) / max(len(losses), 1),
+                   **generation_scores(list(self.default_metrics), answers, references)}
         samples = [{"line": line, "prompt": text, "reference": ref, "output": out}
                    for line, text, ref, out in zip(held_out.lines, held_out.texts, references, answers)]
-        return Scores(metrics, samples)
+        rows = {"eval_loss": RowValues.means(held_out.lines, losses),
+                **generation_rows(list(self.default_metrics), answers, references, held_out.lines)}
+        return Scores(metrics, samples, rows)
 
     def baselines(self, model: torch.nn.Module, tokenizer: Any, train: Any, held: Any, prepared: Prepared,
                   config: Any, events: Any) -> dict[str, Baseline]:
@@ -196,7 +200,8 @@ class Classify(Task):
         answers = [names[i] for i in predicted]
         references = [names[r["labels"]] for r in held.rows]
         scores = Scores(generation_scores(list(self.default_metrics), answers, references),
-                        [{"line": line, "output": out} for line, out in zip(held.lines, answers)])
+                        [{"line": line, "output": out} for line, out in zip(held.lines, answers)],
+                        generation_rows(list(self.default_metrics), answers, references, held.lines))
         fitted = Counter(names[r["labels"]] for r in fit_on)
         return {"linear_probe": Baseline("linear probe", scores, {"train_rows": len(fit_on),
                                                                   "train_labels": dict(sorted(fitted.items()))})}

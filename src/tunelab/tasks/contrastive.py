@@ -21,6 +21,7 @@ import torch
 from pydantic import Field
 
 from tunelab.data.formats import get_format
+from tunelab.scoring.rows import RowValues
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import Prepared, Scores, Task, register_task
 
@@ -80,21 +81,27 @@ def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], max_length: 
     return torch.cat(out).cpu()
 
 
-def retrieval_scores(similarity: np.ndarray, held: Retrieval, scale: float) -> dict[str, float]:
-    """recall@1, recall@10 and MRR of each query's relevant text among all corpus texts (ties count
-    against the query), and eval_loss (`window_loss`)."""
+def retrieval_rows(similarity: np.ndarray, held: Retrieval, scale: float) -> dict[str, RowValues]:
+    """Per query: whether its relevant text ranks first (recall@1) or in the top 10 among all corpus texts
+    (ties count against the query), 1/rank (MRR), and its loss (`window_losses`)."""
     rows = np.arange(len(held.relevant))
     own = similarity[rows, held.relevant]
     rank = (similarity >= own[:, None]).sum(1)  # 1 is best; a tie with another text ranks below it
-    return {"eval_loss": window_loss(similarity, held, scale),
-            "recall_at_1": float(np.mean(rank <= 1)), "recall_at_10": float(np.mean(rank <= 10)),
-            "mrr": float(np.mean(1.0 / rank))}
+    return {"eval_loss": RowValues.means(held.lines, window_losses(similarity, held, scale)),
+            "recall_at_1": RowValues.means(held.lines, (rank <= 1).astype(float), outcomes=True),
+            "recall_at_10": RowValues.means(held.lines, (rank <= 10).astype(float), outcomes=True),
+            "mrr": RowValues.means(held.lines, 1.0 / rank)}
 
 
-def window_loss(similarity: np.ndarray, held: Retrieval, scale: float) -> float:
-    """Mean over queries of the cross-entropy of the scaled similarities, the relevant text the target, over
-    the texts of `held.window` rows: the query's own and the next ones (cyclically). Every query, of any
-    set, then meets a corpus of the same size, as a training batch of that many rows does."""
+def retrieval_scores(similarity: np.ndarray, held: Retrieval, scale: float) -> dict[str, float]:
+    """recall@1, recall@10, MRR and eval_loss: the means over queries of `retrieval_rows`."""
+    return {name: values.value() for name, values in retrieval_rows(similarity, held, scale).items()}
+
+
+def window_losses(similarity: np.ndarray, held: Retrieval, scale: float) -> list[float]:
+    """Per query, the cross-entropy of the scaled similarities, the relevant text the target, over the texts
+    of `held.window` rows: the query's own and the next ones (cyclically). Every query, of any set, then
+    meets a corpus of the same size, as a training batch of that many rows does."""
     n, out = len(held.relevant), []
     for i in range(n):
         window = [(i + k) % n for k in range(min(held.window, n))]
@@ -102,8 +109,8 @@ def window_loss(similarity: np.ndarray, held: Retrieval, scale: float) -> float:
                                                              if held.negatives and held.negatives[j] is not None})
         logits = scale * similarity[i, texts]
         top = logits.max()
-        out.append(top + np.log(np.exp(logits - top).sum()) - scale * similarity[i, held.relevant[i]])
-    return float(np.mean(out)) if out else 0.0
+        out.append(float(top + np.log(np.exp(logits - top).sum()) - scale * similarity[i, held.relevant[i]]))
+    return out
 
 
 def sentence_transformer(model: torch.nn.Module, tokenizer: Any, max_length: int) -> Any:
@@ -179,7 +186,8 @@ class Contrastive(Task):
         found = similarity.argmax(1)
         samples = [{"line": line, "prompt": query, "reference": held_out.corpus[want], "output": held_out.corpus[got]}
                    for line, query, want, got in zip(held_out.lines, held_out.queries, held_out.relevant, found)]
-        return Scores(retrieval_scores(similarity, held_out, config.contrastive.scale), samples)
+        rows = retrieval_rows(similarity, held_out, config.contrastive.scale)
+        return Scores({name: values.value() for name, values in rows.items()}, samples, rows)
 
 
 register_task(Contrastive())

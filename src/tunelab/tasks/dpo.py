@@ -26,7 +26,8 @@ from pydantic import Field
 from tunelab.data.tokens import IGNORE
 from tunelab.errors import ConfigError
 from tunelab.models.loading import ModelSpec
-from tunelab.scoring.metrics import fit_metrics, pairwise_scores
+from tunelab.scoring.metrics import fit_metrics, pairwise_rows
+from tunelab.scoring.rows import RowValues
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import FORGETTING, GENERATION, Scores, register_task
 from tunelab.tasks.lm import Encoded, HeldOut, LmTask, heldout_loss, score, truncate
@@ -52,6 +53,7 @@ class PairsHeldOut(HeldOut):
     chosen: list[Encoded] = field(default_factory=list)
     rejected: list[Encoded] = field(default_factory=list)
     beta: float = 0.1
+    lines: list[int] = field(default_factory=list)  # each pair's line in its file
 
 
 def losses(sft_weight: float) -> dict[str, Any]:
@@ -89,8 +91,8 @@ def reference_logps(model: torch.nn.Module, examples: list[Encoded], pad_id: int
     return answer_logps(model, examples, pad_id, batch_size)
 
 
-def implicit_rewards(model: torch.nn.Module, held: PairsHeldOut, batch_size: int) -> dict[str, float]:
-    """DPO loss, pairwise accuracy and margin of the implicit rewards over the held-out pairs."""
+def implicit_reward_rows(model: torch.nn.Module, held: PairsHeldOut, batch_size: int) -> dict[str, RowValues]:
+    """DPO loss, pairwise accuracy and margin of the implicit rewards, pair by pair."""
     def rewards(examples: list[Encoded]) -> list[float]:
         policy = answer_logps(model, examples, held.pad_id, batch_size)
         reference = reference_logps(model, examples, held.pad_id, batch_size)
@@ -98,7 +100,12 @@ def implicit_rewards(model: torch.nn.Module, held: PairsHeldOut, batch_size: int
 
     chosen, rejected = rewards(held.chosen), rewards(held.rejected)
     losses = [math.log1p(math.exp(-(c - r))) if c - r > -30 else r - c for c, r in zip(chosen, rejected)]
-    return {"eval_loss": sum(losses) / max(len(losses), 1), **pairwise_scores(chosen, rejected)}
+    return {"eval_loss": RowValues.means(held.lines, losses), **pairwise_rows(held.lines, chosen, rejected)}
+
+
+def implicit_rewards(model: torch.nn.Module, held: PairsHeldOut, batch_size: int) -> dict[str, float]:
+    """DPO loss, pairwise accuracy and margin of the implicit rewards over the held-out pairs."""
+    return {name: values.value() for name, values in implicit_reward_rows(model, held, batch_size).items()}
 
 
 def needs_switched_off_view(config: Any) -> None:
@@ -147,7 +154,7 @@ class Dpo(LmTask):
             for message in messages if events is not None else ():
                 events.emit("warning", message=f"{dataset.path}: {message}")
         return PairsHeldOut([], cases, tokenizer.pad_token_id, metrics, chosen=chosen, rejected=rejected,
-                            beta=config.dpo.beta)
+                            beta=config.dpo.beta, lines=list(dataset.lines))
 
     def collator(self, tokenizer: Any) -> Any:
         raise NotImplementedError("DPOTrainer tokenizes and batches its own rows")
@@ -178,7 +185,9 @@ class Dpo(LmTask):
 
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, held_out: PairsHeldOut, config: Any) -> Scores:
         scores = score(model, tokenizer, held_out, config.eval)  # generation only: held_out.encoded is empty
-        scores.metrics.update(implicit_rewards(model, held_out, config.eval.batch_size))
+        rows = implicit_reward_rows(model, held_out, config.eval.batch_size)
+        scores.metrics.update({name: values.value() for name, values in rows.items()})
+        scores.rows.update(rows)
         return scores
 
 

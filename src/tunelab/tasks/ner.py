@@ -14,12 +14,14 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import Field
 
 from tunelab.errors import DataError
 from tunelab.models.loading import ModelSpec
-from tunelab.scoring.metrics import generation_scores
+from tunelab.scoring.metrics import generation_rows, generation_scores
+from tunelab.scoring.rows import RowValues
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import Baseline, Prepared, Scores, Task, register_task
 
@@ -104,9 +106,10 @@ def encode_rows(dataset: Any, tokenizer: Any, names: list[str], max_length: int)
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, tokenizer: Any, held: Tagged, batch_size: int) -> tuple[float, list[list[str]]]:
-    """(cross-entropy per tagged sub-word, predicted tags per word). A prediction is read at a word's first
-    sub-word and put back on that word; words cut by max_length or with no sub-word are predicted O."""
+def predict(model: torch.nn.Module, tokenizer: Any, held: Tagged,
+            batch_size: int) -> tuple[RowValues, list[list[str]]]:
+    """(cross-entropy per tagged sub-word, row by row, predicted tags per word). A prediction is read at a
+    word's first sub-word and put back on that word; words cut by max_length or with no sub-word are O."""
     from transformers import DataCollatorForTokenClassification
 
     names = model.config.id2label
@@ -114,15 +117,15 @@ def predict(model: torch.nn.Module, tokenizer: Any, held: Tagged, batch_size: in
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total, count, predicted = 0.0, 0, []
+    loss, predicted = [], []
     try:
         for start in range(0, len(held.rows), batch_size):
             batch = {k: v.to(device) for k, v in collate(held.rows[start:start + batch_size]).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
             labels = batch["labels"]
-            total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(),
-                                                             ignore_index=IGNORE, reduction="sum"))
-            count += int((labels != IGNORE).sum())
+            each = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
+                                                     reduction="none")
+            loss += zip(each.sum(1).tolist(), (labels != IGNORE).sum(1).tolist())
             for row_logits, row_labels in zip(logits.argmax(-1), labels):
                 predicted.append([names[int(i)] for i in row_logits[row_labels != IGNORE].tolist()])
     finally:
@@ -131,14 +134,19 @@ def predict(model: torch.nn.Module, tokenizer: Any, held: Tagged, batch_size: in
     for tags, row, word_at in zip(full, predicted, held.word_at):
         for word, tag in zip(word_at, row):
             tags[word] = tag
-    return total / max(count, 1), full
+    return RowValues(list(held.lines), np.asarray(loss, dtype=float).reshape(-1, 2)), full
 
 
-def scores(names: list[str], held: Tagged, predicted: list[list[str]], metrics: dict[str, float]) -> Scores:
+def scores(names: list[str], held: Tagged, predicted: list[list[str]], loss: RowValues | None = None) -> Scores:
+    """Entity metrics of the predicted tags (and the held-out loss when given), each also row by row."""
     answers, references = [" ".join(t) for t in predicted], [" ".join(t) for t in held.tags]
     samples = [{"line": line, "prompt": " ".join(words), "reference": ref, "output": out}
                for line, words, ref, out in zip(held.lines, held.words, references, answers)]
-    return Scores({**metrics, **generation_scores(names, answers, references)}, samples)
+    rows = generation_rows(names, answers, references, held.lines)
+    metrics = generation_scores(names, answers, references)
+    if loss is not None:
+        rows["eval_loss"], metrics = loss, {"eval_loss": loss.value(), **metrics}
+    return Scores(metrics, samples, rows)
 
 
 def dictionary_tags(train: Tagged, held: Tagged) -> list[list[str]]:
@@ -194,16 +202,17 @@ class Ner(Task):
 
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, held_out: Tagged, config: Any) -> Scores:
         loss, predicted = predict(model, tokenizer, held_out, config.eval.batch_size)
-        return scores(list(self.default_metrics), held_out, predicted, {"eval_loss": loss})
+        return scores(list(self.default_metrics), held_out, predicted, loss)
 
     def baselines(self, model: torch.nn.Module, tokenizer: Any, train: Any, held: Any, prepared: Prepared,
                   config: Any, events: Any) -> dict[str, Baseline]:
         if not config.ner.dictionary_baseline:
             return {}
         tagged = encode_rows(train, tokenizer, tag_names(config, train), config.train.max_length)
-        found = scores(list(self.default_metrics), prepared.held_out, dictionary_tags(tagged, prepared.held_out), {})
+        found = scores(list(self.default_metrics), prepared.held_out, dictionary_tags(tagged, prepared.held_out))
         samples = [{"line": s["line"], "output": s["output"]} for s in found.samples]
-        return {"dictionary": Baseline("dictionary", Scores(found.metrics, samples), {"train_rows": len(train.rows)})}
+        return {"dictionary": Baseline("dictionary", Scores(found.metrics, samples, found.rows),
+                                       {"train_rows": len(train.rows)})}
 
 
 register_task(Ner())

@@ -15,7 +15,8 @@ import torch
 
 from tunelab.errors import ConfigError
 from tunelab.models.loading import ModelSpec
-from tunelab.scoring.metrics import pairwise_scores
+from tunelab.scoring.metrics import pairwise_rows, pairwise_scores
+from tunelab.scoring.rows import RowValues
 from tunelab.tasks.base import Scores, Task, register_task
 from tunelab.tasks.classify import HEADS, Collate
 from tunelab.tasks.preference import TrlPrepared, answer_ids, render_pair, trl_config, trl_dataset, trl_row
@@ -66,9 +67,10 @@ def rewards(model: torch.nn.Module, sequences: list[list[int]], pad_id: int, bat
     return out
 
 
-def bradley_terry_loss(chosen: list[float], rejected: list[float]) -> float:
+def bradley_terry_losses(chosen: list[float], rejected: list[float]) -> list[float]:
+    """Each pair's -log sigmoid(r(chosen) - r(rejected)), the training loss."""
     margins = torch.tensor(chosen, dtype=torch.float64) - torch.tensor(rejected, dtype=torch.float64)
-    return float(-torch.nn.functional.logsigmoid(margins).mean()) if len(chosen) else 0.0
+    return (-torch.nn.functional.logsigmoid(margins)).tolist()
 
 
 class Reward(Task):
@@ -114,12 +116,13 @@ class Reward(Task):
         pad, batch = tokenizer.pad_token_id, config.eval.batch_size
         chosen = rewards(model, held_out.chosen, pad, batch)
         rejected = rewards(model, held_out.rejected, pad, batch)
-        metrics = {"eval_loss": bradley_terry_loss(chosen, rejected), **pairwise_scores(chosen, rejected)}
+        rows = {"eval_loss": RowValues.means(held_out.lines, bradley_terry_losses(chosen, rejected)),
+                **pairwise_rows(held_out.lines, chosen, rejected)}
         samples = [{"line": line, "prompt": prompt, "reference": ref,
                     "output": f"r(chosen) {c:.3f}, r(rejected) {r:.3f}"}
                    for line, prompt, ref, c, r in zip(held_out.lines, held_out.prompts, held_out.references,
                                                       chosen, rejected)]
-        return Scores(metrics, samples)
+        return Scores({"eval_loss": rows["eval_loss"].value(), **pairwise_scores(chosen, rejected)}, samples, rows)
 
 
 REWARD = register_task(Reward())

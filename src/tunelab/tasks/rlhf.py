@@ -29,6 +29,7 @@ from pydantic import Field, model_validator
 from tunelab.errors import ConfigError, DataError
 from tunelab.models.loading import ModelSpec
 from tunelab.scoring.generate import generate
+from tunelab.scoring.rows import RowValues
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import FORGETTING, GENERATION, Scores, register_task
 from tunelab.tasks.lm import GenerationCase, LmTask
@@ -207,7 +208,8 @@ class Rlhf(LmTask):
         scores = held_out.reward(prompts=held_out.prompts, completions=completions) if answers else []
         samples = [{"line": c.line, "prompt": c.prompt_text, "reference": "", "output": a, "reward": s}
                    for c, a, s in zip(held_out.cases, answers, scores)]
-        return Scores({"mean_reward": sum(scores) / len(scores) if scores else 0.0}, samples)
+        rows = {"mean_reward": RowValues.means([c.line for c in held_out.cases], scores)}
+        return Scores({"mean_reward": rows["mean_reward"].value()}, samples, rows)
 
 
 register_task(Rlhf())
