@@ -22,6 +22,18 @@ def test_probe_data_ships_with_the_package():
     assert not set(texts) & set(replay)  # replay must never rehearse the probe's own text
 
 
+def test_forgetting_settings_read_the_old_forms_and_name_the_split_threshold():
+    from tunelab.config import load_config
+    from tunelab.errors import ConfigError
+
+    def questions(value: str) -> int:
+        return load_config(None, ["data.train=x.jsonl", f"eval.forgetting_questions={value}"]).eval.forgetting_questions
+
+    assert (questions("true"), questions("false"), questions("50")) == (200, 0, 50)
+    with pytest.raises(ConfigError, match="forgetting_threshold was split in two: set forgetting_perplexity_threshold"):
+        load_config(None, ["data.train=x.jsonl", "eval.forgetting_threshold=0.2"])
+
+
 @pytest.mark.parametrize("output, ok", [
     ("The capital of France is Paris.", True), ("paris", True), ("Parisian food is great", False),
     ("A day has 24 hours.", True), ("It has 124 hours", False)])

@@ -129,6 +129,14 @@ class EvalConfig(Section):
                                       "(0.05: 5 points) and its 95% interval (McNemar) excludes no change.")
     report_examples: int = Field(10, ge=0, description="Held-out examples shown in the report.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_threshold(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "forgetting_threshold" in data:
+            raise ValueError("forgetting_threshold was split in two: set forgetting_perplexity_threshold (a share, "
+                             "0.1 = +10%) and forgetting_accuracy_threshold (0.05 = 5 points)")
+        return data
+
     @field_validator("forgetting_questions", mode="before")
     @classmethod
     def _questions_on_or_off(cls, value: Any) -> Any:
