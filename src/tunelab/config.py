@@ -118,9 +118,9 @@ class EvalConfig(Section):
     forgetting_probe: bool = Field(True, description="Measure general ability (shipped text and questions) "
                                                      "before and after.")
     forgetting_questions: int = Field(
-        200, ge=0, description="Shipped general questions the probe asks (351 ship; a generation pass before and "
-                               "after, about 45 s each for 200 on SmolLM2, 2 CPU cores); 0 or false: "
-                               "perplexity only.")
+        200, ge=0, description="Shipped general questions the probe asks (351 ship): a generation pass before and "
+                               "after, 79 s each for 200 on the bundled SmolLM2 (2 CPU cores shared with other "
+                               "work); 0 or false: perplexity only.")
     forgetting_perplexity_threshold: float = Field(
         0.1, gt=0, description="Flag forgetting when general-text perplexity rises by more than this share "
                                "(0.1: +10%) and its 95% interval excludes no change.")

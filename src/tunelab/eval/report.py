@@ -186,7 +186,7 @@ def forgetting_words(f: dict[str, Any]) -> list[str]:
         ppl += f", 95% CI {100 * low:+.1f}% to {100 * high:+.1f}%"
     words = [ppl + ")"]
     if f["questions"]:
-        acc = f"general questions {100 * f['accuracy_before']:.0f}% → {100 * f['accuracy_after']:.0f}% " \
+        acc = f"general questions {100 * f['accuracy_before']:.1f}% → {100 * f['accuracy_after']:.1f}% " \
               f"({100 * f['accuracy_change']:+.1f} pts"
         if f.get("accuracy_interval"):
             low, high = f["accuracy_interval"]
