@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import write_jsonl
+from tests.emulated_device import EmulatedDevice
 from tunelab.config import load_config
 from tunelab.data import load_dataset
 from tunelab.events import Events
@@ -90,6 +91,22 @@ def test_rows_become_batches(setup):
     assert len(s.prepared.train) == len(ROWS[s.task.name])
 
 
+def test_scoring_runs_with_the_model_on_an_accelerator(setup):
+    """Every tensor the task's scoring makes follows the model's device: held-out loss, generation, rewards,
+    labels, embeddings and the baselines run with the model on an emulated accelerator (tests/emulated_device.py;
+    the CUDA tests skip here) and give the numbers they give on the CPU. Runs before any training step."""
+    s = setup
+    on_cpu = s.task.evaluate(s.model, s.tokenizer, s.prepared.held_out, s.config).metrics
+    with EmulatedDevice() as device:
+        device.place(s.model)
+        elsewhere = s.task.evaluate(s.model, s.tokenizer, s.prepared.held_out, s.config).metrics
+        s.task.validate(s.model, s.tokenizer, s.prepared.held_out, s.config, tuple(s.task.validation_metrics(s.config)))
+        s.task.baselines(s.model, s.tokenizer, s.data, s.data, s.prepared, s.config, Events())
+    timings = ("speedup",)  # distill: wall-clock ratios differ from call to call
+    assert {k: v for k, v in elsewhere.items() if k not in timings} == \
+        pytest.approx({k: v for k, v in on_cpu.items() if k not in timings}, rel=1e-5)
+
+
 def test_a_few_steps_lower_the_loss(setup):
     s = setup
     has_loss = "eval_loss" in s.task.validation_metrics(s.config)
@@ -157,7 +174,7 @@ def test_known_answer_uniform_model(setup):
         stub = Uniform(1 if kind == "cls" else len(s.tokenizer), SimpleNamespace(kind=kind))
         metrics = s.task.evaluate(stub, s.tokenizer, s.prepared.held_out, config).metrics
         assert metrics["eval_loss"] == pytest.approx(math.log(2), rel=1e-6)
-        assert (metrics["pairwise_accuracy"], metrics["reward_margin"]) == (0.0, 0.0)  # a tie is not a win
+        assert (metrics["pairwise_accuracy"], metrics["reward_margin"]) == (0.5, 0.0)  # a tie counts one half
         return
     if s.task.name == "rlhf":  # the reward function returns each greedy answer's length
         scores = s.task.evaluate(s.model, s.tokenizer, s.prepared.held_out, config)
@@ -180,7 +197,8 @@ def test_known_answer_uniform_model(setup):
         corpus = len(ROWS["contrastive"])
         metrics = s.task.evaluate(Uniform(0, SimpleNamespace(kind="encoder")), s.tokenizer, s.prepared.held_out,
                                   config).metrics
-        assert metrics["eval_loss"] == pytest.approx(math.log(corpus), rel=1e-5)
+        # the loss's corpus: the texts of as many rows as the train sample holds (eval.train_sample=8)
+        assert metrics["eval_loss"] == pytest.approx(math.log(8), rel=1e-5)
         assert metrics["mrr"] == pytest.approx(1 / corpus) and metrics["recall_at_10"] == 0.0
         return
     labels = config.classify.labels

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,22 @@ def test_demos_are_dropped_from_the_end_until_the_prompt_fits(tokenizer):
     assert none.meta["shots"] == 0
 
 
+def test_a_prompt_too_long_even_alone_is_scored_with_no_demos_not_dropped(tokenizer):
+    """Every column scores the same rows: a prompt over the budget runs with no demos, as zero-shot runs it."""
+    from tunelab.config import load_config
+    from tunelab.data import Dataset
+    from tunelab.tasks.few_shot import few_shot_held_out, shots_shown
+
+    rows = [PC_ROWS[7], {"prompt": "word " * 200 + "Q8:", "completion": " A8"}, PC_ROWS[9]]
+    held = Dataset(Path("eval.jsonl"), "prompt_completion", rows, [1, 2, 3])
+    base = HeldOut([], SFT.generation_cases(held, tokenizer, 0), 0)
+    config = load_config(None, ["data.train=x.jsonl", "eval.few_shot_k=2", "eval.max_new_tokens=16"])
+    shots = few_shot_held_out(SFT, PC_ROWS[:5], held, tokenizer, base, config, context_tokens=100)
+    assert [c.line for c in shots.cases] == [1, 2, 3]
+    assert [c.meta["shots"] for c in shots.cases] == [2, 0, 2] and shots.cases[1].prompt_ids == base.cases[1].prompt_ids
+    assert shots_shown(shots, 2) == {"k": 2, "mean_shots": pytest.approx(4 / 3), "fewer_shots": 1}
+
+
 def test_run_puts_zero_shot_few_shot_and_tuned_side_by_side(tiny_config, capsys):
     from tunelab.cli_output import print_summary
     from tunelab.train.run import run
@@ -60,11 +77,14 @@ def test_run_puts_zero_shot_few_shot_and_tuned_side_by_side(tiny_config, capsys)
     s = result.summary
     assert s["zero_shot"] == s["before"]
     few = s["baselines"]["few_shot"]
-    assert set(few) == {"label", "metrics", "k", "mean_shots"} and set(few["metrics"]) == {"exact_match", "token_f1"}
+    assert set(few) == {"label", "metrics", "k", "mean_shots", "fewer_shots"}
+    assert set(few["metrics"]) == {"exact_match", "token_f1"}
     assert few["k"] == 2 and few["mean_shots"] == pytest.approx(2.0) and few["label"] == "2-shot"
+    assert few["fewer_shots"] == 0
     print_summary(result.run_dir, s)
-    header = capsys.readouterr().out.strip().splitlines()[0].split()
-    assert header == ["metric", "zero-shot", "2-shot", "tuned", "change"]
+    out = capsys.readouterr().out.strip().splitlines()
+    assert re.split(r"\s{2,}", out[0]) == ["metric", "zero-shot", "2-shot", "tuned", "change [95% CI]"]
+    assert "95% CI" in next(line for line in out if line.startswith("- "))  # the verdict's first line
 
 
 def test_few_shot_is_skipped_when_k_is_zero(tiny_config):
@@ -154,21 +174,74 @@ class RunsOn(torch.nn.Module):
         return torch.cat([input_ids, torch.tensor([self.tail] * len(input_ids))], dim=1)
 
 
-def test_few_shot_answers_are_cut_before_the_next_demo(tokenizer):
+def held_out_of(rows: list[dict], tokenizer):
     from tunelab.config import load_config
     from tunelab.data import Dataset
+
+    config = load_config(None, ["data.train=x.jsonl", "eval.few_shot_k=2", "model=tiny-random-llama"])
+    held = Dataset(Path("eval.jsonl"), "prompt_completion", rows, list(range(1, len(rows) + 1)))
+    bare = SFT.held_out(config, tokenizer, held, None)
+    bare.encoded = []  # the stub models below only generate
+    return config, held, bare
+
+
+def test_few_shot_answers_are_cut_before_the_next_demo(tokenizer):
     from tunelab.tasks.few_shot import few_shot_held_out
     from tunelab.tasks.lm import score
 
-    config = load_config(None, ["data.train=x.jsonl", "eval.few_shot_k=2"])
-    held = Dataset(Path("eval.jsonl"), "prompt_completion", [PC_ROWS[9]], [1])
-    bare = HeldOut([], SFT.generation_cases(held, tokenizer, 0), 0)
+    config, held, bare = held_out_of([PC_ROWS[9]], tokenizer)
     shots = few_shot_held_out(SFT, PC_ROWS[:5], held, tokenizer, bare, config, 512)
     model = RunsOn(tokenizer, " A9\n\nQ0: A0\n\nQ")
     scores = score(model, tokenizer, shots, config.eval)
     assert [s["output"] for s in scores.samples] == ["A9"]
     assert scores.metrics["exact_match"] == 1.0
-    assert model.asked["stop_strings"] == ["\n\n"] and model.asked["tokenizer"] is tokenizer
+    assert "stopping_criteria" in model.asked
+
+
+def test_zero_shot_answers_end_at_the_formats_natural_end(tokenizer):
+    """An untuned model runs on past a one-line answer into the next row: zero-shot stops at the newline
+    (it ran to max_new_tokens, and exact match collapsed to 0)."""
+    from tunelab.tasks.lm import score
+
+    config, _, bare = held_out_of([PC_ROWS[9]], tokenizer)
+    assert bare.stop == ("\n",)
+    scores = score(RunsOn(tokenizer, " A9\nQ10: A10\nQ11:"), tokenizer, bare, config.eval)
+    assert [s["output"] for s in scores.samples] == ["A9"] and scores.metrics["exact_match"] == 1.0
+
+
+def test_answers_with_blank_lines_are_not_cut_at_the_demo_separator(tokenizer):
+    """A reference holding a blank line: demos are separated by a marked line instead, and the answer ends
+    there, so zero-shot, few-shot and the tune all keep the whole answer."""
+    from tunelab.tasks.few_shot import few_shot_held_out
+    from tunelab.tasks.lm import score
+
+    rows = [{"prompt": f"Q{i}:", "completion": f" line {i}\n\nline {i + 1}"} for i in range(6)]
+    config, held, bare = held_out_of(rows[5:], tokenizer)
+    assert bare.stop == ("\n\n###\n\n",)
+    shots = few_shot_held_out(SFT, rows[:2], held, tokenizer, bare, config, 512)
+    prompt = tokenizer.decode(shots.cases[0].prompt_ids, skip_special_tokens=True)
+    assert prompt == "Q0: line 0\n\nline 1\n\n###\n\nQ1: line 1\n\nline 2\n\n###\n\nQ5:"
+    model = RunsOn(tokenizer, " line 5\n\nline 6\n\n###\n\nQ0: line")
+    for held_out in (bare, shots):
+        scores = score(model, tokenizer, held_out, config.eval)
+        assert [s["output"] for s in scores.samples] == ["line 5\n\nline 6"] and scores.metrics["exact_match"] == 1.0
+
+
+def test_a_stop_string_is_looked_for_in_the_answer_only(tokenizer):
+    """A prompt ending in a newline and an answer opening with one make a blank line across the boundary:
+    transformers' stop_strings end the answer there, empty; the answer's own stop check does not."""
+    from transformers import StopStringCriteria
+
+    from tunelab.scoring.generate import AnswerStops, cut_at
+
+    prompt = tokenizer("Q9:\n", add_special_tokens=False)["input_ids"]
+    opening = torch.tensor([prompt + tokenizer("\n", add_special_tokens=False)["input_ids"]])
+    assert bool(StopStringCriteria(tokenizer, ["\n\n"])(opening, None)[0])  # what went wrong
+    stops = AnswerStops(tokenizer, ["\n\n"], len(prompt))
+    assert not bool(stops(opening, None)[0])
+    answered = torch.tensor([prompt + tokenizer("\n A9\n\nQ", add_special_tokens=False)["input_ids"]])
+    assert bool(stops(answered, None)[0])
+    assert cut_at("\n A9\n\nQ", ["\n\n"]) == "A9" and cut_at("\nA9\nQ", ["\n"]) == "A9"
 
 
 def test_generation_halts_at_a_stop_string_on_a_real_model(tiny_model_dir, tokenizer):

@@ -42,14 +42,16 @@ def test_full_at_a_high_rate_forgets_more_than_lora_and_replay_helps(dates):
     assert replay["perplexity_change"] < full["perplexity_change"] * 0.8
 
 
-def test_the_bundled_model_answers_every_shipped_question():
+def test_the_probe_is_no_filter_the_bundled_model_gets_some_questions_wrong():
+    """The questions were not kept for being answered by one model: the bundled base answers some and misses
+    others, so accuracy after tuning can fall or rise. Measured on all 351: 58% right."""
     from tunelab.data.general import probe_questions
     from tunelab.eval import forgetting
     from tunelab.models import resolve_model
     from tunelab.models.loading import LoadRules, ModelSpec, load_pair
 
     tokenizer, model = load_pair(resolve_model("smollm2-135m-instruct"), ModelSpec(), LoadRules())
-    probe = forgetting.measure(model, tokenizer, batch_size=16)
-    wrong = [(q["question"], a) for q, a in zip(probe_questions(), probe["answers"])
-             if not forgetting.answered(a, q["answers"])]
-    assert wrong == [] and probe["accuracy"] == 1.0
+    probe = forgetting.measure(model, tokenizer, batch_size=16, questions=64)
+    right = [forgetting.answered(a, q["answers"]) for q, a in zip(probe_questions(), probe["answers"])]
+    assert probe["questions"] == 64 and probe["accuracy"] == pytest.approx(sum(right) / 64)
+    assert 0.3 < probe["accuracy"] < 0.9

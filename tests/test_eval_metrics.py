@@ -58,6 +58,16 @@ def test_json_metrics():
     assert got["exact_match"] == 0.0  # strict: spacing differs from the reference
 
 
+@pytest.mark.parametrize("answer, reference, expected", [
+    ('{"ok": 1}', '{"ok": true}', 0.0), ('{"ok": true}', '{"ok": 1}', 0.0), ('{"n": 1.0}', '{"n": 1}', 0.0),
+    ('{"n": [1, true]}', '{"n": [1, 1]}', 0.0), ('{"n": {"b": 2, "a": 1}}', '{"n": {"a": 1, "b": 2}}', 1.0),
+    ('[1, 5, 3]', '[1, 2, 3]', 2 / 3), ('[1, 2]', '[1, 2, 3]', 2 / 3), ('{"0": 1}', '[1]', 0.0),
+    ('[1, 2, 3]', ' [1,2,3]', 1.0), ('"yes"', '"yes"', 1.0), ('[]', '[]', 1.0)])
+def test_json_fields_compares_values_as_json_types(answer, reference, expected):
+    """true, 1 and 1.0 are different JSON values; an array's fields are its positions."""
+    assert scores("json_fields", answers=[answer], refs=[reference])["json_fields"] == pytest.approx(expected)
+
+
 def test_perplexity_is_read_from_the_loss_not_generations():
     assert METRICS["perplexity"].compute is None
     assert scores("perplexity", "exact_match", answers=["x"], refs=["x"]) == {"exact_match": 1.0}

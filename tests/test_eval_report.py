@@ -37,20 +37,36 @@ def test_markdown_opens_with_the_verdict_and_shows_ten_examples(finished_run):
     verdict = text.split("## Verdict")[1].split("##")[0]
     assert "zero-shot" in verdict and "2-shot" in verdict and "forgetting" in verdict and "Fit:" in verdict
     assert text.count("**Prompt:**") == 10 and text.count("- base (2-shot):") == 10
-    assert "| metric | zero-shot | 2-shot | tuned | change |" in text
+    assert "| metric | zero-shot | 2-shot | tuned | change [95% CI] |" in text
 
 
 def test_summary_has_the_evidence_entries(finished_run):
     s = json.loads((finished_run.run_dir / "summary.json").read_text())
-    assert {"before", "after", "zero_shot", "baselines", "forgetting", "diagnosis", "early_stopping"} <= set(s)
+    assert {"before", "after", "zero_shot", "baselines", "comparisons", "forgetting", "diagnosis",
+            "early_stopping"} <= set(s)
     # four LoRA steps barely move a random model: general ability cannot change by 10%, and the loss on
     # its own training rows falls far less than 10%, which is underfitting
     f = s["forgetting"]
-    assert f["questions"] == 20 and abs(f["perplexity_change"]) < 0.01 and f["flagged"] is False
+    assert f["questions"] == 200 and abs(f["perplexity_change"]) < 0.01 and f["flagged"] is False
+    assert f["perplexity_interval"][0] <= f["perplexity_change"] <= f["perplexity_interval"][1]
     assert s["train_sample"]["after"]["eval_loss"] > 0.9 * s["train_sample"]["before"]["eval_loss"]
     assert s["diagnosis"]["verdict"] == "underfitting"
     verdict = (finished_run.run_dir / "report.md").read_text().split("## Verdict")[1].split("##")[0]
-    assert "No forgetting beyond the 10% threshold" in verdict and "Fit: underfitting: loss on train rows" in verdict
+    assert "No forgetting beyond the thresholds (+10% perplexity, -5 pts accuracy)" in verdict
+    assert "Fit: underfitting: loss on train rows" in verdict
+
+
+def test_every_compared_metric_has_its_interval_against_zero_shot_and_the_baseline(finished_run):
+    s = json.loads((finished_run.run_dir / "summary.json").read_text())
+    compared = {k for k in s["before"] if k != "eval_loss_se"}
+    assert set(s["comparisons"]) == {"zero_shot", "few_shot"}
+    assert set(s["comparisons"]["zero_shot"]) == compared  # eval loss, perplexity, exact match, token F1
+    assert set(s["comparisons"]["few_shot"]) == set(s["baselines"]["few_shot"]["metrics"])
+    for name, c in s["comparisons"]["zero_shot"].items():
+        assert c["difference"] == pytest.approx(s["after"][name] - s["before"][name])
+        assert c["low"] <= c["difference"] <= c["high"] and c["rows"] == 12
+    assert s["comparisons"]["zero_shot"]["exact_match"]["test"] == "McNemar exact"
+    assert s["comparisons"]["zero_shot"]["token_f1"]["test"] == "paired bootstrap"
 
 
 def test_html_is_self_contained(finished_run):
@@ -97,6 +113,7 @@ def test_html_renders_in_headless_chromium(finished_run, tmp_path):
 
 
 def test_the_verdict_names_what_tuning_made_worse_beside_the_headline_gain():
+    """A summary with no intervals (written before they existed): the raw rule, 5 points."""
     from tunelab.eval.report import regression_sentence
 
     summary = {"metrics": ["pairwise_accuracy", "json_valid", "exact_match"],
@@ -106,3 +123,20 @@ def test_the_verdict_names_what_tuning_made_worse_beside_the_headline_gain():
     assert regression_sentence(summary) == "Worse after tuning: valid JSON 75.0% → 0.0% (-75.0 pts)."
     summary["after"]["json_valid"] = 0.72
     assert regression_sentence(summary) is None
+
+
+def test_an_old_summary_without_intervals_still_reads(tmp_path):
+    """summary.json from before intervals (no comparisons, one forgetting threshold): the verdict says so."""
+    from tunelab.eval.report import comparison_header, comparison_rows, forgetting_rows, verdict
+
+    old = {"metrics": ["exact_match"], "before": {"exact_match": 0.1}, "after": {"exact_match": 0.5},
+           "baselines": {"few_shot": {"label": "3-shot", "metrics": {"exact_match": 0.3}}},
+           "forgetting": {"perplexity_before": 10.0, "perplexity_after": 10.5, "perplexity_change": 0.05,
+                          "accuracy_before": 1.0, "accuracy_after": 0.9, "accuracy_change": -0.1, "questions": 20,
+                          "threshold": 0.1, "flagged": False, "remedies": []}}
+    lines = verdict(old)
+    assert lines[0] == ("Tuning helped: exact match 10.0% zero-shot, 30.0% 3-shot, 50.0% tuned (+40.0 pts over "
+                        "zero-shot, +20.0 pts over 3-shot; no interval).")
+    assert lines[1].startswith("No forgetting beyond the 10% threshold") and lines[1].endswith("(no interval).")
+    assert comparison_header(old)[-1] == "change" and comparison_rows(old)[0][-1] == "+40.0 pts"
+    assert forgetting_rows(old)[1][3] == "-10.0 pts"

@@ -73,6 +73,33 @@ def test_merged_checkpoint_computes_what_the_adapter_computes(make_run, method, 
     for name in ("model.safetensors", "config.json", "tokenizer.json", "README.md"):
         assert (tmp_path / "merged" / name).is_file(), name
     assert "<|im_start|>" in (tmp_path / "merged" / "chat_template.jinja").read_text()
+    assert ("quantization_gap" in report["checks"]) == (method in ("qlora", "lora-int8"))
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora-int8"])
+def test_a_merged_export_of_a_quantized_run_reports_its_quantization_gap(make_run, method, tmp_path):
+    """The merge is onto a full-precision base; the run trained over a 4-bit (8-bit) one. Against the run's own
+    model the export is measured, not assumed equal: logits, top-1 and answer loss, beside the two bases' gap."""
+    from tunelab.export.verify import describe_check
+
+    run_dir = make_run(method)
+    gap = export_run(run_dir, "merged", tmp_path / "merged")["checks"]["quantization_gap"]
+    assert gap["rows"] == 4 and gap["answer_positions"] > 0
+    assert 0 < gap["max_logit_difference"] and 0 < gap["base_max_logit_difference"]
+    assert 0.5 < gap["answer_top1_agreement"] <= 1 and 0.5 < gap["base_answer_top1_agreement"] <= 1
+    # the export's loss on the answers is the run's own, give or take the quantization
+    assert gap["answer_loss_export"] == pytest.approx(gap["answer_loss_run"], rel=0.05)
+    source = open_run(run_dir)
+    tokenizer, run_model = load_tuned(source)
+    probe = held_out_probes(source, tokenizer, 1)[0]
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    start = len(probe.prompt_ids) - 1
+    own = float((logits_of(run_model, probe.ids) - logits_of(exported, probe.ids))[start:-1].abs().max())
+    assert own <= gap["max_logit_difference"] + 1e-6
+    line = describe_check("quantization_gap", gap)
+    assert "against the run's own model" in line and "information only" in line
 
 
 def test_adapter_export_is_peft_format_with_a_model_card(make_run, tmp_path):

@@ -16,7 +16,7 @@ from tunelab.methods import get_method
 from tunelab.models import resolve_model
 from tunelab.models.loading import LoadRules, load_pair
 from tunelab.tasks import get_task
-from tunelab.tasks.contrastive import embed, retrieval_scores, retrieval_set, sentence_transformer
+from tunelab.tasks.contrastive import Retrieval, embed, retrieval_scores, retrieval_set, sentence_transformer
 from tunelab.train.trainer import common_args
 
 COLOURS = ["red", "green", "blue", "gold"]
@@ -24,20 +24,59 @@ ROWS = [{"anchor": f"what colour is item {i}?", "positive": f"item {i} is {COLOU
          "negative": f"item {i + 1} is {COLOURS[(i + 1) % 4]}"} for i in range(16)]
 
 
+def hand_made(relevant: list[int], negatives: list, window: int = 32) -> Retrieval:
+    return Retrieval([f"q{i}" for i in relevant], [], relevant, list(range(1, len(relevant) + 1)), 32, negatives,
+                     window)
+
+
 def test_retrieval_scores_on_hand_made_similarities():
     similarity = np.array([[0.9, 0.1, 0.2, 0.3],   # own text (0) first: rank 1
                            [0.5, 0.4, 0.6, 0.1],   # own text (1) third: rank 3
                            [0.1, 0.2, 0.3, 0.8]])  # own text (2) second: rank 2
-    found = retrieval_scores(similarity, [0, 1, 2], scale=20.0)
+    found = retrieval_scores(similarity, hand_made([0, 1, 2], [3, None, None]), scale=20.0)
     assert found["recall_at_1"] == pytest.approx(1 / 3) and found["recall_at_10"] == 1.0
     assert found["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 2) / 3)
     expected = torch.nn.functional.cross_entropy(20 * torch.tensor(similarity), torch.tensor([0, 1, 2]))
-    assert found["eval_loss"] == pytest.approx(float(expected), rel=1e-6)
+    assert found["eval_loss"] == pytest.approx(float(expected), rel=1e-6)  # the window holds all 4 texts
+    two = retrieval_scores(similarity, hand_made([0, 1, 2], [3, None, None], window=2), scale=20.0)
+    rows = [[0, 1, 3], [1, 2], [0, 2, 3]]  # query i meets rows i and i+1 (cyclically): positives and negatives
+    by_hand = [torch.nn.functional.cross_entropy(20 * torch.tensor(similarity[i, texts])[None],
+                                                 torch.tensor([texts.index(i)])) for i, texts in enumerate(rows)]
+    assert two["eval_loss"] == pytest.approx(float(sum(by_hand) / 3), rel=1e-6)
 
 
 def test_a_tie_counts_against_the_query():
-    found = retrieval_scores(np.full((2, 12), 0.5), [0, 5], scale=20.0)
+    found = retrieval_scores(np.full((2, 12), 0.5), hand_made([0, 5], [None, None]), scale=20.0)
     assert found["recall_at_1"] == 0.0 and found["recall_at_10"] == 0.0 and found["mrr"] == pytest.approx(1 / 12)
+
+
+def separating(n: int) -> np.ndarray:
+    """Similarities of an encoder equally good on any set: 0.6 to the query's own text, 0.4 to every other."""
+    return np.full((n, n), 0.4) + 0.2 * np.eye(n)
+
+
+def test_held_out_loss_does_not_grow_with_the_number_of_held_out_rows(tmp_path):
+    """The fit diagnosis compares the train sample's loss with the held-out one: an encoder as good on both
+    must give the same loss on 32 train rows and on 400 held-out rows, and no 'overfitting' finding."""
+    from tunelab.eval.diagnosis import Evidence, diagnose
+
+    rows = [{"anchor": f"q{i}", "positive": f"p{i}"} for i in range(400)]
+    big = retrieval_set(load_dataset(write_jsonl(tmp_path / "eval.jsonl", rows), "auto"), 32)
+    small = retrieval_set(load_dataset(write_jsonl(tmp_path / "sample.jsonl", rows[:32]), "auto"), 32)
+    held, train = (retrieval_scores(separating(len(r.queries)), r, scale=20.0)["eval_loss"] for r in (big, small))
+    assert held == pytest.approx(train) and train == pytest.approx(np.log(1 + 31 * np.exp(-4)))
+    found = diagnose(Evidence([], [], {"eval_loss": 5.0}, {"eval_loss": train}, {"eval_loss": held}))
+    assert found["verdict"] != "overfitting", found
+
+
+def test_prepare_gives_both_sets_the_same_loss_corpus(tmp_path):
+    path = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    held = write_jsonl(tmp_path / "held.jsonl", ROWS[:5])
+    config = load_config(None, ["train.epochs=1", f"data.train={path}", "task=contrastive", "model=tiny-random-bert",
+                                "eval.train_sample=12"])
+    task = get_task("contrastive")
+    prepared = task.prepare(config, None, load_dataset(path, "auto"), load_dataset(held, "auto"), Events())
+    assert prepared.held_out.window == prepared.train_sample.window == 5 == prepared.info["loss_window"]
 
 
 def test_the_corpus_holds_each_positive_and_negative_once(tmp_path):

@@ -3,7 +3,10 @@ alignment, the dictionary baseline, and bad input naming what it needs."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from tests.conftest import write_jsonl
 from tunelab.config import load_config
@@ -12,8 +15,8 @@ from tunelab.data.formats import validate_row
 from tunelab.data.rows import Row
 from tunelab.errors import DataError
 from tunelab.scoring.metrics import generation_scores
-from tunelab.tasks.ner import IGNORE, Tagged, dictionary_tags, encode_row, encode_rows, words_and_tags
 from tunelab.inputs import choose_task
+from tunelab.tasks.ner import IGNORE, Tagged, dictionary_tags, encode_row, encode_rows, predict, words_and_tags
 
 NAMES = ["entity_f1", "entity_precision", "entity_recall"]
 REFERENCES = ["B-PER I-PER O B-LOC", "O B-ORG"]  # three entities
@@ -47,11 +50,35 @@ def bert_tokenizer():
 def test_only_a_words_first_subword_carries_its_tag(bert_tokenizer):
     tokenizer = bert_tokenizer
     words = ["Ada", "Lovelace", "lived"]
-    row = encode_row(words, [3, 4, 0], tokenizer, 64)
+    row, word_at = encode_row(words, [3, 4, 0], tokenizer, 64)
     pieces = tokenizer.convert_ids_to_tokens(row["input_ids"])
     assert pieces == ["[CLS]", "ada", "love", "##lace", "lived", "[SEP]"]
-    assert row["labels"] == [IGNORE, 3, 4, IGNORE, 0, IGNORE]
-    assert encode_row(words, [3, 4, 0], tokenizer, 4)["labels"] == [IGNORE, 3, 4, IGNORE]  # cut: "lived" is gone
+    assert row["labels"] == [IGNORE, 3, 4, IGNORE, 0, IGNORE] and word_at == [0, 1, 2]
+    assert encode_row(words, [3, 4, 0], tokenizer, 4)[0]["labels"] == [IGNORE, 3, 4, IGNORE]  # cut: "lived" is gone
+
+
+class TagsOneToken(torch.nn.Module):
+    """A token classifier that tags one sub-word id as class 1 and every other sub-word as class 0 (O)."""
+
+    def __init__(self, token_id: int, names: list[str]):
+        super().__init__()
+        self.token_id, self.config = token_id, SimpleNamespace(id2label=dict(enumerate(names)))
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        logits = torch.stack([torch.zeros(input_ids.shape), (input_ids == self.token_id).float()], dim=-1)
+        return SimpleNamespace(logits=logits + 0 * self.anchor)
+
+
+def test_predictions_stay_on_their_words_after_a_word_with_no_subword(bert_tokenizer):
+    """A zero-width character is a word the tokenizer drops: the words after it keep their own predictions."""
+    words = ["Ann", "\u200b", "lives", "in", "Paris", "now"]
+    row, word_at = encode_row(words, [0] * len(words), bert_tokenizer, 64)
+    assert word_at == [0, 2, 3, 4, 5]  # word 1 has no sub-word
+    held = Tagged([row], [1], [words], [["O"] * len(words)], [word_at])
+    paris = bert_tokenizer.convert_tokens_to_ids("paris")
+    _, predicted = predict(TagsOneToken(paris, ["O", "B-LOC"]), bert_tokenizer, held, batch_size=4)
+    assert predicted == [["O", "O", "O", "O", "B-LOC", "O"]]
 
 
 def test_dictionary_baseline_tags_each_word_as_most_often_in_training():

@@ -24,7 +24,7 @@ from tunelab.models.loading import LoadRules, load_pair
 from tunelab.scoring.metrics import pairwise_scores
 from tunelab.tasks import TASKS
 from tunelab.tasks.dpo import answer_logps, implicit_rewards
-from tunelab.tasks.lm import heldout_loss
+from tunelab.tasks.lm import IGNORE, heldout_loss
 from tunelab.tasks.preference import trl_config
 from tunelab.tasks.rlhf import load_reward_function
 from tunelab.inputs import choose_task
@@ -35,7 +35,7 @@ PAIRS = [{"prompt": f"Colour {i}?", "chosen": "red" * (1 + i % 3), "rejected": "
 
 def test_pairwise_scores_known_answer():
     got = pairwise_scores([1.0, 2.0, 3.0], [0.0, 2.0, 5.0])
-    assert got["pairwise_accuracy"] == pytest.approx(1 / 3)  # the tie (2, 2) is not a win
+    assert got["pairwise_accuracy"] == pytest.approx(1.5 / 3)  # the tie (2, 2) counts one half
     assert got["reward_margin"] == pytest.approx((1 + 0 - 2) / 3)
 
 
@@ -62,35 +62,79 @@ def prepared_for(task_name: str, tmp_path: Path, rows: list, *overrides: str):
                            prepared=task.prepare(config, tokenizer, data, data, Events()))
 
 
+CHAT_PAIRS = [{"prompt": [{"role": "user", "content": f"Colour {i}?"}],
+               "chosen": [{"role": "assistant", "content": "red" * (1 + i % 3)}],
+               "rejected": [{"role": "assistant", "content": "no"}]} for i in range(6)]
+
+
+@pytest.mark.parametrize("rows", [PAIRS, CHAT_PAIRS], ids=["strings", "chats"])
+def test_held_out_pairs_are_the_sequences_trl_trains_on(tmp_path, rows):
+    """Scored as trained: the held-out sequences equal TRL's own tokenization of the same rows (DPOTrainer's
+    prompt + answer with the loss on the answer, RewardTrainer's whole sequence), and an answer ends once: a
+    chat answer at the template's end of turn, a string answer at one EOS."""
+    (tmp_path / "dpo").mkdir(), (tmp_path / "reward").mkdir()
+    dpo = prepared_for("dpo", tmp_path / "dpo", rows, "method=lora", "train.precision=fp32")
+    model = get_method("lora").apply(dpo.model, dpo.config, dpo.spec)
+    trained = dpo.task.trainer(model, dpo.tokenizer, dpo.prepared, common_args(dpo.config, tmp_path / "ck"), [])
+    held, eos = dpo.prepared.held_out, dpo.tokenizer.eos_token_id
+    prompt_lengths = [len(example["prompt_ids"]) for example in trained.train_dataset]
+    for example, chosen, rejected in zip(trained.train_dataset, held.chosen, held.rejected):
+        prompt = [IGNORE] * len(example["prompt_ids"])
+        assert (chosen.input_ids, chosen.labels) == (example["prompt_ids"] + example["chosen_ids"],
+                                                     prompt + example["chosen_ids"])
+        assert (rejected.input_ids, rejected.labels) == (example["prompt_ids"] + example["rejected_ids"],
+                                                         prompt + example["rejected_ids"])
+        assert [t for t in chosen.labels if t != IGNORE].count(eos) == 1
+    reward = prepared_for("reward", tmp_path / "reward", rows, "train.precision=fp32")
+    trained = reward.task.trainer(reward.model, reward.tokenizer, reward.prepared,
+                                  common_args(reward.config, tmp_path / "ck2"), [])
+    assert [e["chosen_ids"] for e in trained.train_dataset] == reward.prepared.held_out.chosen
+    assert [e["rejected_ids"] for e in trained.train_dataset] == reward.prepared.held_out.rejected
+    assert all(ids[start:].count(eos) == 1 for ids, start in zip(reward.prepared.held_out.chosen, prompt_lengths))
+
+
 def test_reward_metrics_from_hand_set_rewards(tmp_path):
     s = prepared_for("reward", tmp_path, PAIRS)
     metrics = s.task.evaluate(LengthReward(), s.tokenizer, s.prepared.held_out, s.config).metrics
     held = s.prepared.held_out
-    # "red" and "no" are one token each: chosen is 0, 1 or 2 tokens longer; the ties are not wins
+    # "red" and "no" are one token each: chosen is 0, 1 or 2 tokens longer; the two ties count one half each
     assert [len(c) - len(r) for c, r in zip(held.chosen, held.rejected)] == [0, 1, 2, 0, 1, 2]
-    assert metrics["pairwise_accuracy"] == pytest.approx(4 / 6)
+    assert metrics["pairwise_accuracy"] == pytest.approx(5 / 6)
     assert metrics["reward_margin"] == pytest.approx(1.0)
 
 
+def logp_by_hand(model: torch.nn.Module, example) -> float:
+    """log p(answer | prompt) from one plain forward of the whole sequence, in float64: each position's
+    log-softmax read at the next token, summed over the supervised tokens (no tunelab scoring code)."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([example.input_ids])).logits[0].double()
+    targets = torch.tensor(example.labels[1:])
+    keep = targets != IGNORE
+    return float(torch.log_softmax(logits[:-1], -1)[keep].gather(1, targets[keep][:, None]).sum())
+
+
 def test_dpo_reference_is_the_adapter_switched_off(tmp_path):
-    s = prepared_for("dpo", tmp_path, PAIRS, "method=lora", "dpo.beta=0.5")
+    s = prepared_for("dpo", tmp_path, PAIRS, "method=lora", "dpo.beta=0.5", "train.precision=fp32")
     lora = get_method("lora")
     model = lora.apply(s.model, s.config, s.spec)
     held = s.prepared.held_out
     fresh = implicit_rewards(model, held, 4)
-    assert fresh["reward_margin"] == 0.0 and fresh["eval_loss"] == pytest.approx(0.6931471805599453)
+    assert fresh == pytest.approx({"eval_loss": math.log(2), "pairwise_accuracy": 0.5, "reward_margin": 0.0})
     torch.manual_seed(1)
     for name, param in model.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.05)
-    policy = [answer_logps(model, e, held.pad_id, 4) for e in (held.chosen, held.rejected)]
+    policy = [[logp_by_hand(model, e) for e in side] for side in (held.chosen, held.rejected)]
     with lora.disabled(model):
-        base = [answer_logps(model, e, held.pad_id, 4) for e in (held.chosen, held.rejected)]
-    rewards = [[0.5 * (p - b) for p, b in zip(ps, bs)] for ps, bs in zip(policy, base)]
-    expected = pairwise_scores(*rewards)
+        base = [[logp_by_hand(model, e) for e in side] for side in (held.chosen, held.rejected)]
+    base_model = load_pair(resolve_model("tiny-random-llama"), s.spec, LoadRules())[1]
+    assert base[0][0] == pytest.approx(logp_by_hand(base_model, held.chosen[0]), rel=1e-6)  # switched off = base
+    chosen, rejected = ([0.5 * (p - b) for p, b in zip(ps, bs)] for ps, bs in zip(policy, base))
+    margins = [c - r for c, r in zip(chosen, rejected)]
     got = implicit_rewards(model, held, 4)
-    assert got["reward_margin"] == pytest.approx(expected["reward_margin"], rel=1e-5) and expected["reward_margin"] != 0
-    assert got["pairwise_accuracy"] == pytest.approx(expected["pairwise_accuracy"])
+    assert got["reward_margin"] == pytest.approx(sum(margins) / 6, rel=1e-5) and abs(got["reward_margin"]) > 1e-3
+    assert got["pairwise_accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 6)
+    assert got["eval_loss"] == pytest.approx(sum(math.log1p(math.exp(-m)) for m in margins) / 6, rel=1e-5)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -142,7 +142,8 @@ def print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     if "repeat" in summary:
         from tunelab.experiments import interval_rows
 
-        print(f"\nover seeds {summary['repeat']['seeds']} (the table above shows means):")
+        print(f"\nover seeds {summary['repeat']['seeds']} (the table above shows means; these intervals are the "
+              "spread between seeds only, the verdict's also hold the held-out sampling):")
         print_table([("", "metric", "mean", "95% interval"), *interval_rows(summary)])
     t = summary["train"]
     print(f"\ntrained {summary['trainable_params']:,} parameters for {t['steps']} steps in {t['seconds']:.0f} s "

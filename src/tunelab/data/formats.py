@@ -39,9 +39,6 @@ class Format:
     priority: int = 100                   # ...unless a shape with a lower priority matches it first
     label_field: str | None = None        # a class label: splits are stratified on it, `data check` counts it
     demos: bool = False                   # held-out rows can be shown training rows first (`with_demos`)
-    # Where a demo'd answer ends: shown demos, a base model answers, then carries on into a new demo;
-    # generation stops at these strings so only the answer is scored.
-    demo_stop: tuple[str, ...] = ()
     synth: bool = False                   # `data synth` writes it (`seed_input`, `compose`)
     answered: bool = False                # synth asks the teacher to answer each new input (`seed_answer`)
     example: Fields = {}                  # one valid row, shown when rows of another shape are given
@@ -83,8 +80,14 @@ class Format:
         """The held-out prompt a model answers and its reference; None when the shape has no answer."""
         return None
 
-    def with_demos(self, fields: Fields, demos: list[Fields]) -> Fields:
-        """The row with training rows shown in context before its prompt (when `demos`)."""
+    def answer_end(self, references: list[str]) -> str | None:
+        """Where a generated answer ends when the model runs on past it (an untuned model does), a string no
+        reference holds; None: only the model's own end (a chat turn's end-of-turn token)."""
+        return None
+
+    def with_demos(self, fields: Fields, demos: list[Fields], end: str | None = None) -> Fields:
+        """The row with training rows shown in context before its prompt (when `demos`); `end` is where
+        answers end (`answer_end`), so each shown answer ends there too."""
         raise NotImplementedError
 
     def seed_input(self, fields: Fields) -> str:
@@ -195,6 +198,9 @@ register_format(Text())
 
 
 DEMO_SEPARATOR = "\n\n"
+# Where a prompt/completion answer ends, the first of these no reference holds: a newline for one-line
+# answers, else a blank line (which also separates demos), else a marked separator line.
+ANSWER_ENDS = ("\n", DEMO_SEPARATOR, "\n\n###\n\n")
 
 
 class PromptCompletion(Format):
@@ -206,7 +212,6 @@ class PromptCompletion(Format):
     priority = 30
     example = {"prompt": "Capital of France?", "completion": " Paris"}
     demos = True
-    demo_stop = (DEMO_SEPARATOR,)  # chat turns end at the template's end-of-turn token: no stop string there
     synth = True
     answered = True
 
@@ -226,8 +231,15 @@ class PromptCompletion(Format):
         ids = tokenizer(fields["prompt"], add_special_tokens=True)["input_ids"]
         return Prompt(ids, fields["completion"], fields["prompt"])
 
-    def with_demos(self, fields: Fields, demos: list[Fields]) -> Fields:
-        shown = "".join(d["prompt"] + d["completion"] + DEMO_SEPARATOR for d in demos)
+    def answer_end(self, references: list[str]) -> str | None:
+        """The first of ANSWER_ENDS inside no reference: a model that runs on past its answer (an untuned one
+        writes the next row, or prose) is cut there, and no reference is ever cut."""
+        return next((end for end in ANSWER_ENDS if not any(end in r.strip() for r in references)), None)
+
+    def with_demos(self, fields: Fields, demos: list[Fields], end: str | None = None) -> Fields:
+        """Demos separated by a blank line, or by the answer end when answers hold blank lines themselves."""
+        separator = end if end and end != "\n" else DEMO_SEPARATOR
+        shown = "".join(d["prompt"] + d["completion"] + separator for d in demos)
         return {**fields, "prompt": shown + fields["prompt"]}
 
     def seed_input(self, fields: Fields) -> str:
@@ -277,7 +289,7 @@ class Messages(Format):
     def generation_prompt(self, fields: Fields, tokenizer: Any) -> Prompt:
         return chat_prompt(fields["messages"], tokenizer)
 
-    def with_demos(self, fields: Fields, demos: list[Fields]) -> Fields:
+    def with_demos(self, fields: Fields, demos: list[Fields], end: str | None = None) -> Fields:
         """Demo conversations become earlier turns; the held-out row's system message stays first."""
         system = [m for m in fields["messages"] if m["role"] == "system"]
         shown = [{"role": m["role"], "content": m["content"]} for d in demos for m in d["messages"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from tunelab.errors import ConfigError
-from tunelab.eval import forgetting
+from tunelab.eval import forgetting, intervals
 from tunelab.eval.diagnosis import Evidence, diagnose, read_curves
 from tunelab.eval.early_stopping import BestWeights
 from tunelab.precision import autocast
@@ -100,15 +100,20 @@ def baseline_entry(baseline: Baseline) -> dict[str, Any]:
 def after_training(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Prepared, before: Before,
                    zero_shot: Scores, after: Scores, config: Any, run_dir: Path, best: BestWeights | None,
                    final_step: int, events: Any) -> dict[str, Any]:
-    """summary.json entries: zero_shot, baselines, forgetting, train_sample, diagnosis, early_stopping."""
+    """summary.json entries: zero_shot, baselines, comparisons (the tuned model against zero-shot and each
+    baseline, with intervals), forgetting, train_sample, diagnosis, early_stopping."""
+    others = {"zero_shot": zero_shot, **{name: b.scores for name, b in before.baselines.items()}}
     entries: dict[str, Any] = {"zero_shot": zero_shot.metrics, "forgetting": None,
                                "baselines": {name: baseline_entry(b) for name, b in before.baselines.items()},
+                               "comparisons": intervals.comparisons(after, others),
                                "early_stopping": best.summary(final_step) if best else None}
     if before.probe is not None:
         events.emit("evaluating", which="probe", what="general ability after training (forgetting probe)")
         probe_after = forgetting.measure(model, tokenizer, config.eval.batch_size, config.eval.forgetting_questions,
                                          config.eval.generation_batch)
-        entries["forgetting"] = forgetting.compare(before.probe, probe_after, config.eval.forgetting_threshold)
+        entries["forgetting"] = forgetting.compare(before.probe, probe_after,
+                                                   config.eval.forgetting_perplexity_threshold,
+                                                   config.eval.forgetting_accuracy_threshold)
     train_after: dict[str, float] = {}
     if prepared.train_sample is not None:
         train_after = task.evaluate(model, tokenizer, prepared.train_sample, config).metrics

@@ -9,9 +9,9 @@ from typing import Any
 
 from tunelab.eval.diagnosis import read_curves
 from tunelab.scoring.metrics import METRICS, describe
-from tunelab.eval.report import (Row, baselines, comparison_header, comparison_rows, confusion_rows, escape,
-                                 forgetting_rows, leakage, png_base64, read_samples, render_markdown, training_line,
-                                 verdict)
+from tunelab.eval.report import (FORGETTING_HEADER, Row, baselines, comparison_header, comparison_rows,
+                                 confusion_rows, escape, forgetting_rows, leakage, png_base64, read_samples,
+                                 render_markdown, training_line, verdict)
 from tunelab.rundir import RunDir, write_atomic
 
 STYLE = """
@@ -143,7 +143,7 @@ def render_html(run_dir: Path, summary: dict[str, Any], samples: list[dict[str, 
         _section("Curves and scores", f'<div class="plots">{plots}</div>' if plots else ""),
         _section("Held-out results", html_table([comparison_header(summary), *comparison_rows(summary)])),
         _section("General ability (forgetting probe)",
-                 html_table([("probe", "before", "after", "change"), *forgetting_rows(summary)])
+                 html_table([FORGETTING_HEADER, *forgetting_rows(summary)])
                  if forgetting_rows(summary) else ""),
         _section("Confusion matrix (tuned)", html_table(confusion_rows(run_dir, summary))),
         _section("Leakage check", f"<pre>{escape(json.dumps(leak, indent=2))}</pre>" if leak is not None else ""),

@@ -131,7 +131,8 @@ def board_row(row: dict[str, Any], metric: str) -> dict[str, Any]:
     forgetting = s.get("forgetting") or {}
     return {"label": row["label"], "method": s["method"], "model": s["model"], "run_dir": row["run_dir"],
             "metric": iv or {"mean": mean, "low": mean, "high": mean, "n": 1},
-            "forgetting_perplexity_change": forgetting.get("perplexity_change"),
+            "forgetting_perplexity_change": forgetting.get("perplexity_change"),  # a mean over seeds when repeated
+            "forgetting_perplexity_interval": forgetting.get("perplexity_interval"),
             "trainable_params": s["trainable_params"], "artifact_bytes": s["resources"]["artifact_bytes"],
             "peak_rss_bytes": s["resources"]["peak_rss_bytes"], "train_seconds": s["train"]["seconds"],
             "wall_seconds": row["wall_seconds"], "steps": s["train"]["steps"], "train_tokens": s["train"]["tokens"]}
@@ -149,13 +150,15 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> l
 
 def board_table(board: dict[str, Any]) -> list[tuple[str, ...]]:
     metric = board["metric"]
-    rows = [("entry", f"{describe(metric).label} (95% CI)", "forgetting (ppl)", "trainable", "artifact MiB",
-             "peak MiB", "train s", "wall s", "tokens", "Pareto")]
+    rows = [("entry", f"{describe(metric).label} (95% CI over seeds)", "forgetting: ppl [95% CI]", "trainable",
+             "artifact MiB", "peak MiB", "train s", "wall s", "tokens", "Pareto")]
     for e in board["entries"]:
         m = e["metric"]
         shown = fmt(metric, m["mean"]) + (f" [{fmt(metric, m['low'])}, {fmt(metric, m['high'])}]" if m["n"] > 1 else "")
-        ppl = e["forgetting_perplexity_change"]
-        rows.append((e["label"], shown, "-" if ppl is None else f"{100 * ppl:+.1f}%", f"{e['trainable_params']:,}",
+        ppl, span = e["forgetting_perplexity_change"], e.get("forgetting_perplexity_interval")
+        forgot = "-" if ppl is None else f"{100 * ppl:+.1f}%" + \
+            (f" [{100 * span[0]:+.1f}, {100 * span[1]:+.1f}]" if span else "")
+        rows.append((e["label"], shown, forgot, f"{e['trainable_params']:,}",
                      f"{e['artifact_bytes'] / 2**20:,.1f}", f"{e['peak_rss_bytes'] / 2**20:,.0f}",
                      f"{e['train_seconds']:.0f}", f"{e['wall_seconds']:.0f}", f"{e['train_tokens']:,}",
                      "yes" if e["pareto"] else ""))

@@ -133,11 +133,10 @@ def _write_merged(source: Source, tmp: Path, quants: tuple[str, ...], rows: int,
     exported = auto.from_pretrained(tmp, dtype=torch.float32).eval()  # plain transformers, as a user loads it
     checks = {"merged": verify.logit_check("merged", reference, exported, probes)}
     if source.method.load_options(source.config, source.task.model_spec(source.config, None)):
-        # the run trained over a quantized base; the merge is onto full precision, so show the distance too
+        # the run trained over a quantized base; the merge is onto full precision: measure what that costs
         _, run_model = load_tuned(source)
-        checks["merged_vs_quantized_run"] = {"max_logit_difference":
-                                             verify.max_logit_difference(run_model, exported, probes),
-                                             "note": "information: the run's base was quantized; not checked"}
+        checks["quantization_gap"] = verify.quantization_gap(run_model, exported, source.method.disabled, reference,
+                                                             probes)
     return {"checks": checks, "passed": checks["merged"]["passed"]}
 
 

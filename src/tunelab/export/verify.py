@@ -39,6 +39,44 @@ def logit_check(kind: str, reference: torch.nn.Module, exported: torch.nn.Module
     return {"rows": len(probes), "max_logit_difference": diff, "tolerance": tolerance, "passed": diff <= tolerance}
 
 
+def answer_positions(probe: Probe, length: int) -> slice:
+    """The logit positions that predict a row's answer (all of them for a row with no prompt)."""
+    return slice(len(probe.prompt_ids) - 1 if probe.prompt_ids else 0, length - 1)
+
+
+def answer_figures(one: torch.nn.Module, two: torch.nn.Module, probes: list[Probe]) -> dict[str, float]:
+    """Two models on the answer positions of the same rows: max |logit difference|, top-1 agreement, and each
+    one's mean loss on the answer tokens."""
+    worst, same, total, losses = 0.0, 0, 0, [0.0, 0.0]
+    for p in probes:
+        a, b = logits_of(one, p.ids), logits_of(two, p.ids)
+        at = answer_positions(p, len(p.ids))
+        targets = torch.tensor(p.ids[at.start + 1:at.stop + 1])
+        worst = max(worst, float((a[at] - b[at]).abs().max()))
+        same, total = same + int((a[at].argmax(-1) == b[at].argmax(-1)).sum()), total + len(targets)
+        for i, logits in enumerate((a, b)):
+            losses[i] += float(torch.nn.functional.cross_entropy(logits[at], targets, reduction="sum"))
+    return {"max_logit_difference": worst, "top1_agreement": same / max(total, 1), "positions": total,
+            "loss": [losses[0] / max(total, 1), losses[1] / max(total, 1)]}
+
+
+def quantization_gap(run_model: torch.nn.Module, exported: torch.nn.Module, switched_off: Any,
+                     full_model: torch.nn.Module, probes: list[Probe]) -> dict[str, Any]:
+    """What a merged export of a run trained over a quantized base loses against the model the run trained (its
+    adapter over the quantized base): the merge goes onto the full-precision base, so the two differ by the
+    base's quantization. Measured beside the same gap between the two bases alone (`switched_off` gives a
+    model with its method switched off), which is what that costs without any tuning. Reported, not gated."""
+    tuned = answer_figures(run_model, exported, probes)
+    with switched_off(run_model) as quantized_base, switched_off(full_model) as full_base:
+        bases = answer_figures(quantized_base, full_base, probes)
+    return {"rows": len(probes), "answer_positions": tuned["positions"],
+            "max_logit_difference": tuned["max_logit_difference"], "answer_top1_agreement": tuned["top1_agreement"],
+            "answer_loss_run": tuned["loss"][0], "answer_loss_export": tuned["loss"][1],
+            "base_max_logit_difference": bases["max_logit_difference"],
+            "base_answer_top1_agreement": bases["top1_agreement"],
+            "note": "information: the run trained over a quantized base and the merge is onto full precision"}
+
+
 @torch.no_grad()
 def greedy(model: torch.nn.Module, ids: list[int], max_new_tokens: int, eos: Any) -> list[int]:
     device = next(model.parameters()).device
@@ -80,6 +118,14 @@ def gguf_check(quant: str, merged: torch.nn.Module, tokenizer: Any, gguf_model: 
 def describe_check(name: str, check: dict[str, Any]) -> str:
     """One line a person reads: the figures, the gate, and the verdict."""
     verdict = "passed" if check.get("passed", True) else "FAILED"
+    if "answer_loss_run" in check:
+        return (f"{name}: against the run's own model (trained over a quantized base) the merged export agrees on "
+                f"top-1 at {check['answer_top1_agreement']:.1%} of {check['answer_positions']:,} answer positions, max "
+                f"logit difference {check['max_logit_difference']:.2f}, answer loss {check['answer_loss_run']:.4f} "
+                f"(run) vs {check['answer_loss_export']:.4f} (export); the two bases alone: top-1 "
+                f"{check['base_answer_top1_agreement']:.1%}, max logit difference "
+                f"{check['base_max_logit_difference']:.2f}: information only (the quantization's cost, not the "
+                "merge's)")
     if "top1_agreement" not in check:
         gate = f" (gate {check['tolerance']:.0e})" if "tolerance" in check else ""
         return f"{name}: max logit difference {check['max_logit_difference']:.1e} over {check.get('rows', '?')} " \

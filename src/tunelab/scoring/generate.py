@@ -19,7 +19,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from tunelab.events import counting
 from tunelab.precision import active_dtype
-from tunelab.scoring.lm_loss import prompt_learning, worth_sharing
+from tunelab.scoring.lm_loss import prompt_learning, virtual_inputs, worth_sharing
 
 BATCH_TOKENS = 16384  # prompt and answer tokens per batch: bounds the cache (0.75 GiB on SmolLM2-135M)
 
@@ -27,28 +27,32 @@ BATCH_TOKENS = 16384  # prompt and answer tokens per batch: bounds the cache (0.
 @torch.no_grad()
 def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
              batch_size: int = 64, max_prompt_tokens: int = 2048, temperature: float = 0.0,
-             stop: Sequence[str] = ()) -> list[str]:
+             stop: Sequence[str] = (), min_new_tokens: int = 0) -> list[str]:
     """Answers for token-id prompts (greedy unless temperature > 0), in the order of the prompts.
 
-    Generation also ends at any of the `stop` strings, and each answer is cut before the first one.
+    An answer also ends at any of the `stop` strings once it has begun (`AnswerStops`), and is cut before it;
+    `min_new_tokens` holds off the end-of-sequence token until that many (to time generation per token).
     """
+    from transformers import StoppingCriteriaList
+
     was_training = model.training
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     options = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id, "eos_token_id": tokenizer.eos_token_id,
                "disable_compile": True, **({"do_sample": True, "temperature": temperature, "top_p": 0.95}
                                            if temperature > 0 else {"do_sample": False}),
-               **({"stop_strings": list(stop), "tokenizer": tokenizer} if stop else {})}
+               **({"min_new_tokens": min_new_tokens} if min_new_tokens else {})}
     prompts = [p[-max_prompt_tokens:] for p in prompts]
     answers: list[str] = [""] * len(prompts)
     try:
         with counting("generating answers", len(prompts)) as counter:
-            for chunk in batches(prompts, batch_size, max_new_tokens):
+            for chunk in batches(prompts, batch_size, max_new_tokens, same_length=virtual_inputs(model)):
                 rows = [prompts[i] for i in chunk]
                 width = max(len(p) for p in rows)
                 steps = DecodeSteps(counter, len(chunk), max_new_tokens)
-                ticking = {**options, "stopping_criteria": StoppingCriteriaList([steps])}
-                for i, ids in zip(chunk, generate_rows(model, rows, pad_id, ticking)):
+                criteria = [steps, *([AnswerStops(tokenizer, stop, width)] if stop else [])]
+                for i, ids in zip(chunk, generate_rows(model, rows, pad_id, {**options, "stopping_criteria":
+                                                                               StoppingCriteriaList(criteria)})):
                     answers[i] = cut_at(tokenizer.decode(ids[width:], skip_special_tokens=True), stop).strip()
                 counter.set(steps.start + len(chunk))
     finally:
@@ -70,12 +74,30 @@ class DecodeSteps(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def batches(prompts: list[list[int]], batch_size: int, max_new_tokens: int) -> list[list[int]]:
-    """Prompt indices by length, cut into batches of at most batch_size rows and BATCH_TOKENS tokens."""
+class AnswerStops:
+    """A transformers stopping criterion: a row is done once its answer (the tokens after its prompt, leading
+    whitespace skipped) holds a stop string. transformers' own `stop_strings` also match text that begins in
+    the prompt: a prompt ending in a newline and an answer opening with one made a blank line, and the
+    answer ended empty before it began."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_width: int):
+        self.tokenizer, self.stops, self.width = tokenizer, tuple(stops), prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
+        done = [any(stop in text.lstrip() for stop in self.stops) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def batches(prompts: list[list[int]], batch_size: int, max_new_tokens: int,
+            same_length: bool = False) -> list[list[int]]:
+    """Prompt indices by length, cut into batches of at most batch_size rows and BATCH_TOKENS tokens; with
+    `same_length`, of one prompt length each, so no row is padded (`lm_loss.virtual_inputs`)."""
     out: list[list[int]] = []
     for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):
         width = len(prompts[i]) + max_new_tokens  # the longest row so far: prompts come shortest first
-        if out and len(out[-1]) < batch_size and (len(out[-1]) + 1) * width <= BATCH_TOKENS:
+        if out and len(out[-1]) < batch_size and (len(out[-1]) + 1) * width <= BATCH_TOKENS \
+                and not (same_length and len(prompts[out[-1][0]]) != len(prompts[i])):
             out[-1].append(i)
         else:
             out.append([i])
@@ -150,6 +172,8 @@ def one_dtype_cache_class() -> type:
 
 
 def cut_at(text: str, stops: Sequence[str]) -> str:
-    """The text before the first stop string (generation halts on the token that completes one, keeping it)."""
+    """The answer before the first stop string after its leading whitespace (generation halts on the token
+    that completes one, keeping it)."""
+    text = text.lstrip()
     ends = [at for at in (text.find(s) for s in stops) if at >= 0]
     return text[:min(ends)] if ends else text

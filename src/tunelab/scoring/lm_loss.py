@@ -45,6 +45,14 @@ def prompt_learning(model: torch.nn.Module) -> bool:
     return bool(getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False))
 
 
+def virtual_inputs(model: torch.nn.Module) -> bool:
+    """Whether a prompt-learning adapter enters as input embeddings in front of the prompt (prompt tuning,
+    p-tuning). PEFT then drops `position_ids`, so positions count on through any left padding and a padded
+    row reads its prompt at other positions than alone; prefix tuning enters through the cache instead."""
+    config = getattr(model, "active_peft_config", None)
+    return prompt_learning(model) and getattr(config, "peft_type", None) != "PREFIX_TUNING"
+
+
 def worth_sharing(common: int, limit: int, model: torch.nn.Module) -> int:
     """The shared prefix to use: `common` leading tokens, at most `limit` and within the model's attention
     window; 0 when that is under MIN_SHARED tokens."""

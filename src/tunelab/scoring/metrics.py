@@ -1,7 +1,8 @@
 """Metrics by name: a registry the config's `eval.metrics` picks from, plus `module:function` user metrics.
 
 Every generation metric takes the list of answers and the list of references and returns one number
-in [0, 1]. `perplexity` comes from the held-out loss, which every evaluation computes anyway.
+in [0, 1], and says how it is built from per-row counts (`units`, see scoring/rows.py), which is what
+its interval resamples. `perplexity` comes from the held-out loss, which every evaluation computes anyway.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
 from tunelab.errors import ConfigError
+from tunelab.scoring.rows import OfSums, RowValues, ratio
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 Corpus = Callable[[list[str], list[str]], float]
+Units = Callable[[list[str], list[str]], tuple[np.ndarray, OfSums]]  # per-row counts and the metric of their sum
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class Metric:
     percent: bool = True
     higher_is_better: bool = True
     compared: bool = True  # False: the uncertainty of another metric, not a row of its own in before/after tables
+    units: Units | None = None  # each row's counts, for the metric's interval (None: no per-row form)
+    outcomes: bool = False  # the share of rows with a 0/1 outcome: compared by McNemar's test
 
 
 METRICS: dict[str, Metric] = {}
@@ -117,6 +124,53 @@ def entity_metric(name: str) -> Corpus:
     return corpus
 
 
+def entity_units(name: str) -> Units:
+    """Per row (entities found and right, found, expected), seqeval's entities; the metric of their sums is
+    seqeval's micro precision, recall or F1."""
+    column = {"entity_precision": 1, "entity_recall": 2}
+
+    def of_sums(sums: np.ndarray) -> np.ndarray:
+        right = sums[..., 0]
+        below = sums[..., 1] + sums[..., 2] if name == "entity_f1" else sums[..., column[name]]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(below > 0, (2 if name == "entity_f1" else 1) * right / np.where(below > 0, below, 1), 0.0)
+
+    def units(predictions: list[str], references: list[str]) -> tuple[np.ndarray, OfSums]:
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        rows = []
+        for prediction, reference in zip(predictions, references):
+            found, expected = set(get_entities(prediction.split())), set(get_entities(reference.split()))
+            rows.append((len(found & expected), len(found), len(expected)))
+        return np.asarray(rows, dtype=float).reshape(-1, 3), of_sums
+
+    return units
+
+
+def macro_f1_units(predictions: list[str], references: list[str]) -> tuple[np.ndarray, OfSums]:
+    """Per row and reference label (true positive, false positive, false negative); the metric of their sums
+    is the mean of the labels' F1, as `macro_f1` computes it."""
+    labels = sorted({normalize(r) for r in references})
+    index = {label: i for i, label in enumerate(labels)}
+    counts = np.zeros((len(references), 3, len(labels)))
+    for row, (prediction, reference) in enumerate(zip(map(normalize, predictions), map(normalize, references))):
+        if prediction == reference:
+            counts[row, 0, index[reference]] = 1
+        else:
+            counts[row, 2, index[reference]] = 1
+            if prediction in index:
+                counts[row, 1, index[prediction]] = 1
+
+    def of_sums(sums: np.ndarray) -> np.ndarray:
+        sums = sums.reshape(*sums.shape[:-1], 3, len(labels))
+        below = 2 * sums[..., 0, :] + sums[..., 1, :] + sums[..., 2, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f1 = np.where(below > 0, 2 * sums[..., 0, :] / np.where(below > 0, below, 1), 0.0)
+        return f1.mean(-1) if labels else np.zeros(sums.shape[:-2])
+
+    return counts.reshape(len(references), -1), of_sums
+
+
 def parse_json(text: str) -> Any:
     """The answer as JSON, or None when it is not valid JSON."""
     try:
@@ -129,14 +183,23 @@ def json_valid(prediction: str, reference: str) -> float:
     return float(parse_json(prediction) is not None)
 
 
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values, types included: true, 1 and 1.0 differ (Python's == calls them equal)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
 def json_fields(prediction: str, reference: str) -> float:
-    """Share of the reference object's fields that the answer reproduces exactly (0 if not an object)."""
+    """Share of the reference's fields that the answer reproduces exactly: an object's keys, an array's
+    positions (the answer must be the same kind of container, else 0). A reference with no fields (a
+    scalar, an empty container, not JSON) is scored by exact match."""
     want, got = parse_json(reference), parse_json(prediction)
-    if not isinstance(want, dict) or not want:
+    if not isinstance(want, (dict, list)) or not want:
         return exact_match(prediction, reference)
-    if not isinstance(got, dict):
+    if type(got) is not type(want):
         return 0.0
-    return sum(key in got and got[key] == value for key, value in want.items()) / len(want)
+    if isinstance(want, list):
+        return sum(i < len(got) and same_json(got[i], value) for i, value in enumerate(want)) / len(want)
+    return sum(key in got and same_json(got[key], value) for key, value in want.items()) / len(want)
 
 
 def mean_of(per_example: Callable[[str, str], float]) -> Corpus:
@@ -149,18 +212,34 @@ def mean_of(per_example: Callable[[str, str], float]) -> Corpus:
     return corpus
 
 
+def per_row(per_example: Callable[[str, str], float]) -> Units:
+    """Units of a mean over rows: each row's (value, 1)."""
+    def units(predictions: list[str], references: list[str]) -> tuple[np.ndarray, OfSums]:
+        values = [float(per_example(p, r)) for p, r in zip(predictions, references)]
+        return RowValues.means(list(range(len(values))), values).units, ratio
+
+    return units
+
+
+def mean_metric(name: str, label: str, per_example: Callable[[str, str], float], percent: bool = True,
+                outcomes: bool = False) -> Metric:
+    """A metric that averages a per-answer score over rows (`outcomes`: each score 0 or 1)."""
+    return Metric(name, label, mean_of(per_example), percent=percent, units=per_row(per_example), outcomes=outcomes)
+
+
 for _metric in (
-    Metric("exact_match", "exact match", mean_of(exact_match)),
-    Metric("token_f1", "token F1", mean_of(token_f1)),
-    Metric("rouge_l", "ROUGE-L", mean_of(rouge_l)),
-    Metric("accuracy", "accuracy", mean_of(label_accuracy)),
-    Metric("macro_f1", "macro F1", macro_f1),
-    Metric("json_valid", "valid JSON", mean_of(json_valid)),
-    Metric("json_fields", "JSON fields", mean_of(json_fields)),
+    mean_metric("exact_match", "exact match", exact_match, outcomes=True),
+    mean_metric("token_f1", "token F1", token_f1),
+    mean_metric("rouge_l", "ROUGE-L", rouge_l),
+    mean_metric("accuracy", "accuracy", label_accuracy, outcomes=True),
+    Metric("macro_f1", "macro F1", macro_f1, units=macro_f1_units),
+    mean_metric("json_valid", "valid JSON", json_valid, outcomes=True),
+    mean_metric("json_fields", "JSON fields", json_fields),
     Metric("perplexity", "perplexity", None, percent=False, higher_is_better=False),
-    Metric("entity_f1", "entity F1", entity_metric("entity_f1")),
-    Metric("entity_precision", "entity precision", entity_metric("entity_precision")),
-    Metric("entity_recall", "entity recall", entity_metric("entity_recall")),
+    Metric("entity_f1", "entity F1", entity_metric("entity_f1"), units=entity_units("entity_f1")),
+    Metric("entity_precision", "entity precision", entity_metric("entity_precision"),
+           units=entity_units("entity_precision")),
+    Metric("entity_recall", "entity recall", entity_metric("entity_recall"), units=entity_units("entity_recall")),
     # Retrieval over held-out embeddings: computed by the task from similarities, not from answers.
     Metric("recall_at_1", "recall@1", None),
     Metric("recall_at_10", "recall@10", None),
@@ -177,12 +256,25 @@ LOSS_ONLY = {m.name: m for m in (
     Metric("eval_loss_se", "eval loss SE", None, percent=False, higher_is_better=False, compared=False))}
 
 
+def pair_wins(chosen: list[float], rejected: list[float]) -> list[float]:
+    """Each pair's outcome: 1 when the chosen reward is higher, 0 when lower, 1/2 for a tie (a coin's
+    expected score: a model that cannot tell the two apart scores chance, 50%, not 0%)."""
+    return [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected)]
+
+
 def pairwise_scores(chosen: list[float], rejected: list[float]) -> dict[str, float]:
-    """Share of pairs whose chosen reward is strictly higher (a tie is not a win) and the mean margin."""
+    """Share of pairs won (a tie counts one half, `pair_wins`) and the mean margin."""
     if not chosen:
         return {"pairwise_accuracy": 0.0, "reward_margin": 0.0}
     margins = [c - r for c, r in zip(chosen, rejected)]
-    return {"pairwise_accuracy": sum(m > 0 for m in margins) / len(margins), "reward_margin": sum(margins) / len(margins)}
+    return {"pairwise_accuracy": sum(pair_wins(chosen, rejected)) / len(margins),
+            "reward_margin": sum(margins) / len(margins)}
+
+
+def pairwise_rows(keys: list[int], chosen: list[float], rejected: list[float]) -> dict[str, RowValues]:
+    """pairwise_accuracy and reward_margin pair by pair."""
+    return {"pairwise_accuracy": RowValues.means(keys, pair_wins(chosen, rejected)),
+            "reward_margin": RowValues.means(keys, [c - r for c, r in zip(chosen, rejected)])}
 
 
 def describe(name: str) -> Metric:
@@ -210,7 +302,7 @@ def resolve_metric(name: str) -> Metric:
         raise ConfigError(f'eval.metrics: cannot load user metric "{name}": {err}') from None
     if not callable(fn):
         raise ConfigError(f'eval.metrics: "{name}" is not a function(prediction, reference) -> float')
-    return Metric(name, name, mean_of(fn), percent=False)
+    return mean_metric(name, name, fn, percent=False)
 
 
 def generation_scores(names: list[str], answers: list[str], references: list[str]) -> dict[str, float]:
@@ -221,6 +313,18 @@ def generation_scores(names: list[str], answers: list[str], references: list[str
         if metric.compute is not None:
             scores[name] = float(metric.compute(answers, references))
     return scores
+
+
+def generation_rows(names: list[str], answers: list[str], references: list[str],
+                    keys: list[int]) -> dict[str, RowValues]:
+    """Each named generation metric row by row (keyed by the rows' lines), for its interval."""
+    out = {}
+    for name in names:
+        metric = resolve_metric(name)
+        if metric.compute is not None and metric.units is not None:
+            units, of_sums = metric.units(answers, references)
+            out[name] = RowValues(list(keys), units, of_sums, metric.outcomes)
+    return out
 
 
 OTHER = "(other)"  # normalize() strips punctuation, so no normalised answer can equal it

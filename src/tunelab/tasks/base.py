@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from tunelab.models.loading import ModelSpec
+from tunelab.scoring.rows import RowValues
 from tunelab.settings import require_sections
 
 # Evidence a task may take part in (Task.evidence).
@@ -25,10 +26,12 @@ FORGETTING = "forgetting"   # the general-ability probe (needs a causal LM head)
 
 @dataclass
 class Scores:
-    """A model's numbers on a held-out set, and per-row samples keyed by the row's line in its file."""
+    """A model's numbers on a held-out set, per-row samples keyed by the row's line in its file, and each
+    metric row by row (`scoring.rows`), from which its comparison with another model gets an interval."""
 
     metrics: dict[str, float]
     samples: list[dict[str, Any]] = field(default_factory=list)
+    rows: dict[str, RowValues] = field(default_factory=dict)
 
 
 @dataclass

@@ -8,6 +8,8 @@ mean-pooled embeddings (the linear probe).
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,8 @@ from pydantic import Field
 from tunelab.errors import DataError
 from tunelab.events import batch_starts
 from tunelab.models.loading import ModelSpec
-from tunelab.scoring.metrics import generation_scores
+from tunelab.scoring.metrics import generation_rows, generation_scores
+from tunelab.scoring.rows import RowValues
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import Baseline, Prepared, Scores, Task, register_task
 
@@ -29,7 +32,8 @@ class ClassifySettings(Section):
         None, min_length=2, description="Label names in order; default: the training rows' labels, sorted.")
     linear_probe: bool = Field(True, description="Measure a logistic regression on the frozen base model's "
                                                  "mean-pooled embeddings, the cheap alternative to tuning.")
-    probe_rows: int = Field(2000, ge=10, description="Training rows the linear probe fits on at most.")
+    probe_rows: int = Field(2000, ge=10, description="Training rows the linear probe fits on at most: a seeded "
+                                                     "sample, each label in proportion.")
 
 
 register_section("classify", ClassifySettings)
@@ -87,21 +91,21 @@ class Collate:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, held: Labelled, pad_id: int, batch_size: int) -> tuple[float, list[int]]:
-    """(mean cross-entropy over rows, predicted label id per row)."""
+def predict(model: torch.nn.Module, held: Labelled, pad_id: int, batch_size: int) -> tuple[list[float], list[int]]:
+    """(cross-entropy of each row, predicted label id per row)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    collate, total, predicted = Collate(pad_id), 0.0, []
+    collate, losses, predicted = Collate(pad_id), [], []
     try:
         for start in batch_starts("classifying rows", len(held.rows), batch_size):
             batch = {k: v.to(device) for k, v in collate(held.rows[start:start + batch_size]).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            total += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
+            losses += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none").tolist()
             predicted += logits.argmax(-1).tolist()
     finally:
         model.train(was_training)
-    return total / max(len(held.rows), 1), predicted
+    return losses, predicted
 
 
 @torch.no_grad()
@@ -121,6 +125,18 @@ def embeddings(model: torch.nn.Module, rows: list[dict[str, Any]], pad_id: int, 
     finally:
         body.train(was_training)
     return torch.cat(out).cpu()
+
+
+def stratified_sample(labels: list[int], k: int, seed: int) -> list[int]:
+    """Indices of k rows (all when fewer) drawn with the seed, each label in proportion to its share, every
+    label present when k allows: each row's rank within its label over the label's size orders the draw."""
+    order = list(range(len(labels)))
+    random.Random(seed).shuffle(order)
+    seen, size, rank = Counter(), Counter(labels), {}
+    for i in order:
+        rank[i] = seen[labels[i]] / size[labels[i]]
+        seen[labels[i]] += 1
+    return sorted(sorted(order, key=rank.__getitem__)[:k])
 
 
 class Classify(Task):
@@ -171,13 +187,16 @@ class Classify(Task):
 
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, held_out: Labelled, config: Any) -> Scores:
         names = model.config.id2label
-        loss, predicted = predict(model, held_out, tokenizer.pad_token_id, config.eval.batch_size)
+        losses, predicted = predict(model, held_out, tokenizer.pad_token_id, config.eval.batch_size)
         answers = [names[i] for i in predicted]
         references = [names[r["labels"]] for r in held_out.rows]
-        metrics = {"eval_loss": loss, **generation_scores(list(self.default_metrics), answers, references)}
+        metrics = {"eval_loss": sum(losses) / max(len(losses), 1),
+                   **generation_scores(list(self.default_metrics), answers, references)}
         samples = [{"line": line, "prompt": text, "reference": ref, "output": out}
                    for line, text, ref, out in zip(held_out.lines, held_out.texts, references, answers)]
-        return Scores(metrics, samples)
+        rows = {"eval_loss": RowValues.means(held_out.lines, losses),
+                **generation_rows(list(self.default_metrics), answers, references, held_out.lines)}
+        return Scores(metrics, samples, rows)
 
     def baselines(self, model: torch.nn.Module, tokenizer: Any, train: Any, held: Any, prepared: Prepared,
                   config: Any, events: Any) -> dict[str, Baseline]:
@@ -186,7 +205,8 @@ class Classify(Task):
         from sklearn.linear_model import LogisticRegression
 
         events.emit("evaluating", which="linear_probe", what="a logistic regression on frozen embeddings")
-        fit_on = prepared.train[: config.classify.probe_rows]
+        labels = [r["labels"] for r in prepared.train]  # a file sorted by label must not give the probe one class
+        fit_on = [prepared.train[i] for i in stratified_sample(labels, config.classify.probe_rows, config.train.seed)]
         pad, batch = tokenizer.pad_token_id, config.eval.batch_size
         probe = LogisticRegression(max_iter=2000)
         probe.fit(embeddings(model, fit_on, pad, batch).numpy(), [r["labels"] for r in fit_on])
@@ -196,8 +216,11 @@ class Classify(Task):
         answers = [names[i] for i in predicted]
         references = [names[r["labels"]] for r in held.rows]
         scores = Scores(generation_scores(list(self.default_metrics), answers, references),
-                        [{"line": line, "output": out} for line, out in zip(held.lines, answers)])
-        return {"linear_probe": Baseline("linear probe", scores, {"train_rows": len(fit_on)})}
+                        [{"line": line, "output": out} for line, out in zip(held.lines, answers)],
+                        generation_rows(list(self.default_metrics), answers, references, held.lines))
+        fitted = Counter(names[r["labels"]] for r in fit_on)
+        return {"linear_probe": Baseline("linear probe", scores, {"train_rows": len(fit_on),
+                                                                  "train_labels": dict(sorted(fitted.items()))})}
 
 
 register_task(Classify())

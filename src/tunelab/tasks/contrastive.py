@@ -5,14 +5,17 @@ The run's model is the loaded transformer (kind `embedding`) made trainable by t
 is wrapped, not copied, into a SentenceTransformer (that transformer + mean pooling), so the method's
 weights are what train and what the method saves. Scoring is retrieval on the held-out rows: each anchor
 is a query, every held-out positive and negative is the corpus, and the query's own positive is the one
-relevant text (recall@1, recall@10, MRR). The untuned encoder's numbers are the before.
+relevant text (recall@1, recall@10, MRR). The held-out loss is the training loss's cross-entropy over a
+corpus of a fixed size (the texts of `window` rows), the same on the held-out set and on the train sample
+the fit diagnosis compares it with: the loss grows with the number of distractors, so corpora of
+different sizes would show a gap from size alone. The untuned encoder's numbers are the before.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +24,7 @@ from pydantic import Field
 
 from tunelab.data.formats import get_format
 from tunelab.events import batch_starts
+from tunelab.scoring.rows import RowValues
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import Prepared, Scores, Task, register_task
 
@@ -31,17 +35,21 @@ class ContrastiveSettings(Section):
 
 
 register_section("contrastive", ContrastiveSettings)
+LOSS_WINDOW = 32  # rows whose texts make each query's corpus for the held-out loss (eval.train_sample's default)
 
 
 @dataclass
 class Retrieval:
-    """Held-out queries and a corpus of unique texts; relevant[i] is the corpus index of query i's positive."""
+    """Held-out queries and a corpus of unique texts; relevant[i] is the corpus index of query i's positive,
+    negatives[i] of its negative (None for a pair); the loss reads each query against `window` rows' texts."""
 
     queries: list[str]
     corpus: list[str]
     relevant: list[int]
     lines: list[int]
     max_length: int
+    negatives: list[int | None] = field(default_factory=list)
+    window: int = LOSS_WINDOW
 
 
 def retrieval_set(dataset: Any, max_length: int) -> Retrieval:
@@ -52,7 +60,9 @@ def retrieval_set(dataset: Any, max_length: int) -> Retrieval:
             if key in row:
                 corpus.setdefault(row[key], len(corpus))
     return Retrieval([row["anchor"] for row in dataset.rows], list(corpus),
-                     [corpus[row["positive"]] for row in dataset.rows], list(dataset.lines), max_length)
+                     [corpus[row["positive"]] for row in dataset.rows], list(dataset.lines), max_length,
+                     [corpus[row["negative"]] if "negative" in row else None for row in dataset.rows],
+                     min(LOSS_WINDOW, len(dataset.rows)))
 
 
 @torch.no_grad()
@@ -74,19 +84,36 @@ def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], max_length: 
     return torch.cat(out).float().cpu()
 
 
-def retrieval_scores(similarity: np.ndarray, relevant: list[int], scale: float) -> dict[str, float]:
-    """recall@1, recall@10 and MRR of each query's relevant text among all corpus texts (ties count
-    against the query), and eval_loss: the cross-entropy of the scaled similarities with the relevant text
-    as the target, the training loss over the whole held-out corpus."""
-    rows = np.arange(len(relevant))
-    own = similarity[rows, relevant]
+def retrieval_rows(similarity: np.ndarray, held: Retrieval, scale: float) -> dict[str, RowValues]:
+    """Per query: whether its relevant text ranks first (recall@1) or in the top 10 among all corpus texts
+    (ties count against the query), 1/rank (MRR), and its loss (`window_losses`)."""
+    rows = np.arange(len(held.relevant))
+    own = similarity[rows, held.relevant]
     rank = (similarity >= own[:, None]).sum(1)  # 1 is best; a tie with another text ranks below it
-    logits = scale * similarity
-    top = logits.max(1, keepdims=True)
-    log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(1))
-    return {"eval_loss": float(np.mean(log_norm - logits[rows, relevant])),
-            "recall_at_1": float(np.mean(rank <= 1)), "recall_at_10": float(np.mean(rank <= 10)),
-            "mrr": float(np.mean(1.0 / rank))}
+    return {"eval_loss": RowValues.means(held.lines, window_losses(similarity, held, scale)),
+            "recall_at_1": RowValues.means(held.lines, (rank <= 1).astype(float), outcomes=True),
+            "recall_at_10": RowValues.means(held.lines, (rank <= 10).astype(float), outcomes=True),
+            "mrr": RowValues.means(held.lines, 1.0 / rank)}
+
+
+def retrieval_scores(similarity: np.ndarray, held: Retrieval, scale: float) -> dict[str, float]:
+    """recall@1, recall@10, MRR and eval_loss: the means over queries of `retrieval_rows`."""
+    return {name: values.value() for name, values in retrieval_rows(similarity, held, scale).items()}
+
+
+def window_losses(similarity: np.ndarray, held: Retrieval, scale: float) -> list[float]:
+    """Per query, the cross-entropy of the scaled similarities, the relevant text the target, over the texts
+    of `held.window` rows: the query's own and the next ones (cyclically). Every query, of any set, then
+    meets a corpus of the same size, as a training batch of that many rows does."""
+    n, out = len(held.relevant), []
+    for i in range(n):
+        window = [(i + k) % n for k in range(min(held.window, n))]
+        texts = sorted({held.relevant[j] for j in window} | {held.negatives[j] for j in window
+                                                             if held.negatives and held.negatives[j] is not None})
+        logits = scale * similarity[i, texts]
+        top = logits.max()
+        out.append(float(top + np.log(np.exp(logits - top).sum()) - scale * similarity[i, held.relevant[i]]))
+    return out
 
 
 def sentence_transformer(model: torch.nn.Module, tokenizer: Any, max_length: int) -> Any:
@@ -119,10 +146,13 @@ class Contrastive(Task):
     def prepare(self, config: Any, tokenizer: Any, train: Any, held: Any, events: Any) -> Prepared:
         sample = train.sample(config.eval.train_sample, config.train.seed)
         columns = get_format(train.format).required  # the loss reads anchor, positive[, negative] in this order
-        return Prepared([{key: row[key] for key in columns} for row in train.rows],
-                        self.held_out(config, tokenizer, held, events), self.metric_names(config),
-                        train_sample=self.held_out(config, tokenizer, sample, events) if sample.rows else None,
-                        info={"loss_scale": config.contrastive.scale})
+        held_out = self.held_out(config, tokenizer, held, events)
+        train_sample = self.held_out(config, tokenizer, sample, events) if sample.rows else None
+        if train_sample is not None:  # the fit diagnosis compares the two losses: equal corpora
+            held_out.window = train_sample.window = min(held_out.window, train_sample.window)
+        return Prepared([{key: row[key] for key in columns} for row in train.rows], held_out,
+                        self.metric_names(config), train_sample=train_sample,
+                        info={"loss_scale": config.contrastive.scale, "loss_window": held_out.window})
 
     def held_out(self, config: Any, tokenizer: Any, dataset: Any, events: Any) -> Retrieval:
         return retrieval_set(dataset, config.train.max_length)
@@ -162,7 +192,8 @@ class Contrastive(Task):
         found = similarity.argmax(1)
         samples = [{"line": line, "prompt": query, "reference": held_out.corpus[want], "output": held_out.corpus[got]}
                    for line, query, want, got in zip(held_out.lines, held_out.queries, held_out.relevant, found)]
-        return Scores(retrieval_scores(similarity, held_out.relevant, config.contrastive.scale), samples)
+        rows = retrieval_rows(similarity, held_out, config.contrastive.scale)
+        return Scores({name: values.value() for name, values in rows.items()}, samples, rows)
 
 
 register_task(Contrastive())

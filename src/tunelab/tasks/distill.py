@@ -6,8 +6,8 @@ the trainer's count of supervised tokens over the whole accumulated batch, so gr
 gives the same update as one big batch. The teacher is any local causal LM with the student's
 tokenizer, loaded through the one loader; the student is `model=`, or the teacher with a subset of its
 layers (`distill.student_layers`). Reported beside the student's own metrics: `gap_closed` (the share
-of the teacher-student gap closed on the run's first metric) and `speedup` (the teacher's held-out
-scoring time over the student's).
+of the teacher-student gap closed on the run's first metric) and `speedup` (the teacher's time per
+generated token over the student's, both warm and generating answers of the same length).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tunelab.data.tokens import IGNORE
 from tunelab.errors import ConfigError
 from tunelab.models import resolve_model
 from tunelab.models.loading import LoadRules, ModelSpec, load_model, load_tokenizer
+from tunelab.scoring.generate import generate
 from tunelab.scoring.metrics import Metric, register_metric
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import FORGETTING, GENERATION, ListDataset, Prepared, Scores, register_task
@@ -45,6 +46,7 @@ class DistillSettings(Section):
 
 register_section("distill", DistillSettings)
 BLOCK_ROWS = 32  # training rows on which distill.student_layers=N measures each block's removal
+SPEED_PROMPTS = 16  # held-out prompts the speed-up is timed on
 register_metric(Metric("gap_closed", "teacher gap closed", None, percent=True, higher_is_better=True))
 register_metric(Metric("speedup", "speed-up over teacher", None, percent=False, higher_is_better=True))
 
@@ -96,7 +98,7 @@ class DistillHeldOut(HeldOut):
     """The held-out set with the teacher's numbers on it and the student's first (untrained) numbers."""
 
     teacher: dict[str, float] = field(default_factory=dict)
-    teacher_seconds: float = 0.0
+    teacher_token_seconds: float | None = None
     student_before: dict[str, float] | None = None
 
 
@@ -126,10 +128,22 @@ def load_teacher(config: Any, tokenizer: Any) -> torch.nn.Module:
     return teacher
 
 
-def timed_score(model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, config: Any) -> tuple[Scores, float]:
-    started = time.monotonic()
-    scores = score(model, tokenizer, held_out, config.eval)
-    return scores, time.monotonic() - started
+def seconds_per_token(model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, config: Any) -> float | None:
+    """Warm seconds per generated token: the first SPEED_PROMPTS held-out prompts each answered with exactly
+    eval.max_new_tokens tokens (two models then generate alike), after an untimed pass over the same prompts
+    (a first call's set-up is not the model's speed). None without generated answers."""
+    prompts = [c.prompt_ids for c in held_out.cases[:SPEED_PROMPTS]]
+    if not prompts or not config.eval.generate:
+        return None
+    tokens = config.eval.max_new_tokens
+
+    def answer() -> None:
+        generate(model, tokenizer, prompts, tokens, batch_size=config.eval.generation_batch, min_new_tokens=tokens)
+
+    answer()
+    started = time.perf_counter()
+    answer()
+    return (time.perf_counter() - started) / (len(prompts) * tokens)
 
 
 class Distill(LmTask):
@@ -178,12 +192,12 @@ class Distill(LmTask):
         held_out = DistillHeldOut(**vars(base.held_out))
         if events is not None:
             events.emit("evaluating", which="teacher", what=f"the teacher {config.distill.teacher}")
-        scores, held_out.teacher_seconds = timed_score(teacher, tokenizer, held_out, config)
-        held_out.teacher = scores.metrics
+        held_out.teacher = score(teacher, tokenizer, held_out, config.eval).metrics
+        held_out.teacher_token_seconds = seconds_per_token(teacher, tokenizer, held_out, config)
         d = config.distill
         return DistillPrepared(base.train, held_out, base.metrics, base.train_sample,
-                               {**base.info, "teacher": {"model": d.teacher, "metrics": scores.metrics,
-                                                         "seconds": round(held_out.teacher_seconds, 3)}},
+                               {**base.info, "teacher": {"model": d.teacher, "metrics": held_out.teacher,
+                                                         "seconds_per_token": held_out.teacher_token_seconds}},
                                teacher=teacher, temperature=d.temperature, alpha=d.alpha)
 
     def trainer(self, model: torch.nn.Module, tokenizer: Any, prepared: Prepared, args: dict[str, Any],
@@ -198,10 +212,11 @@ class Distill(LmTask):
                                     temperature=prepared.temperature, alpha=prepared.alpha)
 
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, config: Any) -> Scores:
-        scores, seconds = timed_score(model, tokenizer, held_out, config)
+        scores = score(model, tokenizer, held_out, config.eval)
         if isinstance(held_out, DistillHeldOut):
             held_out.student_before = held_out.student_before or dict(scores.metrics)
-            scores.metrics.update(teacher_comparison(held_out, scores.metrics, seconds))
+            token_seconds = seconds_per_token(model, tokenizer, held_out, config)
+            scores.metrics.update(teacher_comparison(held_out, scores.metrics, token_seconds))
         return scores
 
     def note_before(self, held_out: Any, scores: Scores) -> None:
@@ -209,9 +224,12 @@ class Distill(LmTask):
             held_out.student_before = held_out.student_before or dict(scores.metrics)
 
 
-def teacher_comparison(held_out: DistillHeldOut, metrics: dict[str, float], seconds: float) -> dict[str, float]:
-    """gap_closed on the run's first metric measured (else the held-out loss), and the speed-up."""
-    out = {"speedup": held_out.teacher_seconds / max(seconds, 1e-9)}
+def teacher_comparison(held_out: DistillHeldOut, metrics: dict[str, float],
+                       token_seconds: float | None) -> dict[str, float]:
+    """gap_closed on the run's first metric measured (else the held-out loss), and the speed-up per generated
+    token (when both were timed)."""
+    teacher = held_out.teacher_token_seconds
+    out = {"speedup": teacher / max(token_seconds, 1e-12)} if teacher and token_seconds else {}
     name = next((m for m in held_out.metrics if m in metrics and m in held_out.teacher), "eval_loss")
     before, teacher = (held_out.student_before or {}).get(name), held_out.teacher.get(name)
     if before is not None and teacher is not None and abs(teacher - before) > 1e-12:

@@ -7,9 +7,10 @@ freshly initialised LoRA, and the true base for methods whose start is not the i
 no switched-off view (`full`) is refused before the model loads.
 
 Held out: the implicit reward r = beta * (log pi(answer|prompt) - log pi_ref(answer|prompt));
-`pairwise_accuracy` is the share of pairs with r(chosen) > r(rejected), `reward_margin` the mean
-r(chosen) - r(rejected), `eval_loss` the DPO loss. Before training the policy is the reference: every
-implicit reward is 0, so accuracy 0, margin 0 and loss log 2 (TRL's own definitions). Greedy answers are
+`pairwise_accuracy` is the share of pairs with r(chosen) > r(rejected), a tie counting one half,
+`reward_margin` the mean r(chosen) - r(rejected), `eval_loss` the DPO loss. Before training the policy is
+the reference: every implicit reward is 0, every pair a tie, so accuracy 50% (chance: a tuned accuracy
+must beat it, not 0%), margin 0 and loss log 2. Greedy answers are
 scored against the chosen answer as the reference, as `sft` scores its completions.
 """
 
@@ -24,11 +25,13 @@ from pydantic import Field
 
 from tunelab.data.tokens import IGNORE
 from tunelab.errors import ConfigError
-from tunelab.scoring.metrics import fit_metrics, pairwise_scores
+from tunelab.models.loading import ModelSpec
+from tunelab.scoring.metrics import fit_metrics, pairwise_rows
+from tunelab.scoring.rows import RowValues
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import FORGETTING, GENERATION, Scores, register_task
 from tunelab.tasks.lm import Encoded, HeldOut, LmTask, heldout_loss, score, truncate
-from tunelab.tasks.preference import TrlPrepared, render_pair, trl_config, trl_dataset, trl_row
+from tunelab.tasks.preference import TrlPrepared, answer_ids, common_prefix, trl_config, trl_dataset, trl_row
 
 
 class DpoSettings(Section):
@@ -50,6 +53,7 @@ class PairsHeldOut(HeldOut):
     chosen: list[Encoded] = field(default_factory=list)
     rejected: list[Encoded] = field(default_factory=list)
     beta: float = 0.1
+    lines: list[int] = field(default_factory=list)  # each pair's line in its file
 
 
 def losses(sft_weight: float) -> dict[str, Any]:
@@ -59,13 +63,15 @@ def losses(sft_weight: float) -> dict[str, Any]:
     return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft_weight]}
 
 
-def encode_answer(prompt: str, answer: str, tokenizer: Any, max_length: int) -> Encoded:
-    """prompt + answer (+ EOS unless the chat template already ended the turn), loss on the answer only."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
-    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    if not answer_ids or answer_ids[-1] != tokenizer.eos_token_id:
-        answer_ids.append(tokenizer.eos_token_id)
-    return truncate(prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids, max_length)
+def encode_pair(row: dict[str, Any], tokenizer: Any, max_length: int) -> tuple[Encoded, Encoded]:
+    """The chosen and rejected sequences as DPOTrainer builds them (`preference.answer_ids`), loss on the
+    answers only: they start where the prompt alone and either whole sequence first differ."""
+    pair = trl_row(row)
+    prompt, chosen = answer_ids(pair["prompt"], pair["chosen"], tokenizer)
+    _, rejected = answer_ids(pair["prompt"], pair["rejected"], tokenizer)
+    start = min(common_prefix(prompt, chosen), common_prefix(prompt, rejected))
+    return truncate(chosen, [IGNORE] * start + chosen[start:], max_length), \
+        truncate(rejected, [IGNORE] * start + rejected[start:], max_length)
 
 
 def answer_logps(model: torch.nn.Module, examples: list[Encoded], pad_id: int, batch_size: int) -> list[float]:
@@ -85,8 +91,8 @@ def reference_logps(model: torch.nn.Module, examples: list[Encoded], pad_id: int
     return answer_logps(model, examples, pad_id, batch_size)
 
 
-def implicit_rewards(model: torch.nn.Module, held: PairsHeldOut, batch_size: int) -> dict[str, float]:
-    """DPO loss, pairwise accuracy and margin of the implicit rewards over the held-out pairs."""
+def implicit_reward_rows(model: torch.nn.Module, held: PairsHeldOut, batch_size: int) -> dict[str, RowValues]:
+    """DPO loss, pairwise accuracy and margin of the implicit rewards, pair by pair."""
     def rewards(examples: list[Encoded]) -> list[float]:
         policy = answer_logps(model, examples, held.pad_id, batch_size)
         reference = reference_logps(model, examples, held.pad_id, batch_size)
@@ -94,7 +100,12 @@ def implicit_rewards(model: torch.nn.Module, held: PairsHeldOut, batch_size: int
 
     chosen, rejected = rewards(held.chosen), rewards(held.rejected)
     losses = [math.log1p(math.exp(-(c - r))) if c - r > -30 else r - c for c, r in zip(chosen, rejected)]
-    return {"eval_loss": sum(losses) / max(len(losses), 1), **pairwise_scores(chosen, rejected)}
+    return {"eval_loss": RowValues.means(held.lines, losses), **pairwise_rows(held.lines, chosen, rejected)}
+
+
+def implicit_rewards(model: torch.nn.Module, held: PairsHeldOut, batch_size: int) -> dict[str, float]:
+    """DPO loss, pairwise accuracy and margin of the implicit rewards over the held-out pairs."""
+    return {name: values.value() for name, values in implicit_reward_rows(model, held, batch_size).items()}
 
 
 def needs_switched_off_view(config: Any) -> None:
@@ -134,9 +145,9 @@ class Dpo(LmTask):
                  metrics: list[str] | None = None) -> PairsHeldOut:
         chosen, rejected = [], []
         for row in dataset.rows:
-            prompt, good, bad = render_pair(row, tokenizer)
-            chosen.append(encode_answer(prompt, good, tokenizer, config.train.max_length))
-            rejected.append(encode_answer(prompt, bad, tokenizer, config.train.max_length))
+            good, bad = encode_pair(row, tokenizer, config.train.max_length)
+            chosen.append(good)
+            rejected.append(bad)
         cases = self.generation_cases(dataset, tokenizer, config.eval.max_examples) if config.eval.generate else []
         if metrics is None:
             metrics, messages = fit_metrics(self.metric_names(config), [c.reference for c in cases],
@@ -144,7 +155,7 @@ class Dpo(LmTask):
             for message in messages if events is not None else ():
                 events.emit("warning", message=f"{dataset.path}: {message}")
         return PairsHeldOut([], cases, tokenizer.pad_token_id, metrics, chosen=chosen, rejected=rejected,
-                            beta=config.dpo.beta)
+                            beta=config.dpo.beta, lines=list(dataset.lines))
 
     def collator(self, tokenizer: Any) -> Any:
         raise NotImplementedError("DPOTrainer tokenizes and batches its own rows")
@@ -171,7 +182,9 @@ class Dpo(LmTask):
 
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, held_out: PairsHeldOut, config: Any) -> Scores:
         scores = score(model, tokenizer, held_out, config.eval)  # generation only: held_out.encoded is empty
-        scores.metrics.update(implicit_rewards(model, held_out, config.eval.batch_size))
+        rows = implicit_reward_rows(model, held_out, config.eval.batch_size)
+        scores.metrics.update({name: values.value() for name, values in rows.items()})
+        scores.rows.update(rows)
         return scores
 
 

@@ -21,12 +21,13 @@ def draw_demos(train_rows: list[Row], k: int, seed: int) -> list[Row]:
     return random.Random(seed).sample(train_rows, min(k, len(train_rows)))
 
 
-def few_shot_case(task: LmTask, row: Row, fmt: str, tokenizer: Any, demos: list[Row],
-                  budget: int) -> GenerationCase | None:
-    """The held-out case with as many demos as fit in `budget` prompt tokens (dropping from the end)."""
+def few_shot_case(task: LmTask, row: Row, fmt: str, tokenizer: Any, demos: list[Row], budget: int,
+                  end: str | None = None) -> GenerationCase | None:
+    """The held-out case with as many demos as fit in `budget` prompt tokens (dropping from the end). A prompt
+    too long even alone is kept with none, as zero-shot and the tune see it: every column scores the same rows."""
     for n in range(len(demos), -1, -1):
-        case = task.generation_case(get_format(fmt).with_demos(row, demos[:n]), fmt, tokenizer)
-        if case is None or len(case.prompt_ids) <= budget:
+        case = task.generation_case(get_format(fmt).with_demos(row, demos[:n], end), fmt, tokenizer)
+        if case is None or len(case.prompt_ids) <= budget or n == 0:
             if case is not None:
                 case.meta["shots"] = n
             return case
@@ -42,13 +43,14 @@ def few_shot_held_out(task: LmTask, train_rows: list[Row], eval_data: Any, token
     demos = draw_demos(train_rows, k, config.train.seed)
     budget = context_tokens - config.eval.max_new_tokens
     row_at = dict(zip(eval_data.lines, eval_data.rows))
+    end = held_out.stop[0] if held_out.stop else None  # answers end where they end for zero-shot and the tune
     cases = []
     for bare in held_out.cases:
-        case = few_shot_case(task, row_at[bare.line], fmt, tokenizer, demos, budget)
+        case = few_shot_case(task, row_at[bare.line], fmt, tokenizer, demos, budget, end)
         if case is not None:
             case.line = bare.line
             cases.append(case)
-    return HeldOut([], cases, held_out.pad_id, held_out.metrics, stop=get_format(fmt).demo_stop)
+    return HeldOut([], cases, held_out.pad_id, held_out.metrics, stop=held_out.stop)
 
 
 def few_shot_baseline(task: LmTask, model: Any, tokenizer: Any, train: Any, held: Any, held_out: HeldOut,
@@ -59,7 +61,7 @@ def few_shot_baseline(task: LmTask, model: Any, tokenizer: Any, train: Any, held
         return None
     events.emit("evaluating", which="few-shot", what=f"the {config.eval.few_shot_k}-shot baseline")
     return Baseline(f"{config.eval.few_shot_k}-shot", score(model, tokenizer, shots, config.eval),
-                    {"k": config.eval.few_shot_k, "mean_shots": mean_shots(shots)})
+                    shots_shown(shots, config.eval.few_shot_k))
 
 
 def context_length(model: Any, cap: int = 2048) -> int:
@@ -67,5 +69,8 @@ def context_length(model: Any, cap: int = 2048) -> int:
     return min(int(getattr(model.config, "max_position_embeddings", cap) or cap), cap)
 
 
-def mean_shots(held_out: HeldOut) -> float:
-    return sum(c.meta.get("shots", 0) for c in held_out.cases) / max(len(held_out.cases), 1)
+def shots_shown(held_out: HeldOut, k: int) -> dict[str, Any]:
+    """k, the mean demos shown per row, and how many rows ran with fewer than k (their prompt and k demos
+    did not fit the context; those with none are scored as zero-shot scores them)."""
+    shots = [c.meta.get("shots", 0) for c in held_out.cases]
+    return {"k": k, "mean_shots": sum(shots) / max(len(shots), 1), "fewer_shots": sum(n < k for n in shots)}

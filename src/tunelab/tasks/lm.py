@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import Field
 
@@ -21,7 +22,8 @@ from tunelab.errors import DataError
 from tunelab.events import counting
 from tunelab.scoring.generate import generate
 from tunelab.scoring.lm_loss import lm_parts, supervised_nll
-from tunelab.scoring.metrics import describe, fit_metrics, generation_scores
+from tunelab.scoring.metrics import describe, fit_metrics, generation_rows, generation_scores
+from tunelab.scoring.rows import RowValues, exp_ratio
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import FORGETTING, GENERATION, ListDataset, Prepared, Scores, Task
 
@@ -53,6 +55,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    line: int = 0  # the data file's line it came from (0: not from a file)
 
     @property
     def supervised(self) -> int:
@@ -85,7 +88,7 @@ class HeldOut:
     cases: list[GenerationCase]
     pad_id: int
     metrics: list[str] = field(default_factory=lambda: ["exact_match", "token_f1"])
-    stop: tuple[str, ...] = ()  # generation ends at these strings, e.g. the separator between few-shot demos
+    stop: tuple[str, ...] = ()  # an answer ends at these strings (Format.answer_end), for every model scored
 
 
 def truncate(ids: list[int], labels: list[int], max_length: int) -> Encoded:
@@ -216,7 +219,8 @@ def row_losses(model: torch.nn.Module, parts: Any, batch: dict[str, torch.Tensor
     if parts is not None:
         nll, rows = supervised_nll(parts, batch, shared_prefix=True)
         n = batch["input_ids"].shape[0]
-        return torch.zeros(n).index_add_(0, rows, nll).tolist(), torch.bincount(rows, minlength=n).tolist()
+        sums = torch.zeros(n, dtype=nll.dtype, device=nll.device).index_add_(0, rows, nll)
+        return sums.tolist(), torch.bincount(rows, minlength=n).tolist()
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logits = logits[:, -batch["input_ids"].size(1):]  # prompt learning puts virtual-token positions first
     shift_logits, shift_labels = logits[:, :-1].float(), batch["labels"][:, 1:]
@@ -236,19 +240,32 @@ def ratio_se(row_nll: list[float], row_tokens: list[int], loss: float) -> float:
     return math.sqrt(n / (n - 1) * residuals) / tokens
 
 
+def loss_rows(keys: list[int], loss: dict[str, Any]) -> dict[str, RowValues]:
+    """eval_loss and perplexity row by row from `heldout_loss(per_row=True)`'s (summed loss, tokens) per row."""
+    units = np.column_stack([np.asarray(loss["eval_row_nll"], dtype=float),
+                             np.asarray(loss["eval_row_tokens"], dtype=float)])
+    return {"eval_loss": RowValues(keys, units), "perplexity": RowValues(keys, units, exp_ratio)}
+
+
 def score(model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, eval_cfg: Any) -> Scores:
-    """Loss metrics over the encoded rows (when any), generation metrics over the cases (when asked)."""
-    metrics = heldout_loss(model, held_out.encoded, held_out.pad_id, batch_size=eval_cfg.batch_size) \
-        if held_out.encoded else {}
+    """Loss metrics over the encoded rows (when any), generation metrics over the cases (when asked), each
+    also row by row."""
+    metrics: dict[str, Any] = {}
+    rows: dict[str, RowValues] = {}
+    if held_out.encoded:
+        metrics = heldout_loss(model, held_out.encoded, held_out.pad_id, batch_size=eval_cfg.batch_size, per_row=True)
+        rows = loss_rows([e.line for e in held_out.encoded], metrics)
+        metrics = {k: v for k, v in metrics.items() if not isinstance(v, list)}
     samples: list[dict[str, Any]] = []
     if held_out.cases and eval_cfg.generate:
         answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], eval_cfg.max_new_tokens,
                            batch_size=eval_cfg.generation_batch, stop=held_out.stop)
-        refs = [c.reference for c in held_out.cases]
+        refs, lines = [c.reference for c in held_out.cases], [c.line for c in held_out.cases]
         metrics.update(generation_scores(held_out.metrics, answers, refs))
+        rows.update(generation_rows(held_out.metrics, answers, refs, lines))
         samples = [{"line": c.line, "prompt": c.prompt_text, "reference": c.reference, "output": a}
                    for c, a in zip(held_out.cases, answers)]
-    return Scores(metrics, samples)
+    return Scores(metrics, samples, rows)
 
 
 class LmTask(Task):
@@ -292,6 +309,7 @@ class LmTask(Task):
         encoded, empty, cut = [], [], 0
         for row, line in zip(dataset.rows, dataset.lines):
             example = self.encode(row, dataset.format, tokenizer, max_length)
+            example.line = line
             cut += example.truncated
             if example.supervised == 0:
                 empty.append(line)
@@ -317,7 +335,8 @@ class LmTask(Task):
                                             explicit=config.eval.metrics is not None)
             for message in messages if events is not None else ():
                 events.emit("warning", message=f"{dataset.path}: {message}")
-        return HeldOut(encoded, cases, tokenizer.pad_token_id, metrics)
+        end = get_format(dataset.format).answer_end([c.reference for c in cases])
+        return HeldOut(encoded, cases, tokenizer.pad_token_id, metrics, stop=(end,) if end else ())
 
     def generation_cases(self, dataset: Any, tokenizer: Any, max_examples: int) -> list[GenerationCase]:
         """A case for each of the first max_examples rows (0: all) that has one, tagged with the row's line."""

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import Field
 
 from tunelab.errors import DataError
 from tunelab.events import batch_starts
 from tunelab.models.loading import ModelSpec
-from tunelab.scoring.metrics import generation_scores
+from tunelab.scoring.metrics import generation_rows, generation_scores
+from tunelab.scoring.rows import RowValues
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import Baseline, Prepared, Scores, Task, register_task
 
@@ -64,22 +66,27 @@ def tag_names(config: Any, train: Any) -> list[str]:
 
 @dataclass
 class Tagged:
-    """Rows as sub-word ids with tag ids on first sub-words, and each row's words and gold tags."""
+    """Rows as sub-word ids with tag ids on first sub-words, each row's words and gold tags, and which word
+    each tagged sub-word starts (a word with no sub-word, such as a zero-width character, has none)."""
 
     rows: list[dict[str, Any]]
     lines: list[int]
     words: list[list[str]]
     tags: list[list[str]]
+    word_at: list[list[int]] = field(default_factory=list)
 
 
-def encode_row(words: list[str], tags: list[int], tokenizer: Any, max_length: int) -> dict[str, Any]:
-    """Sub-word ids; a word's tag on its first sub-word, IGNORE on the rest and on special tokens."""
+def encode_row(words: list[str], tags: list[int], tokenizer: Any, max_length: int) -> tuple[dict[str, Any], list[int]]:
+    """Sub-word ids with a word's tag on its first sub-word (IGNORE on the rest and on special tokens), and the
+    index of the word each tagged sub-word starts."""
     encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
-    labels, previous = [], None
+    labels, word_at, previous = [], [], None
     for word in encoded.word_ids():
-        labels.append(IGNORE if word is None or word == previous else tags[word])
+        first = word is not None and word != previous
+        labels.append(tags[word] if first else IGNORE)
+        word_at += [word] if first else []
         previous = word
-    return {"input_ids": encoded["input_ids"], "labels": labels}
+    return {"input_ids": encoded["input_ids"], "labels": labels}, word_at
 
 
 def unknown_tag(dataset: Any, names: list[str]) -> None:
@@ -98,15 +105,19 @@ def encode_rows(dataset: Any, tokenizer: Any, names: list[str], max_length: int)
     out = Tagged([], list(dataset.lines), [], [])
     for row in dataset.rows:
         words, tags = words_and_tags(row)
-        out.rows.append(encode_row(words, [index[t] for t in tags], tokenizer, max_length))
+        encoded, word_at = encode_row(words, [index[t] for t in tags], tokenizer, max_length)
+        out.rows.append(encoded)
+        out.word_at.append(word_at)
         out.words.append(words)
         out.tags.append(tags)
     return out
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, tokenizer: Any, held: Tagged, batch_size: int) -> tuple[float, list[list[str]]]:
-    """(cross-entropy per tagged sub-word, predicted tags per word); words cut by max_length are predicted O."""
+def predict(model: torch.nn.Module, tokenizer: Any, held: Tagged,
+            batch_size: int) -> tuple[RowValues, list[list[str]]]:
+    """(cross-entropy per tagged sub-word, row by row, predicted tags per word). A prediction is read at a
+    word's first sub-word and put back on that word; words cut by max_length or with no sub-word are O."""
     from transformers import DataCollatorForTokenClassification
 
     names = model.config.id2label
@@ -114,28 +125,36 @@ def predict(model: torch.nn.Module, tokenizer: Any, held: Tagged, batch_size: in
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    total, count, predicted = 0.0, 0, []
+    loss, predicted = [], []
     try:
         for start in batch_starts("tagging rows", len(held.rows), batch_size):
             batch = {k: v.to(device) for k, v in collate(held.rows[start:start + batch_size]).items()}
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
             labels = batch["labels"]
-            total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(),
-                                                             ignore_index=IGNORE, reduction="sum"))
-            count += int((labels != IGNORE).sum())
+            each = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE,
+                                                     reduction="none")
+            loss += zip(each.sum(1).tolist(), (labels != IGNORE).sum(1).tolist())
             for row_logits, row_labels in zip(logits.argmax(-1), labels):
-                predicted.append([names[int(i)] for i in row_logits[row_labels != IGNORE]])
+                predicted.append([names[int(i)] for i in row_logits[row_labels != IGNORE].tolist()])
     finally:
         model.train(was_training)
-    full = [tags + ["O"] * (len(words) - len(tags)) for tags, words in zip(predicted, held.words)]
-    return total / max(count, 1), full
+    full = [["O"] * len(words) for words in held.words]
+    for tags, row, word_at in zip(full, predicted, held.word_at):
+        for word, tag in zip(word_at, row):
+            tags[word] = tag
+    return RowValues(list(held.lines), np.asarray(loss, dtype=float).reshape(-1, 2)), full
 
 
-def scores(names: list[str], held: Tagged, predicted: list[list[str]], metrics: dict[str, float]) -> Scores:
+def scores(names: list[str], held: Tagged, predicted: list[list[str]], loss: RowValues | None = None) -> Scores:
+    """Entity metrics of the predicted tags (and the held-out loss when given), each also row by row."""
     answers, references = [" ".join(t) for t in predicted], [" ".join(t) for t in held.tags]
     samples = [{"line": line, "prompt": " ".join(words), "reference": ref, "output": out}
                for line, words, ref, out in zip(held.lines, held.words, references, answers)]
-    return Scores({**metrics, **generation_scores(names, answers, references)}, samples)
+    rows = generation_rows(names, answers, references, held.lines)
+    metrics = generation_scores(names, answers, references)
+    if loss is not None:
+        rows["eval_loss"], metrics = loss, {"eval_loss": loss.value(), **metrics}
+    return Scores(metrics, samples, rows)
 
 
 def dictionary_tags(train: Tagged, held: Tagged) -> list[list[str]]:
@@ -198,16 +217,17 @@ class Ner(Task):
 
     def evaluate(self, model: torch.nn.Module, tokenizer: Any, held_out: Tagged, config: Any) -> Scores:
         loss, predicted = predict(model, tokenizer, held_out, config.eval.batch_size)
-        return scores(list(self.default_metrics), held_out, predicted, {"eval_loss": loss})
+        return scores(list(self.default_metrics), held_out, predicted, loss)
 
     def baselines(self, model: torch.nn.Module, tokenizer: Any, train: Any, held: Any, prepared: Prepared,
                   config: Any, events: Any) -> dict[str, Baseline]:
         if not config.ner.dictionary_baseline:
             return {}
         tagged = encode_rows(train, tokenizer, tag_names(config, train), config.train.max_length)
-        found = scores(list(self.default_metrics), prepared.held_out, dictionary_tags(tagged, prepared.held_out), {})
+        found = scores(list(self.default_metrics), prepared.held_out, dictionary_tags(tagged, prepared.held_out))
         samples = [{"line": s["line"], "output": s["output"]} for s in found.samples]
-        return {"dictionary": Baseline("dictionary", Scores(found.metrics, samples), {"train_rows": len(train.rows)})}
+        return {"dictionary": Baseline("dictionary", Scores(found.metrics, samples, found.rows),
+                                       {"train_rows": len(train.rows)})}
 
 
 register_task(Ner())

@@ -45,9 +45,31 @@ def trl_row(row: dict[str, Any]) -> dict[str, Any]:
             "rejected": as_messages(row["rejected"], "assistant")}
 
 
+def answer_ids(prompt: str | list[dict[str, Any]], answer: str | list[dict[str, Any]],
+               tokenizer: Any) -> tuple[list[int], list[int]]:
+    """(prompt ids, prompt + answer ids) as TRL 1.16's DPO and reward trainers tokenize one side of a pair (in
+    `trl_row` form): a chat through the chat template, whose end of turn ends the answer; a string with EOS
+    appended where the answer lacks it. TRL adds EOS to non-conversational rows only: adding it to a chat
+    answer too would supervise a second end of turn."""
+    if isinstance(prompt, list) or isinstance(answer, list):
+        def ids(messages: list[dict[str, Any]], **options: Any) -> list[int]:
+            return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **options)["input_ids"])
+
+        return ids(prompt, add_generation_prompt=True), ids(prompt + answer)
+    eos = tokenizer.eos_token or ""
+    ended = answer if answer.endswith(eos) else answer + eos
+    return tokenizer(prompt)["input_ids"], tokenizer(prompt + ended)["input_ids"]
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading ids two sequences share (where TRL starts a completion: a template may render the
+    prompt alone differently from the prompt inside the whole chat)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def render_pair(row: dict[str, Any], tokenizer: Any) -> tuple[str, str, str]:
-    """(prompt, chosen, rejected) as text: the chat template's rendering for chats (the prompt ending in the
-    assistant's header), else the strings themselves; prompt + answer is the whole sequence."""
+    """(prompt, chosen, rejected) as text, for reports: the chat template's rendering for chats (the prompt
+    ending in the assistant's header), else the strings themselves."""
     pair = trl_row(row)
     if not conversational(pair):
         return pair["prompt"], pair["chosen"], pair["rejected"]

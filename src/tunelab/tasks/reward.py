@@ -1,7 +1,7 @@
 """A reward model from preference pairs: a one-output sequence-classification head trained by TRL's
 RewardTrainer (Bradley-Terry: loss = -log sigmoid(r(chosen) - r(rejected))).
 
-Held out, a pair is won when r(chosen) > r(rejected) strictly (`pairwise_accuracy`); `reward_margin` is
+Held out, a pair is won when r(chosen) > r(rejected), a tie counting one half (`pairwise_accuracy`); `reward_margin` is
 the mean r(chosen) - r(rejected). The tuned model is what `rlhf.reward_model` points at.
 """
 
@@ -16,10 +16,11 @@ import torch
 from tunelab.errors import ConfigError
 from tunelab.events import batch_starts
 from tunelab.models.loading import ModelSpec
-from tunelab.scoring.metrics import pairwise_scores
+from tunelab.scoring.metrics import pairwise_rows, pairwise_scores
+from tunelab.scoring.rows import RowValues
 from tunelab.tasks.base import Scores, Task, register_task
 from tunelab.tasks.classify import HEADS, Collate
-from tunelab.tasks.preference import TrlPrepared, render_pair, trl_config, trl_dataset, trl_row
+from tunelab.tasks.preference import TrlPrepared, answer_ids, render_pair, trl_config, trl_dataset, trl_row
 
 
 @dataclass
@@ -33,18 +34,18 @@ class Pairs:
     references: list[str]
 
 
-def sequence(text: str, tokenizer: Any, max_length: int) -> list[int]:
-    """Ids of a whole sequence ending in EOS, as RewardTrainer tokenizes it (cut at max_length)."""
-    eos = tokenizer.eos_token or ""
-    return tokenizer(text if text.endswith(eos) else text + eos)["input_ids"][:max_length]
+def sequence(prompt: Any, answer: Any, tokenizer: Any, max_length: int) -> list[int]:
+    """Ids of prompt + answer as RewardTrainer tokenizes them (`preference.answer_ids`), cut at max_length."""
+    return answer_ids(prompt, answer, tokenizer)[1][:max_length]
 
 
 def encode_pairs(dataset: Any, tokenizer: Any, max_length: int) -> Pairs:
     chosen, rejected, prompts, refs = [], [], [], []
     for row in dataset.rows:
-        prompt, good, bad = render_pair(row, tokenizer)
-        chosen.append(sequence(prompt + good, tokenizer, max_length))
-        rejected.append(sequence(prompt + bad, tokenizer, max_length))
+        pair = trl_row(row)
+        chosen.append(sequence(pair["prompt"], pair["chosen"], tokenizer, max_length))
+        rejected.append(sequence(pair["prompt"], pair["rejected"], tokenizer, max_length))
+        prompt, good, _ = render_pair(row, tokenizer)
         prompts.append(prompt)
         refs.append(good)
     return Pairs(chosen, rejected, list(dataset.lines), prompts, refs)
@@ -67,9 +68,10 @@ def rewards(model: torch.nn.Module, sequences: list[list[int]], pad_id: int, bat
     return out
 
 
-def bradley_terry_loss(chosen: list[float], rejected: list[float]) -> float:
+def bradley_terry_losses(chosen: list[float], rejected: list[float]) -> list[float]:
+    """Each pair's -log sigmoid(r(chosen) - r(rejected)), the training loss."""
     margins = torch.tensor(chosen, dtype=torch.float64) - torch.tensor(rejected, dtype=torch.float64)
-    return float(-torch.nn.functional.logsigmoid(margins).mean()) if len(chosen) else 0.0
+    return (-torch.nn.functional.logsigmoid(margins)).tolist()
 
 
 class Reward(Task):
@@ -115,12 +117,13 @@ class Reward(Task):
         pad, batch = tokenizer.pad_token_id, config.eval.batch_size
         chosen = rewards(model, held_out.chosen, pad, batch)
         rejected = rewards(model, held_out.rejected, pad, batch)
-        metrics = {"eval_loss": bradley_terry_loss(chosen, rejected), **pairwise_scores(chosen, rejected)}
+        rows = {"eval_loss": RowValues.means(held_out.lines, bradley_terry_losses(chosen, rejected)),
+                **pairwise_rows(held_out.lines, chosen, rejected)}
         samples = [{"line": line, "prompt": prompt, "reference": ref,
                     "output": f"r(chosen) {c:.3f}, r(rejected) {r:.3f}"}
                    for line, prompt, ref, c, r in zip(held_out.lines, held_out.prompts, held_out.references,
                                                       chosen, rejected)]
-        return Scores(metrics, samples)
+        return Scores({"eval_loss": rows["eval_loss"].value(), **pairwise_scores(chosen, rejected)}, samples, rows)
 
 
 REWARD = register_task(Reward())

@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 
 from tunelab.errors import ConfigError, DataError
 from tunelab.scoring.generate import generate
+from tunelab.scoring.rows import RowValues
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import FORGETTING, GENERATION, Scores, register_task
 from tunelab.tasks.lm import GenerationCase, LmTask
@@ -116,13 +117,13 @@ class RewardModel:
         self.tokenizer, self.model = load_reward_run(run_dir)
 
     def __call__(self, prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
-        from tunelab.tasks.preference import render_pair
+        from tunelab.tasks.preference import trl_row
         from tunelab.tasks.reward import rewards, sequence
 
         texts = []
         for prompt, completion in zip(prompts, completions):
-            head, answer, _ = render_pair({"prompt": prompt, "chosen": completion, "rejected": ""}, self.tokenizer)
-            texts.append(sequence(head + answer, self.tokenizer, 4096))
+            pair = trl_row({"prompt": prompt, "chosen": completion, "rejected": ""})
+            texts.append(sequence(pair["prompt"], pair["chosen"], self.tokenizer, 4096))
         return rewards(self.model, texts, self.tokenizer.pad_token_id, batch_size=16)
 
 
@@ -216,7 +217,8 @@ class Rlhf(LmTask):
         scores = held_out.reward(prompts=held_out.prompts, completions=completions) if answers else []
         samples = [{"line": c.line, "prompt": c.prompt_text, "reference": "", "output": a, "reward": s}
                    for c, a, s in zip(held_out.cases, answers, scores)]
-        return Scores({"mean_reward": sum(scores) / len(scores) if scores else 0.0}, samples)
+        rows = {"mean_reward": RowValues.means([c.line for c in held_out.cases], scores)}
+        return Scores({"mean_reward": rows["mean_reward"].value()}, samples, rows)
 
 
 register_task(Rlhf())
