@@ -161,7 +161,7 @@ def test_merged_equals_unmerged(trained, tmp_path, method, kind):
     merged = METHODS[method].merge(copy.deepcopy(unmerged))
     assert {name for name, _ in merged.named_parameters()} == plain  # no adapter left
     assert torch.allclose(outputs(merged, kind), expected, atol=1e-4)
-    if full_precision({}) != METHODS[method].load_options(config_for(method, KINDS[kind][0]), spec):
+    if "quantization_config" in METHODS[method].load_options(config_for(method, KINDS[kind][0]), spec):
         # Trained over a quantized base, merged onto full precision: compared with the model the run trained
         # (not only with the adapter over a full-precision base, above), the export carries a quantization gap.
         # It is real (> 0) and small beside what the tune moved; a merge that lost the tune would show it whole.

@@ -84,6 +84,25 @@ def test_every_generation_metric_row_by_row_gives_the_metric(name):
     assert rows.outcomes == METRICS[name].outcomes
 
 
+@pytest.mark.parametrize("name", sorted(n for n, m in METRICS.items() if m.compute is not None))
+def test_a_metrics_rows_survive_a_json_round_trip_as_before_json_keeps_them(name):
+    """A resumed run reads the rows measured before training back from before.json; its intervals must be the
+    ones an uninterrupted run computes (the metric of every resample, not only the value)."""
+    import json
+
+    from tunelab.scoring.rows import decode, encode
+
+    rng = random.Random(6)
+    tags = ["B-PER I-PER O B-LOC", "O B-ORG I-ORG O", "O O O O"]
+    pool = tags if name.startswith("entity") else ["cat", "dog", "bird", '{"a": 1}', "the cat sat"]
+    refs, answers = [rng.choice(pool) for _ in range(30)], [rng.choice(pool) for _ in range(30)]
+    rows = generation_rows([name], answers, refs, list(range(30)))[name]
+    again = decode(json.loads(json.dumps(encode({"x": [rows]}))))["x"][0]
+    assert again.keys == rows.keys and again.outcomes == rows.outcomes and again.value() == rows.value()
+    halves = rows.units[:15].sum(0), rows.units[15:].sum(0)
+    assert [float(again.of_sums(h)) for h in halves] == [float(rows.of_sums(h)) for h in halves]
+
+
 def scores(right: list[int]) -> Scores:
     metric = sum(right) / len(right)
     return Scores({"exact_match": metric}, rows={"exact_match": outcomes(right, list(range(len(right))))})

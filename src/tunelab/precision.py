@@ -52,5 +52,10 @@ def autocast(precision: str, device_type: str | None = None) -> AbstractContextM
 
 
 def active_dtype(device_type: str, default: torch.dtype) -> torch.dtype:
-    """The dtype autocast computes in on this device right now, else `default`."""
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else default
+    """The dtype autocast computes in on this device right now, else `default` (also on a device type autocast
+    does not know, where nothing is cast)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return default
+    return torch.get_autocast_dtype(device_type) if enabled else default

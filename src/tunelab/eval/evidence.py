@@ -9,7 +9,7 @@ task's to say (`Task.evidence`, `Task.baselines`); the scoring is the task's own
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from tunelab.eval.diagnosis import Evidence, diagnose, read_curves
 from tunelab.eval.early_stopping import BestWeights
 from tunelab.precision import autocast
 from tunelab.rundir import RunDir
+from tunelab.scoring import rows
 from tunelab.tasks.base import FORGETTING, Baseline, Prepared, Scores, Task
 
 
@@ -51,12 +52,19 @@ def before_training(model: torch.nn.Module, tokenizer: Any, task: Task, train: A
 
 def before_record(zero_shot: Scores, before: Before) -> dict[str, Any]:
     """What was measured before training, as JSON (the run directory keeps it, so a resumed run reuses it)."""
-    return {"zero_shot": asdict(zero_shot), "baselines": {name: asdict(b) for name, b in before.baselines.items()},
-            "probe": before.probe, "train_sample": before.train_sample, "train_sample_rows": before.train_sample_rows}
+    return rows.encode({"zero_shot": scores_record(zero_shot), "probe": before.probe,
+                        "baselines": {name: {"label": b.label, "scores": scores_record(b.scores), "details": b.details}
+                                      for name, b in before.baselines.items()},
+                        "train_sample": before.train_sample, "train_sample_rows": before.train_sample_rows})
+
+
+def scores_record(scores: Scores) -> dict[str, Any]:
+    return {"metrics": scores.metrics, "samples": scores.samples, "rows": scores.rows}
 
 
 def before_from_record(record: dict[str, Any]) -> tuple[Scores, Before]:
     """The zero-shot scores and the Before that `before_record` wrote."""
+    record = rows.decode(record)
     baselines = {name: Baseline(b["label"], Scores(**b["scores"]), b.get("details") or {})
                  for name, b in record["baselines"].items()}
     return Scores(**record["zero_shot"]), Before(baselines, record.get("probe"), record.get("train_sample") or {},

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.errors import ConfigError
-from tunelab.scoring.rows import OfSums, RowValues, ratio
+from tunelab.scoring.rows import OfSums, RowValues, named, ratio
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -124,17 +124,35 @@ def entity_metric(name: str) -> Corpus:
     return corpus
 
 
+def entity_of_sums(name: str) -> OfSums:
+    """seqeval's micro precision, recall or F1 of summed (found and right, found, expected) entity counts."""
+    return {"entity_f1": entity_f1_of_sums, "entity_precision": entity_precision_of_sums,
+            "entity_recall": entity_recall_of_sums}[name]
+
+
+def _share(right: np.ndarray, below: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(below > 0, right / np.where(below > 0, below, 1), 0.0)
+
+
+@named
+def entity_f1_of_sums(sums: np.ndarray) -> np.ndarray:
+    return _share(2 * sums[..., 0], sums[..., 1] + sums[..., 2])
+
+
+@named
+def entity_precision_of_sums(sums: np.ndarray) -> np.ndarray:
+    return _share(sums[..., 0], sums[..., 1])
+
+
+@named
+def entity_recall_of_sums(sums: np.ndarray) -> np.ndarray:
+    return _share(sums[..., 0], sums[..., 2])
+
+
 def entity_units(name: str) -> Units:
     """Per row (entities found and right, found, expected), seqeval's entities; the metric of their sums is
     seqeval's micro precision, recall or F1."""
-    column = {"entity_precision": 1, "entity_recall": 2}
-
-    def of_sums(sums: np.ndarray) -> np.ndarray:
-        right = sums[..., 0]
-        below = sums[..., 1] + sums[..., 2] if name == "entity_f1" else sums[..., column[name]]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(below > 0, (2 if name == "entity_f1" else 1) * right / np.where(below > 0, below, 1), 0.0)
-
     def units(predictions: list[str], references: list[str]) -> tuple[np.ndarray, OfSums]:
         from seqeval.metrics.sequence_labeling import get_entities
 
@@ -142,9 +160,20 @@ def entity_units(name: str) -> Units:
         for prediction, reference in zip(predictions, references):
             found, expected = set(get_entities(prediction.split())), set(get_entities(reference.split()))
             rows.append((len(found & expected), len(found), len(expected)))
-        return np.asarray(rows, dtype=float).reshape(-1, 3), of_sums
+        return np.asarray(rows, dtype=float).reshape(-1, 3), entity_of_sums(name)
 
     return units
+
+
+@named
+def macro_f1_of_sums(sums: np.ndarray) -> np.ndarray:
+    """The mean of the labels' F1 from summed (true positive, false positive, false negative) per label, the
+    three blocks of `macro_f1_units`' columns."""
+    labels = sums.shape[-1] // 3
+    if not labels:
+        return np.zeros(sums.shape[:-1])
+    sums = sums.reshape(*sums.shape[:-1], 3, labels)
+    return _share(2 * sums[..., 0, :], 2 * sums[..., 0, :] + sums[..., 1, :] + sums[..., 2, :]).mean(-1)
 
 
 def macro_f1_units(predictions: list[str], references: list[str]) -> tuple[np.ndarray, OfSums]:
@@ -160,15 +189,7 @@ def macro_f1_units(predictions: list[str], references: list[str]) -> tuple[np.nd
             counts[row, 2, index[reference]] = 1
             if prediction in index:
                 counts[row, 1, index[prediction]] = 1
-
-    def of_sums(sums: np.ndarray) -> np.ndarray:
-        sums = sums.reshape(*sums.shape[:-1], 3, len(labels))
-        below = 2 * sums[..., 0, :] + sums[..., 1, :] + sums[..., 2, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            f1 = np.where(below > 0, 2 * sums[..., 0, :] / np.where(below > 0, below, 1), 0.0)
-        return f1.mean(-1) if labels else np.zeros(sums.shape[:-2])
-
-    return counts.reshape(len(references), -1), of_sums
+    return counts.reshape(len(references), -1), macro_f1_of_sums
 
 
 def parse_json(text: str) -> Any:

@@ -15,14 +15,24 @@ from typing import Any
 import numpy as np
 
 OfSums = Callable[[np.ndarray], np.ndarray]  # sums (..., k) -> the metric (...), vectorised over leading axes
+OF_SUMS: dict[str, OfSums] = {}  # by name, so a saved RowValues (a run's before.json) is rebuilt with its function
 
 
+def named(of_sums: OfSums) -> OfSums:
+    """Register a metric-of-sums function under its name (module-level functions only: a closure has no name
+    that would find it again)."""
+    OF_SUMS[of_sums.__name__] = of_sums
+    return of_sums
+
+
+@named
 def ratio(sums: np.ndarray) -> np.ndarray:
     """sum of the first column over sum of the second: a mean of per-row values, or loss per token."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(sums[..., 1] > 0, sums[..., 0] / np.where(sums[..., 1] > 0, sums[..., 1], 1), 0.0)
 
 
+@named
 def exp_ratio(sums: np.ndarray) -> np.ndarray:
     """Perplexity: exp of the loss per token (capped as the held-out loss caps it)."""
     return np.exp(np.minimum(ratio(sums), 50.0))
@@ -49,3 +59,32 @@ class RowValues:
 
     def value(self) -> float:
         return float(self.of_sums(self.units.sum(0))) if len(self.keys) else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"row_values": 1, "keys": list(self.keys), "units": self.units.tolist(), "of_sums": self.of_sums.__name__,
+                "outcomes": self.outcomes}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> RowValues:
+        units = np.asarray(record["units"], dtype=float).reshape(len(record["keys"]), -1)
+        return cls(list(record["keys"]), units, OF_SUMS[record["of_sums"]], bool(record["outcomes"]))
+
+
+def encode(value: Any) -> Any:
+    """`value` with every RowValues in it (in dicts, lists, dataclasses' dicts) as JSON."""
+    if isinstance(value, RowValues):
+        return value.to_json()
+    if isinstance(value, dict):
+        return {k: encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode(v) for v in value]
+    return value
+
+
+def decode(value: Any) -> Any:
+    """What `encode` wrote, with its RowValues rebuilt."""
+    if isinstance(value, dict):
+        return RowValues.from_json(value) if value.get("row_values") == 1 else {k: decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    return value
