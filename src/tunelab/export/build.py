@@ -132,7 +132,7 @@ def _write_merged(source: Source, tmp: Path, quants: tuple[str, ...], rows: int,
     auto = getattr(transformers, KINDS[source.task.model_kind][0])
     exported = auto.from_pretrained(tmp, dtype=torch.float32).eval()  # plain transformers, as a user loads it
     checks = {"merged": verify.logit_check("merged", reference, exported, probes)}
-    if source.method.load_options(source.config, source.task.model_spec(source.config, None)):
+    if "quantization_config" in source.method.load_options(source.config, source.task.model_spec(source.config, None)):
         # the run trained over a quantized base; the merge is onto full precision: measure what that costs
         _, run_model = load_tuned(source)
         checks["quantization_gap"] = verify.quantization_gap(run_model, exported, source.method.disabled, reference,
