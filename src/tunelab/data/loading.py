@@ -26,14 +26,20 @@ class Dataset:
     format: str
     rows: list[dict[str, Any]]
     lines: list[int]
+    carved: dict[str, Any] = field(default_factory=dict)  # the splits tunelab made to get these rows, by name
 
     def describe(self) -> dict[str, Any]:
-        return {"path": str(self.path), "format": self.format, "rows": len(self.rows), "sha256": fingerprint(self.path)}
+        return {"path": str(self.path), "format": self.format, "rows": len(self.rows), "sha256": fingerprint(self.path),
+                **({"carved": self.carved} if self.carved else {})}
+
+    def pick(self, indices: list[int]) -> Dataset:
+        """These rows (indices into `rows`) with their lines."""
+        return Dataset(self.path, self.format, [self.rows[i] for i in indices], [self.lines[i] for i in indices],
+                       dict(self.carved))
 
     def sample(self, n: int, seed: int) -> Dataset:
         """A seeded sample of n rows (all when n >= len), kept in file order with their lines."""
-        picked = sorted(random.Random(seed).sample(range(len(self.rows)), min(n, len(self.rows))))
-        return Dataset(self.path, self.format, [self.rows[i] for i in picked], [self.lines[i] for i in picked])
+        return self.pick(sorted(random.Random(seed).sample(range(len(self.rows)), min(n, len(self.rows)))))
 
 
 @dataclass
@@ -159,19 +165,3 @@ def fingerprint(path: Path) -> str:
     for file in files:
         feed_file(digest, file)
     return digest.hexdigest()
-
-
-def split_rows(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """A seeded train/held-out split of one dataset (at least one row on each side)."""
-    n = len(dataset.rows)
-    if n < 2:
-        raise DataError(f"{dataset.path}: {n} row(s) cannot be split into train and held-out; give data.eval")
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_eval = min(n - 1, max(1, round(n * fraction)))
-    held, kept = sorted(order[:n_eval]), sorted(order[n_eval:])
-
-    def pick(idx: list[int]) -> Dataset:
-        return Dataset(dataset.path, dataset.format, [dataset.rows[i] for i in idx], [dataset.lines[i] for i in idx])
-
-    return pick(kept), pick(held)

@@ -94,7 +94,8 @@ def carve_validation(config: Any, out: Path, fraction: float) -> tuple[dict[str,
     """Split the training rows (after the held-out set is set aside, as a run does) into fit and validation
     files; trials train on one and are judged on the other, so no choice ever sees the held-out set."""
     train, _held = load_data(config)  # chooses the task for task=auto, as the run will
-    fit, validation = split_rows(train, fraction, config.train.seed)
+    fit, validation = split_rows(train, fraction, config.train.seed, config.data.near_dup_threshold, "validation",
+                                 "a sweep judges its trials on rows that are no copy of a training row")
     paths = {}
     for name, part in (("train", fit), ("validation", validation)):
         paths[name] = out / "data" / f"{name}.jsonl"

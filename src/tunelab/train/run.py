@@ -159,7 +159,8 @@ def validation_split(config: RunConfig, train_data: Dataset) -> tuple[Dataset, D
     if len(train_data.rows) < 2:
         raise DataError(f"{train_data.path}: {len(train_data.rows)} training row(s) leave none to validate on for "
                         "early stopping; add rows, or set train.epochs (or train.max_steps) to train without it")
-    return split_rows(train_data, config.data.validation_fraction, config.train.seed)
+    return split_rows(train_data, config.data.validation_fraction, config.train.seed, config.data.near_dup_threshold,
+                      "validation", "set train.epochs (or train.max_steps) to train without early stopping")
 
 
 def load_data(config: RunConfig) -> tuple[Dataset, Dataset]:
@@ -169,7 +170,7 @@ def load_data(config: RunConfig) -> tuple[Dataset, Dataset]:
     train = load_dataset(data.train, data.format, data.columns)
     choose_task(config, train)
     if data.eval is None:
-        train, held = split_rows(train, data.eval_fraction, config.train.seed)
+        train, held = split_rows(train, data.eval_fraction, config.train.seed, data.near_dup_threshold)
     else:
         held = load_dataset(data.eval, train.format, data.columns)
     if data.leakage_check:
