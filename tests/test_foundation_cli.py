@@ -104,3 +104,13 @@ def test_a_stray_argument_after_options_is_still_refused(capsys):
         main(["sweep", "a.yaml", "--space", "s.yaml", "--trails", "8", "lora.r=4"])
     assert exit_.value.code == 2
     assert "unrecognized arguments: --trails 8" in capsys.readouterr().err
+
+
+def test_a_misspelt_model_is_one_line_with_no_library_warning_before_it(tmp_path):
+    """bitsandbytes, imported by transformers' Trainer through PEFT, asked to `pip install kernels` on avx512_bf16 CPUs."""
+    proc = subprocess.run([sys.executable, "-m", "tunelab.cli", "run", QUICKSTART, "model=smollm2-135m-instrct"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert (proc.stdout + proc.stderr).strip().splitlines() == [
+        'error: model "smollm2-135m-instrct": not a bundled alias (smollm2-135m-instruct, tiny-random-llama, minilm-l6, '
+        'tiny-random-bert) nor an existing directory (did you mean "smollm2-135m-instruct"?)']

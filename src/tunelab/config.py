@@ -6,7 +6,6 @@ from it. Paths inside a YAML file are relative to that file; overrides are relat
 
 from __future__ import annotations
 
-import difflib
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,7 +14,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from tunelab.data.formats import FORMATS
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, did_you_mean
 from tunelab.methods import METHODS
 from tunelab.settings import SECTIONS, Section
 from tunelab.tasks import TASKS
@@ -220,12 +219,7 @@ RunConfig = create_model(
 def _one_of(key: str, value: str, allowed: list[str]) -> str:
     if value in allowed:
         return value
-    raise ValueError(f'expected one of {"|".join(allowed)}, got "{value}"{_suggest(value, allowed)}')
-
-
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f' (did you mean "{close[0]}"?)' if close else ""
+    raise ValueError(f'expected one of {"|".join(allowed)}, got "{value}"{did_you_mean(value, allowed)}')
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), base_dir: Path | None = None) -> RunConfig:
@@ -303,7 +297,7 @@ def explain(err: ValidationError, raw: dict[str, Any]) -> str:
         loc = [str(p) for p in problem["loc"]]
         key = ".".join(loc)
         if problem["type"] == "extra_forbidden":
-            lines.append(f'config: unknown key "{key}"{_suggest(loc[-1], _known_keys(loc[:-1]))}')
+            lines.append(f'config: unknown key "{key}"{did_you_mean(loc[-1], _known_keys(loc[:-1]))}')
             continue
         if problem["type"] == "missing":
             lines.append(f'config: "{key}" is required ({_field_help(loc)})')
