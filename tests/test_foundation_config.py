@@ -101,3 +101,18 @@ def test_learning_rate_defaults_to_the_methods_own():
     assert load_config(None, [*BASE, "method=lora"]).train.learning_rate == pytest.approx(1e-3)
     assert load_config(None, [*BASE, "method=full"]).train.learning_rate == pytest.approx(2e-5)
     assert load_config(None, [*BASE, "method=full", "train.learning_rate=1e-4"]).train.learning_rate == 1e-4
+
+
+def test_the_classify_example_runs_on_a_file_of_other_labels(tmp_path):
+    """examples/classify.yaml pinned negative/mixed/positive, so a spam/ham file was refused at its first row."""
+    from tests.conftest import EXAMPLES, write_jsonl
+    from tunelab.tasks import get_task
+    from tunelab.train.run import load_data
+
+    rows = [{"text": f"{kind} message number {i} about offer {i * 13}", "label": kind}
+            for kind in ("spam", "ham") for i in range(10)]
+    train, held = write_jsonl(tmp_path / "t.jsonl", rows[2:18]), write_jsonl(tmp_path / "e.jsonl", rows[:2] + rows[18:])
+    config = load_config(EXAMPLES / "classify.yaml", [f"data.train={train}", f"data.eval={held}", "data.leakage_check=false"])
+    train_data, _ = load_data(config)
+    spec = get_task("classify").model_spec(config, train_data)
+    assert spec.options["id2label"] == {0: "ham", 1: "spam"} and config.classify.labels == ["ham", "spam"]

@@ -262,7 +262,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _anchor_paths(raw: dict[str, Any], base: Path) -> None:
-    """Make data paths written in a YAML file relative to that file, not to the cwd."""
+    """Make data paths (and files a section names) written in a YAML file relative to that file, not to the cwd."""
+    for key, section in SECTIONS.items():
+        if isinstance(raw.get(key), dict):
+            section.anchor(raw[key], base)
     data = raw.get("data")
     if not isinstance(data, dict):
         return

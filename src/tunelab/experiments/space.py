@@ -18,8 +18,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from tunelab.config import RunConfig, _section_type, _suggest, describe_options, explain
-from tunelab.errors import ConfigError
+from tunelab.config import RunConfig, _section_type, describe_options, explain
+from tunelab.errors import ConfigError, did_you_mean
 from tunelab.experiments.variants import variant
 from tunelab.settings import SECTIONS
 
@@ -105,13 +105,25 @@ def parse_dimension(path: Path, key: str, spec: Any) -> Dimension:
     info = field_of(key)
     if info is None or _section_type(info.annotation) is not None:
         known = [k for k, _, _ in describe_options()]
-        raise ConfigError(f'{path}: "{key}": not a config key{_suggest(key, known)} (tunelab options lists them)')
+        raise ConfigError(f'{path}: "{key}": not a config key{did_you_mean(key, known)} (tunelab options lists them)')
     if isinstance(spec, list) and spec:
         return Dimension(key, choices=spec)
     if isinstance(spec, dict) and {"low", "high"} <= set(spec) and set(spec) <= {"low", "high", "log"}:
-        return Dimension(key, low=spec["low"], high=spec["high"], log=bool(spec.get("log", False)))
+        return Dimension(key, low=number(spec["low"]), high=number(spec["high"]), log=bool(spec.get("log", False)))
     raise ConfigError(f'{path}: "{key}": expected a list of choices or {{low, high, log}}, got {spec!r}; '
                       f"{key} allows {allowed_range(info)}")
+
+
+def number(value: Any) -> Any:
+    """A numeric string as its number: YAML reads `1e-4` (no dot in the mantissa) as the text "1e-4"."""
+    if not isinstance(value, str):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def check_dimension(path: Path, raw: dict[str, Any], dim: Dimension) -> Dimension:
