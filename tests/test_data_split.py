@@ -96,7 +96,8 @@ def test_a_file_with_repeats_trains_and_stops_early_on_carved_splits(tmp_path, t
     train = write_jsonl(tmp_path / "repeats.jsonl", chat_with_repeats(chat_rows))
     config = tiny_config(f"data.train={train}", "data.eval=null", "data.eval_fraction=0.25", "train.max_steps=4",
                          "train.early_stopping_patience=1", "train.eval_steps=2", "data.validation_fraction=0.25",
-                         "eval.generate=false", "eval.forgetting_probe=false", "eval.few_shot_k=0", "eval.train_sample=0")
+                         "eval.generate=false", "eval.forgetting_probe=false", "eval.few_shot_k=0",
+                         "eval.train_sample=0")
     result = run(config)
     data = json.loads((result.run_dir / "data.json").read_text())
     carved = data["train"]["carved"]

@@ -107,10 +107,10 @@ def test_a_stray_argument_after_options_is_still_refused(capsys):
 
 
 def test_a_misspelt_model_is_one_line_with_no_library_warning_before_it(tmp_path):
-    """bitsandbytes, imported by transformers' Trainer through PEFT, asked to `pip install kernels` on avx512_bf16 CPUs."""
+    """bitsandbytes (imported by transformers' Trainer through PEFT) asked for `pip install kernels` on avx512_bf16."""
     proc = subprocess.run([sys.executable, "-m", "tunelab.cli", "run", QUICKSTART, "model=smollm2-135m-instrct"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert (proc.stdout + proc.stderr).strip().splitlines() == [
-        'error: model "smollm2-135m-instrct": not a bundled alias (smollm2-135m-instruct, tiny-random-llama, minilm-l6, '
-        'tiny-random-bert) nor an existing directory (did you mean "smollm2-135m-instruct"?)']
+        'error: model "smollm2-135m-instrct": not a bundled alias (smollm2-135m-instruct, tiny-random-llama, '
+        'minilm-l6, tiny-random-bert) nor an existing directory (did you mean "smollm2-135m-instruct"?)']

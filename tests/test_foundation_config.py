@@ -112,7 +112,8 @@ def test_the_classify_example_runs_on_a_file_of_other_labels(tmp_path):
     rows = [{"text": f"{kind} message number {i} about offer {i * 13}", "label": kind}
             for kind in ("spam", "ham") for i in range(10)]
     train, held = write_jsonl(tmp_path / "t.jsonl", rows[2:18]), write_jsonl(tmp_path / "e.jsonl", rows[:2] + rows[18:])
-    config = load_config(EXAMPLES / "classify.yaml", [f"data.train={train}", f"data.eval={held}", "data.leakage_check=false"])
+    config = load_config(EXAMPLES / "classify.yaml",
+                         [f"data.train={train}", f"data.eval={held}", "data.leakage_check=false"])
     train_data, _ = load_data(config)
     spec = get_task("classify").model_spec(config, train_data)
     assert spec.options["id2label"] == {0: "ham", 1: "spam"} and config.classify.labels == ["ham", "spam"]

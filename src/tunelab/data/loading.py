@@ -18,6 +18,8 @@ from tunelab.paths import feed_file
 
 MAX_SHOWN = 5
 DETECT_ROWS = 100
+# Other names rows often give a field (as in common instruction data sets); never renamed silently.
+SYNONYMS = {"prompt": ("question", "instruction", "query"), "completion": ("answer", "response", "output", "target")}
 
 
 @dataclass
@@ -139,15 +141,38 @@ def load_dataset(path: Path, fmt: str = "auto", columns: dict[str, str] | None =
 
 
 def _detect(path: Path, rows: list[Row]) -> str:
-    """The format most of the first rows have, so one malformed first row does not decide it."""
+    """The format most of the first rows have, so one malformed first row does not decide it. Rows whose
+    own names for a field (an `answer` column) would make them another shape are not guessed at: the error
+    names the mapping."""
     votes = Counter(detect_format(r.fields) for r in rows[:DETECT_ROWS])
     fmt = max((f for f in votes if f), key=lambda f: votes[f], default=None)
-    if fmt is None:
-        keys = ", ".join(sorted(rows[0].fields)) or "none"
+    keys = ", ".join(sorted(rows[0].fields)) or "none"
+    mapping = _mapping_hint(rows[0].fields, fmt)
+    where = f"{path}:{rows[0].line}: {'' if fmt else 'cannot tell the format from '}fields [{keys}]: "
+    if mapping:
         raise DataError(
-            f"{path}:{rows[0].line}: cannot tell the format from fields [{keys}]; expected {shapes_in_words()} "
-            "(or map yours with data.columns.prompt=YOUR_FIELD)")
+            where + " and ".join(f"no {ours} column" for ours in mapping) +
+            f"; map {'it' if len(mapping) == 1 else 'them'} with "
+            f"{' '.join(f'data.columns.{ours}={theirs}' for ours, theirs in mapping.items())} "
+            f"(tunelab data: {' '.join(f'--column {ours}={theirs}' for ours, theirs in mapping.items())})"
+            + (f", or set data.format={fmt} to read them as {fmt} rows" if fmt else ""))
+    if fmt is None:
+        raise DataError(where + f"expected {shapes_in_words()} (or map yours with data.columns.prompt=YOUR_FIELD)")
     return fmt
+
+
+def _mapping_hint(fields: dict[str, Any], detected: str | None) -> dict[str, str]:
+    """{our field: their column} for common other names (`answer` for completion) when the mapped row is of a
+    shape detected before the one found (`prompt`+`answer` reads as prompt-only rows otherwise); else {}."""
+    mapping = {ours: next(w for w in words if w in fields) for ours, words in SYNONYMS.items()
+               if ours not in fields and any(w in fields for w in words)}
+    if not mapping:
+        return {}
+    rename = {theirs: ours for ours, theirs in mapping.items()}
+    renamed = detect_format({rename.get(key, key): value for key, value in fields.items()})
+    rank = {name: shape.priority for name, shape in FORMATS.items()}
+    better = renamed is not None and (detected is None or rank[renamed] < rank[detected])
+    return mapping if better else {}
 
 
 def _problem_report(path: Path, problems: list[Problem], total: int) -> str:

@@ -56,8 +56,8 @@ def split_rows(dataset: Dataset, fraction: float, seed: int, threshold: float = 
             f"its {n} rows are all copies of one another (exact or Jaccard >= {threshold}), so they"
         raise DataError(f"{dataset.path}: {why} cannot be split into train and {name} rows; {fix}")
     label = FORMATS[dataset.format].label_field
-    picked = assign_splits(n, (1 - fraction, fraction, 0.0), seed, [row[label] for row in dataset.rows] if label else None,
-                           groups)
+    labels = [row[label] for row in dataset.rows] if label else None
+    picked = assign_splits(n, (1 - fraction, fraction, 0.0), seed, labels, groups)
     held = _both_sides(np.array([where == "validation" for where in picked]), groups)
     sizes = np.bincount(groups)
     record = {"fraction": fraction, "seed": seed, "rows": int(held.sum()), "threshold": threshold,
