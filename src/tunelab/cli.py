@@ -66,7 +66,10 @@ def _no_kernels_hint(record: object) -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tunelab import __version__
+
     parser = argparse.ArgumentParser(prog="tunelab", description="Fine-tune language models with evidence.")
+    parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="fine-tune a model and show the before/after gain",

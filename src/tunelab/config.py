@@ -246,12 +246,11 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    _check_config_file(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(yaml_error(path, err)) from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if data is None:
@@ -259,6 +258,33 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top, got {type(data).__name__}")
     return data
+
+
+def yaml_error(path: Path, err: Exception) -> str:
+    """`FILE:LINE:COLUMN: not valid YAML: what` for a YAML syntax error (the line where the parser saw it)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if mark is None:
+        return f"{path}: not valid YAML: {str(err).splitlines()[0]}"
+    problem, context = getattr(err, "problem", None), getattr(err, "context", None)
+    return (f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem or context}"
+            + (f" ({context})" if problem and context else ""))
+
+
+DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet")
+
+
+def _check_config_file(path: Path) -> None:
+    """A config path that names a run directory or a data file gets what to do instead, not "not found"."""
+    if path.is_dir():
+        kept = path / "config.yaml"
+        hint = f"this run directory keeps its config as {kept}" if kept.is_file() else \
+            f"a saved datasets directory goes in data.train={path}"
+        raise ConfigError(f"{path}: a directory, not a YAML config file; {hint}")
+    if path.suffix.lower() in DATA_SUFFIXES:
+        raise ConfigError(f"{path}: a data file, not a YAML config; pass it as data.train={path} "
+                          "(after the YAML config, if any)")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
 
 
 def _anchor_paths(raw: dict[str, Any], base: Path) -> None:

@@ -92,8 +92,8 @@ def _print_check_summary(report, model: str, rejects: Path) -> None:
               + ", ".join(f"{key} on {n} row(s)" for key, n in s["ignored_keys"].items()))
     if s["labels"]:
         total = sum(s["labels"].values())
-        print("labels: " + ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in sorted(
-            s["labels"].items(), key=lambda kv: -kv[1])))
+        print("labels: " + ", ".join(f"{json.dumps(k, ensure_ascii=False)} on {v} row{'s' * (v != 1)} ({v / total:.0%})"
+                                     for k, v in sorted(s["labels"].items(), key=lambda kv: -kv[1])))
 
 
 def _add_prepare(cmds: argparse._SubParsersAction) -> None:

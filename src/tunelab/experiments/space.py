@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from tunelab.config import RunConfig, _section_type, describe_options, explain
+from tunelab.config import RunConfig, _section_type, describe_options, explain, yaml_error
 from tunelab.errors import ConfigError, did_you_mean
 from tunelab.experiments.variants import variant
 from tunelab.settings import SECTIONS
@@ -95,7 +95,7 @@ def load_space(path: Path, raw: dict[str, Any]) -> list[Dimension]:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(yaml_error(path, err)) from None
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{path}: expected a mapping of config keys to choices or {{low, high, log}}")
     return [check_dimension(path, raw, parse_dimension(path, str(key), spec)) for key, spec in data.items()]
