@@ -43,7 +43,8 @@ def importance_withheld(study: optuna.Study) -> str | None:
         return (f"Parameter importance is not shown: {len(values)} completed trial(s), and it needs at least "
                 f"{MIN_TRIALS_FOR_IMPORTANCE}.")
     if len(set(values)) == 1:
-        return f"Parameter importance is not shown: every completed trial scored {values[0]:.4g}, so no parameter mattered."
+        return (f"Parameter importance is not shown: every completed trial scored {values[0]:.4g}, so no parameter "
+                "mattered.")
     return None
 
 

@@ -50,7 +50,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
     if not args.target and not args.adapter:
         raise ConfigError("chat: what to talk to? give a TARGET (a run directory, an export, a model alias or a "
-                          "Hugging Face directory) or --adapter NAME=RUN_DIR, e.g. tunelab chat runs/quickstart-1 -p Hi")
+                          "Hugging Face directory) or --adapter NAME=RUN_DIR, e.g. tunelab chat runs/x -p Hi")
     if args.target and args.adapter:
         raise ConfigError("chat: give a TARGET or one or more --adapter NAME=RUN_DIR, not both")
     if args.prompt is not None and not args.prompt.strip():
