@@ -31,6 +31,7 @@ from tunelab.rundir import MetricsLog, directory_bytes, write_json, write_run_he
 from tunelab.scoring.metrics import describe
 from tunelab.tasks import TASKS, Task, get_task, task_for_format
 from tunelab.train.budget import resolve_epochs, stops_early
+from tunelab.train.checkpoint import keep_weights_only
 from tunelab.train.guards import train_guarded
 from tunelab.train.resume import find_run_dir, prepare_resume
 from tunelab.train.flops import throughput
@@ -97,6 +98,7 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     write_json(run_dir / "summary.json", summary)
     write_samples(run_dir, zero_shot.samples, after.samples, {k: b.scores.samples for k, b in before.baselines.items()})
     write_report(run_dir, summary, config.eval.report_examples)
+    keep_weights_only(run_dir / "checkpoints")  # finished: the optimizer and RNG pickles have no further use
     events.emit("run_finished", run_dir=str(run_dir), summary=summary)
     return RunResult(run_dir, summary)
 
