@@ -270,7 +270,7 @@ def yaml_error(path: Path, err: Exception) -> str:
             + (f" ({context})" if problem and context else ""))
 
 
-DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".csv", ".tsv", ".parquet")
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet")  # not .json: YAML reads a JSON config too
 
 
 def _check_config_file(path: Path) -> None:
