@@ -160,7 +160,7 @@ def validation_split(config: RunConfig, train_data: Dataset) -> tuple[Dataset, D
         return train_data, None
     if len(train_data.rows) < 2:
         raise DataError(f"{train_data.path}: {len(train_data.rows)} training row(s) leave none to validate on for "
-                        "early stopping; add rows, or set train.epochs (or train.max_steps) to train without it")
+                        "early stopping; set train.epochs (or train.max_steps) to train without it")
     return split_rows(train_data, config.data.validation_fraction, config.train.seed, config.data.near_dup_threshold,
                       "validation", "set train.epochs (or train.max_steps) to train without early stopping")
 
