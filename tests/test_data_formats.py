@@ -156,3 +156,25 @@ def test_chat_tables_with_a_key_on_some_messages_load(tmp_path):
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "chat_ds"))
     for path in (tmp_path / "chat.parquet", tmp_path / "chat_ds"):
         assert load_dataset(path).rows == rows
+
+
+@pytest.mark.parametrize("column", ["answer", "response", "output", "target"])
+def test_a_prompt_with_an_answer_under_another_name_is_not_read_as_a_prompt_alone(tmp_path, capsys, column):
+    """A `prompt,answer` CSV was checked as prompt-only rows, prepared into prompts alone, and run as rlhf."""
+    from tunelab.cli import main
+    from tunelab.rundir import RunDir
+
+    csv = tmp_path / "qa.csv"
+    csv.write_text(f"prompt,{column}\nWhat is 2+2?,4\nCapital of Peru?,Lima\n", encoding="utf-8")
+    hint = (f"qa.csv:2: fields [{', '.join(sorted(['prompt', column]))}]: no completion column; map it with "
+            f"data.columns.completion={column} (tunelab data: --column completion={column}), or set data.format=prompt")
+    for argv in (["data", "check", str(csv)], ["data", "prepare", str(csv), "-o", str(tmp_path / "out")],
+                 ["run", f"data.train={csv}", "model=tiny-random-llama", f"output_dir={tmp_path / 'run'}"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and hint in err, (argv, err)
+    assert not (tmp_path / "out").exists()  # prepare leaves nothing; the run leaves only its failed record
+    assert RunDir(tmp_path / "run").read_status()["state"] == "failed" and not (tmp_path / "run" / "model").exists()
+    mapped = load_dataset(csv, columns={"completion": column})
+    assert mapped.format == "prompt_completion" and mapped.rows[1] == {"prompt": "Capital of Peru?", "completion": "Lima"}
+    assert load_dataset(csv, "prompt").format == "prompt"  # asked for by name: the prompts alone

@@ -54,16 +54,54 @@ def run_prepare(tmp_path, tokenizer, **kw):
 def test_every_row_is_accounted_for(tmp_path, tokenizer):
     report, splits, expect, out = run_prepare(tmp_path, tokenizer)
     assert report["rows_read"] == 71
-    assert report["rejected"] == expect["rejected"]
+    assert report["invalid"] == expect["rejected"]
     assert (report["duplicates"]["exact"], report["duplicates"]["near"]) == (expect["exact"], expect["near"])
-    assert sum(len(v) for v in splits.values()) == expect["distinct"]
-    assert report["rejected"] + expect["exact"] + expect["near"] + expect["distinct"] == report["rows_read"]
+    assert sum(len(v) for v in splits.values()) == report["kept"] == expect["distinct"]
+    assert report["rejected"] == expect["rejected"] + expect["exact"] + expect["near"]
+    assert report["kept"] + report["rejected"] == report["rows_read"]
     rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
-    assert [r["line"] for r in rejects] == [69, 70, 71]
-    assert rejects[0]["reasons"] == ['after cleaning: field "text": empty or whitespace only']
-    assert "tokens; the supervised part is cut at max_length=128" in rejects[1]["reasons"][0]
-    assert rejects[2]["reasons"] == ['field "label": expected a string or an integer, got a list']
+    assert len(rejects) == report["rejected"]  # the duplicates too, in input order, each naming its kept line
+    assert [r["line"] for r in rejects] == [61, 62, 63, 64, 65, 66, 67, 69, 70, 71]
+    assert rejects[6]["reasons"] == ["exact duplicate of line 11"] and rejects[6]["row"]["label"] == "pos"
+    assert rejects[0]["reasons"][0].startswith("near-duplicate of line 1 (Jaccard ")
+    assert rejects[7]["reasons"] == ['after cleaning: field "text": empty or whitespace only']
+    assert "tokens; the supervised part is cut at max_length=128" in rejects[8]["reasons"][0]
+    assert rejects[9]["reasons"] == ['field "label": expected a string or an integer, got a list']
     assert (out / "token_lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["prepare_report.json", "rejects.jsonl", "test.jsonl",
+                                                      "token_lengths.png", "train.jsonl", "validation.jsonl"]
+
+
+def test_check_and_prepare_count_the_same_rows_rejected(tmp_path, tokenizer):
+    from tunelab.data.check import check_file
+
+    report, _, _, out = run_prepare(tmp_path, tokenizer)
+    checked = check_file(tmp_path / "messy.jsonl", tokenizer, max_length=128)
+    entries = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    prepared = {entry["line"]: entry["reasons"] for entry in entries}
+    # line 69 is control characters and a zero-width space: empty only once prepare has cleaned it (run and
+    # check read rows as they are); every other rejection, the 7 duplicates included, is the same in both
+    assert set(prepared) - set(checked.rejected) == {69} and set(checked.rejected) <= set(prepared)
+    assert all(prepared[line] == checked.rejected[line]["reasons"] for line in range(61, 68))
+    assert checked.total == report["rows_read"] and checked.kept + len(checked.rejected) == checked.total
+    assert (checked.kept, len(checked.rejected)) == (report["kept"] + 1, report["rejected"] - 1)
+
+
+def test_prepare_refuses_a_directory_that_is_not_empty_and_a_failure_leaves_nothing(tmp_path, tokenizer):
+    from tunelab.errors import ConfigError, DataError
+
+    path = write_jsonl(tmp_path / "rows.jsonl", [{"text": f"row {i}"} for i in range(5)])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.jsonl").write_text("an earlier prepare\n")
+    with pytest.raises(ConfigError, match=r"out: not empty \(an earlier prepare\?\); give -o a new or empty"):
+        prepare(path, out, tokenizer, PrepareOptions())
+    assert [p.name for p in out.iterdir()] == ["train.jsonl"]
+    assert prepare(path, tmp_path / "empty", tokenizer, PrepareOptions())["kept"] == 5  # new: made
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}])
+    with pytest.raises(DataError, match="no prompt column"):
+        prepare(bad, tmp_path / "failed", tokenizer, PrepareOptions())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "empty", "out", "rows.jsonl"]
 
 
 def test_clusters_name_the_kept_row_and_its_twins(tmp_path, tokenizer):
@@ -124,6 +162,7 @@ def test_prepare_cli(tmp_path, capsys):
                  "--max-length", "128", "--split", "0.5,0.25,0.25"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "71 rows read: 3 rejected, 3 cleaned, 1 exact and 6 near duplicates dropped" in out
+    assert (f"71 rows read: 61 kept (3 cleaned), 10 rejected (3 invalid or too long, 1 exact and 6 near duplicates) "
+            f"-> {tmp_path / 'o' / 'rejects.jsonl'}") in out
     assert "splits: train 31, validation 15, test 15" in out
     assert main(["data", "prepare", str(path), "-o", str(tmp_path / "o"), "--split", "0.5,0.5"]) == 2

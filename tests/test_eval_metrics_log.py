@@ -51,3 +51,21 @@ def test_the_report_reads_a_killed_runs_curves(killed_run):
 
     assert metric_curves(killed_run.parent) == {}  # no percentage metric was validated
     assert curves_png(killed_run.parent, {}).startswith("iVBOR")  # a PNG, base64
+
+
+def test_a_run_shorter_than_logging_steps_logs_its_last_step(tiny_config):
+    """train.max_steps=2 with a log every 5 steps wrote no metrics.jsonl, the bar said `loss -` throughout and the
+    report's loss curve was empty."""
+    from tunelab.train.run import run
+
+    events = []
+    result = run(tiny_config("train.max_steps=2", "train.logging_steps=5", "eval.generate=false",
+                             "eval.forgetting_probe=false", "eval.few_shot_k=0", "eval.train_sample=0"),
+                 on_event=events.append)
+    logged = [r for r in read_metrics(result.run_dir / "metrics.jsonl") if "train_loss" in r]
+    assert [r["step"] for r in logged] == [2]
+    steps = [e.fields for e in events if e.kind == "step"]
+    assert [e["step"] for e in steps] == [1, 2] and steps[-1]["loss"] == logged[0]["train_loss"]
+    train, _ = read_curves(result.run_dir / "metrics.jsonl")
+    assert [p.step for p in train] == [2]
+    assert '<img alt="loss curves"' in (result.run_dir / "report.html").read_text()

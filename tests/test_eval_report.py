@@ -140,3 +140,18 @@ def test_an_old_summary_without_intervals_still_reads(tmp_path):
     assert lines[1].startswith("No forgetting beyond the 10% threshold") and lines[1].endswith("(no interval).")
     assert comparison_header(old)[-1] == "change" and comparison_rows(old)[0][-1] == "+40.0 pts"
     assert forgetting_rows(old)[1][3] == "-10.0 pts"
+
+
+def test_html_shows_code_not_backticks_and_marks_each_answer_right_or_wrong(tmp_path):
+    from tunelab.eval.report_html import render_html
+
+    samples = [{"prompt": "2+2?", "reference": "4", "before": "four", "after": " 4 "},
+               {"prompt": "3+3?", "reference": "6", "before": "6", "after": "7"}]
+    summary = {"before": {"exact_match": 0.5}, "after": {"exact_match": 0.5}, "metrics": ["exact_match"],
+               "train": {"steps": 1, "seconds": 1, "tokens": 1, "tokens_per_second": 1}, "model": "tiny-random-llama",
+               "method": "lora", "task": "sft", "trainable_params": 1, "total_params": 2}
+    page = render_html(tmp_path, summary, samples)
+    assert "<code>tiny-random-llama</code>" in page and "`" not in page.split("<script>")[0] + page.split("</script>")[1]
+    cells = re.findall(r'<td class="(right|wrong)">([✓✗]) ([^<]*)</td>', page)
+    assert cells == [("wrong", "✗", "four"), ("right", "✓", " 4 "), ("right", "✓", "6"), ("wrong", "✗", "7")]
+    assert "✓ right, ✗ wrong, by exact match." in page

@@ -177,3 +177,32 @@ def test_score_default_reuses_the_best_score_when_the_default_trial_won(sweep_se
     assert not (tmp_path / "sw" / "default-config").exists()  # the same config is not trained twice
     assert summary["default"]["held_out"] == summary["best"]["held_out"] is not None
     assert summary["default"]["run_dir"] == summary["best"]["run_dir"]
+
+
+def sweep_study(values: list[float]) -> optuna.Study:
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    study = optuna.create_study(direction="maximize")
+    for i, value in enumerate(values):
+        study.add_trial(create_trial(value=value, params={"train.learning_rate": 1e-4 * (i + 1)},
+                                     distributions={"train.learning_rate": FloatDistribution(1e-5, 1e-2)}))
+    return study
+
+
+@pytest.mark.parametrize("values, drawn, note", [
+    ([0.0, 0.0], False, "2 completed trial(s), and it needs at least 3"),
+    ([0.0, 0.0, 0.0], False, "every completed trial scored 0, so no parameter mattered"),
+    ([0.1, 0.5, 0.3], True, None),
+])
+def test_parameter_importance_is_drawn_only_from_trials_that_can_show_it(tmp_path, values, drawn, note):
+    from tunelab.experiments.sweep_report import write_sweep_report
+
+    study = sweep_study(values)
+    summary = {"study": "s", "metric": "accuracy", "direction": "maximize", "space": {"train.learning_rate": "x"},
+               "best": {"trial": 0, "params": {}, "validation": max(values), "held_out": 0.0},
+               "default": {"validation": None, "held_out": None}}
+    write_sweep_report(tmp_path, study, summary)
+    assert (tmp_path / "importance.png").exists() == drawn and (tmp_path / "history.png").exists()
+    report = (tmp_path / "report.md").read_text()
+    assert (note in report) if note else "Parameter importance is not shown" not in report

@@ -114,3 +114,20 @@ def test_readme_config_table_is_the_config_models_own():
 
     assert block(README.read_text(encoding="utf-8")) == options_markdown(), \
         "README.md's config table is stale: run `python scripts/readme_config.py`"
+
+
+def test_the_classify_example_runs_on_a_file_of_other_labels(tmp_path):
+    """examples/classify.yaml pinned negative/mixed/positive, so a spam/ham file was refused at its first row."""
+    from tests.conftest import EXAMPLES, write_jsonl
+    from tunelab.tasks import get_task
+    from tunelab.inputs import load_data, resolve
+
+    rows = [{"text": f"{kind} message number {i} about offer {i * 13}", "label": kind}
+            for kind in ("spam", "ham") for i in range(10)]
+    train, held = write_jsonl(tmp_path / "t.jsonl", rows[2:18]), write_jsonl(tmp_path / "e.jsonl", rows[:2] + rows[18:])
+    config = load_config(EXAMPLES / "classify.yaml",
+                         [f"data.train={train}", f"data.eval={held}", "data.leakage_check=false"])
+    data = load_data(config)
+    complete = resolve(config, data)
+    spec = get_task("classify").model_spec(complete, data.train)
+    assert spec.options["id2label"] == {0: "ham", 1: "spam"} and complete.classify.labels == ["ham", "spam"]

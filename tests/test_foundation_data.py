@@ -55,7 +55,9 @@ def test_non_utf8_line_is_reported(tmp_path):
 
 def test_unknown_fields_say_how_to_map_them(tmp_path):
     path = write_jsonl(tmp_path / "q.jsonl", [{"question": "a", "answer": "b"}])
-    with pytest.raises(DataError, match=r"cannot tell the format from fields \[answer, question\]"):
+    with pytest.raises(DataError, match=r"cannot tell the format from fields \[answer, question\]: no prompt column "
+                                        r"and no completion column; map them with data.columns.prompt=question "
+                                        r"data.columns.completion=answer"):
         load_dataset(path)
 
 

@@ -289,14 +289,17 @@ def test_a_seeded_run_resumes_reusing_the_seeds_that_finished(tiny_config):
     from tunelab.experiments import run_experiment
 
     config = tiny_config("train.seeds=[1, 2]", "train.max_steps=2", *QUICK)
-    run_experiment(config)
+    finals = []
+
+    def die_in_seed_2s_final_evaluation(event):
+        if event.kind == "evaluating" and event.fields.get("which") == "after":
+            finals.append(event)
+            if len(finals) == 2:
+                raise KeyboardInterrupt  # as if killed here
+
+    with pytest.raises(RunInterrupted):
+        run_experiment(config, on_event=die_in_seed_2s_final_evaluation)
     parent = RunDir(config.output_dir)
-    second = RunDir(parent.path / "seed-2")
-    # as if killed in seed 2's final evaluation: no summaries above it, statuses nobody updates
-    for d in (second, parent):
-        (d.path / "summary.json").unlink()
-        status = d.read_status()
-        (d.path / "status.json").write_text(json.dumps({**status, "state": "running", "heartbeat_at": 0}))
     seen = []
     result = run_experiment(config, on_event=seen.append)
     assert [e.fields["seed"] for e in seen if e.kind == "seed_reused"] == [1]

@@ -87,3 +87,23 @@ def test_prune_keeps_the_best_by_a_metric_where_higher_is_better(tmp_path):
         fake_checkpoint(tmp_path, step, accuracy, higher_is_better=True)
     removed = prune(tmp_path, keep_last=2)
     assert sorted(p.name for p in removed) == ["checkpoint-2"]  # checkpoint-1 holds the best accuracy
+
+
+def test_a_finished_run_keeps_its_checkpoints_weights_and_no_pickle(tiny_config):
+    """The README says everything tunelab writes is safetensors; a finished run kept optimizer.pt, scheduler.pt and
+    rng_state.pth. An unfinished run keeps them, to resume from."""
+    from tunelab.train.checkpoint import checkpoint_dirs, latest_complete, problem
+    from tunelab.train.run import run
+
+    result = run(tiny_config("train.max_steps=2", "train.save_steps=1", "eval.generate=false",
+                             "eval.forgetting_probe=false", "eval.few_shot_k=0", "eval.train_sample=0"))
+    saved = checkpoint_dirs(result.run_dir / "checkpoints")
+    assert [step for step, _ in saved] == [1, 2]
+    for _, path in saved:
+        names = sorted(p.name for p in path.iterdir())
+        assert "adapter_model.safetensors" in names and "trainer_state.json" in names
+        assert not [n for n in names if n.endswith((".pt", ".pth", ".bin"))], names
+        assert problem(path).startswith("it holds weights only")  # resealed: nothing resumes from it
+    assert not [p for p in result.run_dir.rglob("*") if p.suffix in (".pt", ".pth", ".bin")]
+    (result.run_dir / "summary.json").unlink()  # as if it had died after the last save: it starts over, safely
+    assert latest_complete(result.run_dir / "checkpoints") is None

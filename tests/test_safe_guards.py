@@ -196,19 +196,31 @@ def test_same_config_and_seed_give_the_same_loss_curve_and_weights(tiny_config, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+class Died(Exception):
+    """Stands for the process dying at an event."""
+
+
+def die_at(kind: str, which: str | None = None):
+    def listen(event):
+        if event.kind == kind and event.fields.get("which", which) == which:
+            raise Died(kind)
+
+    return listen
+
+
 def test_a_run_stopped_after_its_final_checkpoint_finishes_without_training_again(tiny_config):
     config = tiny_config("eval.generate=false", "train.save_steps=2")
-    first = run(config)
-    trained = adapter(first.run_dir / "model")
-    died_in_final_evaluation(first.run_dir)
+    whole = run(tiny_config("eval.generate=false", "train.save_steps=2", f"output_dir={config.output_dir}-whole"))
+    with pytest.raises(Died):
+        run(config, die_at("evaluating", "after"))  # died during the final evaluation
     events = []
     second = run(config, events.append)
     assert [e.fields["step"] for e in events if e.kind == "resumed"] == [4]
     assert not [e for e in events if e.kind == "step"]  # Trainer alone would run a fifth step here
     assert second.summary["train"]["steps"] == 4
-    assert second.summary["train"]["tokens"] == first.summary["train"]["tokens"] > 0
+    assert second.summary["train"]["tokens"] == whole.summary["train"]["tokens"] > 0
     assert second.summary["train"]["tokens_per_second"] == 0  # counts only what this process trained
-    again = adapter(second.run_dir / "model")
+    trained, again = adapter(whole.run_dir / "model"), adapter(second.run_dir / "model")
     assert all(torch.equal(trained[k], again[k]) for k in trained)
 
 

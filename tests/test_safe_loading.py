@@ -70,11 +70,16 @@ def test_a_crafted_checkpoint_with_a_matching_manifest_is_refused_on_resume(tiny
     from tunelab.train.run import run
 
     config = tiny_config("train.max_steps=2", "train.save_steps=1", "eval.generate=false")
-    result = run(config)
-    (result.run_dir / "summary.json").unlink()  # as if the process died after its last checkpoint:
-    status = json.loads((result.run_dir / "status.json").read_text())  # no summary, a status nobody updates
-    (result.run_dir / "status.json").write_text(json.dumps({**status, "state": "running", "heartbeat_at": 0}))
-    checkpoint = result.run_dir / "checkpoints" / "checkpoint-2"
+
+    from tunelab.errors import RunInterrupted
+
+    def die_after_training(event):  # as if the process died after its last checkpoint
+        if event.kind == "evaluating" and event.fields.get("which") == "after":
+            raise KeyboardInterrupt
+
+    with pytest.raises(RunInterrupted):  # the run records the interruption and re-raises it as this
+        run(config, die_after_training)
+    checkpoint = config.output_dir / "checkpoints" / "checkpoint-2"
     marker = tmp_path / "pwned"
     write_payload(checkpoint / "optimizer.pt", marker)
     write_manifest(checkpoint, {"step": 2})

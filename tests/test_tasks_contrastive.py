@@ -133,3 +133,17 @@ def test_the_method_trains_through_the_sentence_transformers_trainer_and_resumes
     trainer._load_from_checkpoint(str(tmp / method / "checkpoint-4"))
     resumed = task.evaluate(fresh, tokenizer, prepared.held_out, config)
     assert resumed.metrics == pytest.approx(after.metrics, rel=1e-5)
+
+
+def test_training_counts_the_tokens_of_every_column(setup):
+    """The summary said 0 tokens/s: transformers counts only a model's main input, which these batches lack."""
+    tmp, make = setup
+    config, task, spec, tokenizer, model, prepared = make("lora")
+    model = get_method("lora").apply(model, config, spec)
+    args = {**common_args(config, tmp / "count"), "max_steps": 2, "per_device_train_batch_size": 8,
+            "save_strategy": "no"}
+    trainer = task.trainer(model, tokenizer, prepared, args, [])
+    trainer.train()
+    every_text = [row[key] for row in ROWS for key in ("anchor", "positive", "negative")]  # 2 x 8 rows: each once
+    expected = sum(len(tokenizer(t, truncation=True, max_length=32)["input_ids"]) for t in every_text)
+    assert trainer.state.num_input_tokens_seen == expected > 0

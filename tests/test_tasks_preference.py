@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.conftest import write_jsonl
+from tests.conftest import EXAMPLES, write_jsonl
 from tunelab.config import load_config
 from tunelab.data import load_dataset
 from tunelab.data.formats import validate_row
@@ -208,6 +208,20 @@ def test_bad_reward_function_names_itself_and_the_prompt(function, expected):
 def test_reward_function_that_cannot_load_is_a_config_error():
     with pytest.raises(ConfigError, match='rlhf.reward_function: cannot load "tests.reward_functions:nope"'):
         load_reward_function("tests.reward_functions:nope")
+
+
+def test_the_rlhf_examples_reward_file_is_found_from_another_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = load_config(EXAMPLES / "rlhf.yaml")
+    assert config.rlhf.reward_function == f"{EXAMPLES / 'json_reward.py'}:json_object"
+    reward = load_reward_function(config.rlhf.reward_function)
+    assert reward(prompts=["a", "b"], completions=['{"name": "Ann", "city": "Oslo"}', "no"]) == [1.0, 0.0]
+    on_command_line = load_config(EXAMPLES / "rlhf.yaml", ["rlhf.reward_function=mine.py:score"])
+    assert on_command_line.rlhf.reward_function == "mine.py:score"  # relative to the working directory
+    (tmp_path / "mine.py").write_text("def score(prompts, completions, **kwargs):\n    return [0.5] * len(completions)\n")
+    assert load_reward_function("mine.py:score")(prompts=["a"], completions=["b"]) == [0.5]
+    with pytest.raises(ConfigError, match=r'cannot load "gone.py:score": .*gone.py: file not found'):
+        load_reward_function("gone.py:score")
 
 
 @pytest.mark.parametrize("overrides, expected", [

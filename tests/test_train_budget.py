@@ -39,10 +39,10 @@ def test_an_auto_run_validates_stops_early_and_keeps_the_best(tiny_config):
     from tunelab.train.run import run
 
     result = run(tiny_config("train.max_steps=-1", "eval.generate=false", "eval.forgetting_probe=false",
-                             "eval.few_shot_k=0", "eval.train_sample=0", "train.learning_rate=0.5"))
+                             "eval.few_shot_k=0", "eval.train_sample=0", "train.learning_rate=0.9"))
     budget, stopping = result.summary["train"]["auto_budget"], result.summary["early_stopping"]
     assert budget["epochs"] == MAX_EPOCHS and budget["metric"] == "eval_loss"
-    assert stopping["stopped_early_at"] is not None  # a rate of 0.5 wrecks the model: validation stops improving
+    assert stopping["stopped_early_at"] is not None  # a rate of 0.9 wrecks the model: validation stops improving
     assert result.summary["train"]["steps"] < budget["max_steps"]
     assert stopping["best_step"] < stopping["final_step"] and stopping["restored"]
 

@@ -53,10 +53,23 @@ def _quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # transformers' Trainer imports PEFT, which imports bitsandbytes whenever it is installed; on an avx512_bf16 CPU
+    # its import then asks the user to `pip install kernels` (an optional faster 4-bit kernel, fetched online), even
+    # for a run that quantizes nothing. Its fallback works, offline: drop that one line.
+    import logging
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_no_kernels_hint)  # once: filters are a set
+
+
+def _no_kernels_hint(record: object) -> bool:
+    return "kernels-community" not in record.getMessage()
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tunelab import __version__
+
     parser = argparse.ArgumentParser(prog="tunelab", description="Fine-tune language models with evidence.")
+    parser.add_argument("--version", action="version", version=f"tunelab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="fine-tune a model and show the before/after gain",

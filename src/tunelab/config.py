@@ -6,7 +6,6 @@ from it. Paths inside a YAML file are relative to that file; overrides are relat
 
 from __future__ import annotations
 
-import difflib
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,8 +14,9 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator
 
 from tunelab.data.formats import FORMATS
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, did_you_mean
 from tunelab.methods import METHODS
+from tunelab.rundir import RunDir
 from tunelab.settings import SECTIONS, Section
 from tunelab.tasks import TASKS
 
@@ -242,12 +242,7 @@ RunConfig = create_model(
 def _one_of(key: str, value: str, allowed: list[str]) -> str:
     if value in allowed:
         return value
-    raise ValueError(f'expected one of {"|".join(allowed)}, got "{value}"{_suggest(value, allowed)}')
-
-
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f' (did you mean "{close[0]}"?)' if close else ""
+    raise ValueError(f'expected one of {"|".join(allowed)}, got "{value}"{did_you_mean(value, allowed)}')
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), base_dir: Path | None = None) -> RunConfig:
@@ -274,12 +269,11 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    _check_config_file(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(yaml_error(path, err)) from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if data is None:
@@ -289,8 +283,38 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def yaml_error(path: Path, err: Exception) -> str:
+    """`FILE:LINE:COLUMN: not valid YAML: what` for a YAML syntax error (the line where the parser saw it)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    if mark is None:
+        return f"{path}: not valid YAML: {str(err).splitlines()[0]}"
+    problem, context = getattr(err, "problem", None), getattr(err, "context", None)
+    return (f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {problem or context}"
+            + (f" ({context})" if problem and context else ""))
+
+
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet")  # not .json: YAML reads a JSON config too
+
+
+def _check_config_file(path: Path) -> None:
+    """A config path that names a run directory or a data file gets what to do instead, not "not found"."""
+    if path.is_dir():
+        kept = RunDir(path).config_path
+        hint = f"this run directory keeps its config as {kept}" if kept.is_file() else \
+            f"a saved datasets directory goes in data.train={path}"
+        raise ConfigError(f"{path}: a directory, not a YAML config file; {hint}")
+    if path.suffix.lower() in DATA_SUFFIXES:
+        raise ConfigError(f"{path}: a data file, not a YAML config; pass it as data.train={path} "
+                          "(after the YAML config, if any)")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+
+
 def _anchor_paths(raw: dict[str, Any], base: Path) -> None:
-    """Make data paths written in a YAML file relative to that file, not to the cwd."""
+    """Make data paths (and files a section names) written in a YAML file relative to that file, not to the cwd."""
+    for key, section in SECTIONS.items():
+        if isinstance(raw.get(key), dict):
+            section.anchor(raw[key], base)
     data = raw.get("data")
     if not isinstance(data, dict):
         return
@@ -325,7 +349,7 @@ def explain(err: ValidationError, raw: dict[str, Any]) -> str:
         loc = [str(p) for p in problem["loc"]]
         key = ".".join(loc)
         if problem["type"] == "extra_forbidden":
-            lines.append(f'config: unknown key "{key}"{_suggest(loc[-1], _known_keys(loc[:-1]))}')
+            lines.append(f'config: unknown key "{key}"{did_you_mean(loc[-1], _known_keys(loc[:-1]))}')
             continue
         if problem["type"] == "missing":
             lines.append(f'config: "{key}" is required ({_field_help(loc)})')

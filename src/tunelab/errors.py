@@ -1,5 +1,14 @@
 """Errors a user can fix. The CLI prints them as one line and exits with their code."""
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean "X"?)' for the closest of `choices` to a misspelt `word`, else ""."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
 
 class TunelabError(Exception):
     """A problem with the user's input: config, data, paths or options."""

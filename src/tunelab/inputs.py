@@ -64,7 +64,7 @@ def load_data(config: RunConfig, check_leakage: bool = True) -> RunData:
     train = load_dataset(data.train, data.format, data.columns)
     choose_task(config, train)
     if data.eval is None:
-        train, held = split_rows(train, data.eval_fraction, config.train.seed)
+        train, held = split_rows(train, data.eval_fraction, config.train.seed, data.near_dup_threshold)
     else:
         held = load_dataset(data.eval, train.format, data.columns)
     if data.leakage_check and check_leakage:
@@ -80,8 +80,9 @@ def validation_split(config: RunConfig, train: Dataset) -> tuple[Dataset, Datase
         return train, None
     if len(train.rows) < 2:
         raise DataError(f"{train.path}: {len(train.rows)} training row(s) leave none to validate on for "
-                        "early stopping; add rows, or set train.epochs (or train.max_steps) to train without it")
-    return split_rows(train, config.data.validation_fraction, config.train.seed)
+                        "early stopping; set train.epochs (or train.max_steps) to train without it")
+    return split_rows(train, config.data.validation_fraction, config.train.seed, config.data.near_dup_threshold,
+                      "validation", "set train.epochs (or train.max_steps) to train without early stopping")
 
 
 def choose_task(config: RunConfig, dataset: Dataset) -> Task:

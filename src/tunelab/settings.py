@@ -7,11 +7,19 @@ valid only when the run's method or task owns it.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @classmethod
+    def anchor(cls, values: dict[str, Any], base: Path) -> None:
+        """Make the file paths among `values`, as written in a YAML file, relative to that file's folder `base`
+        (as data paths are), before validation. Most sections name no file."""
 
 
 SECTIONS: dict[str, type[Section]] = {}

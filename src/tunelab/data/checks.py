@@ -40,6 +40,8 @@ def need_str(row: Row, key: str, *, allow_empty: bool = False) -> str:
         raise Unreadable(Problem(row.line, key, f"expected a string, got {type_name(value)}", "wrong_type"))
     if not allow_empty and not value.strip():
         raise Unreadable(Problem(row.line, key, "empty or whitespace only", "empty"))
+    if value and not value.strip():  # "" may mean "no prompt"; spaces alone are a slip
+        raise Unreadable(Problem(row.line, key, 'whitespace only; write "" for none', "empty"))
     return value
 
 
@@ -95,6 +97,8 @@ def _check_role_content_weight(line: int, where: str, message: dict[str, Any]) -
         return [Problem(line, f"{where}.content", f"expected a string, got {got}", "wrong_type")]
     if role == "assistant" and not content.strip():
         return [Problem(line, f"{where}.content", "empty assistant message", "empty")]
+    if content and not content.strip():
+        return [Problem(line, f"{where}.content", 'whitespace only; write "" for none', "empty")]
     weight = message.get("weight", 1)
     if "weight" in message and (role != "assistant" or weight not in (0, 1) or isinstance(weight, bool)):
         return [Problem(line, f"{where}.weight", f"expected 0 or 1 on an assistant message, got {json.dumps(weight)}",

@@ -92,8 +92,8 @@ def _print_check_summary(report, model: str, rejects: Path) -> None:
               + ", ".join(f"{key} on {n} row(s)" for key, n in s["ignored_keys"].items()))
     if s["labels"]:
         total = sum(s["labels"].values())
-        print("labels: " + ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in sorted(
-            s["labels"].items(), key=lambda kv: -kv[1])))
+        print("labels: " + ", ".join(f"{json.dumps(k, ensure_ascii=False)} on {v} row{'s' * (v != 1)} ({v / total:.0%})"
+                                     for k, v in sorted(s["labels"].items(), key=lambda kv: -kv[1])))
 
 
 def _add_prepare(cmds: argparse._SubParsersAction) -> None:
@@ -101,7 +101,7 @@ def _add_prepare(cmds: argparse._SubParsersAction) -> None:
                         description="Writes DIR/{train,validation,test}.jsonl, rejects.jsonl, prepare_report.json "
                                     "and token_lengths.png.")
     _common(p)
-    p.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output directory (new, or empty)")
     p.add_argument("--split", default="0.8,0.1,0.1", help="train,validation,test shares (default 0.8,0.1,0.1)")
     p.add_argument("--seed", type=int, default=42, help="seed of the split")
     p.add_argument("--min-tokens", type=int, default=1, help="drop rows shorter than this many tokens")
@@ -118,8 +118,10 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
                              min_tokens=args.min_tokens, threshold=args.threshold, shares=_shares(args.split),
                              seed=args.seed, drop_near=not args.keep_near_duplicates)
     report = prepare(args.file, args.output, load_tokenizer(args.model), options)
-    print(f"{report['rows_read']} rows read: {report['rejected']} rejected, {report['cleaned']} cleaned, "
-          f"{report['duplicates']['exact']} exact and {report['duplicates']['near']} near duplicates dropped")
+    dups = report["duplicates"]
+    print(f"{report['rows_read']} rows read: {report['kept']} kept ({report['cleaned']} cleaned), {report['rejected']} "
+          f"rejected ({report['invalid']} invalid or too long, {dups['exact']} exact and {dups['near']} near "
+          f"duplicates) -> {args.output / 'rejects.jsonl'}")
     print("splits: " + ", ".join(f"{name} {n}" for name, n in report["splits"].items()))
     print(f"wrote {args.output}/ (train.jsonl, validation.jsonl, test.jsonl, rejects.jsonl, "
           f"prepare_report.json, token_lengths.png)")

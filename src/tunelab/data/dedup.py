@@ -144,6 +144,29 @@ class Deduplicator:
         neighbours = _band_neighbours(texts, first, common, self) if self.near else None
         return self._walk(first, copy_of.reshape(-1), neighbours, shingle_set)
 
+    def groups(self, texts: Sequence[str]) -> Any:
+        """A group id per row (an array) joining every pair of exact or near copies, and through them copies of
+        copies (connected components, not the walk's kept-row clusters): a split that keeps each group on one
+        side leaves no row that repeats one across it, by the same candidates and Jaccard `find_leaks` uses."""
+        import numpy as np
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        _, first, copy_of = np.unique(np.frombuffer(self.keys, dtype=np.uint64), return_index=True,
+                                      return_inverse=True)
+        copy_of = copy_of.reshape(-1)
+        pairs = np.zeros((0, 2), dtype=np.int64)
+        if self.near and len(first) > 1:
+            common = self.boilerplate(texts)
+            starts, targets = _band_neighbours(texts, first, common, self)
+            shingle_set = functools.lru_cache(maxsize=SET_CACHE)(lambda i: shingles(texts[i], self.n) - common)
+            pairs = np.array([(i, j) for i in first.tolist() for j in targets[starts[i]:starts[i + 1]].tolist()
+                              if j > i and jaccard(shingle_set(i), shingle_set(j)) >= self.threshold],
+                             dtype=np.int64).reshape(-1, 2)
+        ends = copy_of[pairs]  # rows -> distinct texts
+        graph = coo_matrix((np.ones(len(ends)), (ends[:, 0], ends[:, 1])), shape=(len(first), len(first)))
+        return connected_components(graph, directed=False)[1][copy_of]
+
     def boilerplate(self, texts: Iterable[str]) -> frozenset[str]:
         """Shingles in more rows than BOILERPLATE_SHARE (counted exactly; the sketch only nominates)."""
         limit = max(BOILERPLATE_SHARE * len(self.keys), BOILERPLATE_MIN_ROWS)
@@ -272,6 +295,14 @@ def _bucket_pairs(rows: Any, hashes: Any) -> Any:
         first, second = np.triu_indices(size, k=1)
         out.append(np.stack([members[:, first].ravel(), members[:, second].ravel()], axis=1))
     return np.concatenate(out)
+
+
+def copy_groups(texts: Sequence[str], threshold: float = DEFAULT_THRESHOLD) -> Any:
+    """A group id per text: exact and near copies (at or above `threshold`), and copies of copies, share one."""
+    finder = Deduplicator(threshold)
+    for text in texts:
+        finder.see(text)
+    return finder.groups(texts)
 
 
 def clusters(n_rows: int, twins: Iterable[Twin]) -> Any:

@@ -18,6 +18,8 @@ from tunelab.paths import feed_file
 
 MAX_SHOWN = 5
 DETECT_ROWS = 100
+# Other names rows often give a field (as in common instruction data sets); never renamed silently.
+SYNONYMS = {"prompt": ("question", "instruction", "query"), "completion": ("answer", "response", "output", "target")}
 
 
 @dataclass
@@ -26,14 +28,20 @@ class Dataset:
     format: str
     rows: list[dict[str, Any]]
     lines: list[int]
+    carved: dict[str, Any] = field(default_factory=dict)  # the splits tunelab made to get these rows, by name
 
     def describe(self) -> dict[str, Any]:
-        return {"path": str(self.path), "format": self.format, "rows": len(self.rows), "sha256": fingerprint(self.path)}
+        return {"path": str(self.path), "format": self.format, "rows": len(self.rows), "sha256": fingerprint(self.path),
+                **({"carved": self.carved} if self.carved else {})}
+
+    def pick(self, indices: list[int]) -> Dataset:
+        """These rows (indices into `rows`) with their lines."""
+        return Dataset(self.path, self.format, [self.rows[i] for i in indices], [self.lines[i] for i in indices],
+                       dict(self.carved))
 
     def sample(self, n: int, seed: int) -> Dataset:
         """A seeded sample of n rows (all when n >= len), kept in file order with their lines."""
-        picked = sorted(random.Random(seed).sample(range(len(self.rows)), min(n, len(self.rows))))
-        return Dataset(self.path, self.format, [self.rows[i] for i in picked], [self.lines[i] for i in picked])
+        return self.pick(sorted(random.Random(seed).sample(range(len(self.rows)), min(n, len(self.rows)))))
 
 
 @dataclass
@@ -133,15 +141,38 @@ def load_dataset(path: Path, fmt: str = "auto", columns: dict[str, str] | None =
 
 
 def _detect(path: Path, rows: list[Row]) -> str:
-    """The format most of the first rows have, so one malformed first row does not decide it."""
+    """The format most of the first rows have, so one malformed first row does not decide it. Rows whose
+    own names for a field (an `answer` column) would make them another shape are not guessed at: the error
+    names the mapping."""
     votes = Counter(detect_format(r.fields) for r in rows[:DETECT_ROWS])
     fmt = max((f for f in votes if f), key=lambda f: votes[f], default=None)
-    if fmt is None:
-        keys = ", ".join(sorted(rows[0].fields)) or "none"
+    keys = ", ".join(sorted(rows[0].fields)) or "none"
+    mapping = _mapping_hint(rows[0].fields, fmt)
+    where = f"{path}:{rows[0].line}: {'' if fmt else 'cannot tell the format from '}fields [{keys}]: "
+    if mapping:
         raise DataError(
-            f"{path}:{rows[0].line}: cannot tell the format from fields [{keys}]; expected {shapes_in_words()} "
-            "(or map yours with data.columns.prompt=YOUR_FIELD)")
+            where + " and ".join(f"no {ours} column" for ours in mapping) +
+            f"; map {'it' if len(mapping) == 1 else 'them'} with "
+            f"{' '.join(f'data.columns.{ours}={theirs}' for ours, theirs in mapping.items())} "
+            f"(tunelab data: {' '.join(f'--column {ours}={theirs}' for ours, theirs in mapping.items())})"
+            + (f", or set data.format={fmt} to read them as {fmt} rows" if fmt else ""))
+    if fmt is None:
+        raise DataError(where + f"expected {shapes_in_words()} (or map yours with data.columns.prompt=YOUR_FIELD)")
     return fmt
+
+
+def _mapping_hint(fields: dict[str, Any], detected: str | None) -> dict[str, str]:
+    """{our field: their column} for common other names (`answer` for completion) when the mapped row is of a
+    shape detected before the one found (`prompt`+`answer` reads as prompt-only rows otherwise); else {}."""
+    mapping = {ours: next(w for w in words if w in fields) for ours, words in SYNONYMS.items()
+               if ours not in fields and any(w in fields for w in words)}
+    if not mapping:
+        return {}
+    rename = {theirs: ours for ours, theirs in mapping.items()}
+    renamed = detect_format({rename.get(key, key): value for key, value in fields.items()})
+    rank = {name: shape.priority for name, shape in FORMATS.items()}
+    better = renamed is not None and (detected is None or rank[renamed] < rank[detected])
+    return mapping if better else {}
 
 
 def _problem_report(path: Path, problems: list[Problem], total: int) -> str:
@@ -159,19 +190,3 @@ def fingerprint(path: Path) -> str:
     for file in files:
         feed_file(digest, file)
     return digest.hexdigest()
-
-
-def split_rows(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """A seeded train/held-out split of one dataset (at least one row on each side)."""
-    n = len(dataset.rows)
-    if n < 2:
-        raise DataError(f"{dataset.path}: {n} row(s) cannot be split into train and held-out; give data.eval")
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_eval = min(n - 1, max(1, round(n * fraction)))
-    held, kept = sorted(order[:n_eval]), sorted(order[n_eval:])
-
-    def pick(idx: list[int]) -> Dataset:
-        return Dataset(dataset.path, dataset.format, [dataset.rows[i] for i in idx], [dataset.lines[i] for i in idx])
-
-    return pick(kept), pick(held)

@@ -1,12 +1,17 @@
 """`tunelab data prepare`: validate, clean, bound lengths, deduplicate, split, and say what was done.
 
-Every input row ends in exactly one place: a split, rejects.jsonl (with its reasons), or the
-duplicate list of prepare_report.json (next to the row that was kept in its place).
+Every input row ends in exactly one place: a split or rejects.jsonl (with its reasons, in input order;
+a dropped duplicate names the line it repeats, as `data check` does, and prepare_report.json lists each
+cluster), so kept + rejected = rows read. The output directory must be new or empty; the files are
+made in a hidden folder beside it and moved in at the end, so a failed prepare leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
+import shutil
+import tempfile
 from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -15,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tunelab.data.check import describe_lengths, reject_entries
+from tunelab.data.check import describe_lengths, duplicate_problems, reject_entries
 from tunelab.data.clean import clean_row
 from tunelab.data.dedup import DEFAULT_THRESHOLD, Deduplicator, Twin, clusters
 from tunelab.data.formats import FORMATS, get_format, row_text, validate_row
@@ -23,6 +28,9 @@ from tunelab.data.loading import Checked, fingerprint, stream_file
 from tunelab.data.rows import Row
 from tunelab.data.spill import RowFile
 from tunelab.data.split import SPLITS, assign_splits
+from tunelab.errors import ConfigError
+
+INVALID = ".rejects-first-pass.jsonl"  # the first pass's rejects, merged with the duplicates into rejects.jsonl
 
 
 @dataclass
@@ -39,16 +47,26 @@ class PrepareOptions:
 
 def prepare(path: Path, out_dir: Path, tokenizer: Any, options: PrepareOptions) -> dict[str, Any]:
     """Two passes over the file, holding a few numbers per row: the first validates, cleans, measures and
-    rejects each row as it is read and appends the usable ones to a spill file in `out_dir`; the
-    deduplicator reads that file again, and the second pass copies each kept row into its split."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = RowFile(out_dir / ".prepare-rows.jsonl")
+    rejects each row as it is read and appends the usable ones to a spill file; the deduplicator reads
+    that file again, and the second pass copies each kept row into its split."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConfigError(f"{out_dir}: not empty (an earlier prepare?); give -o a new or empty directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    rows = RowFile(work / ".prepare-rows.jsonl")
     try:
-        seen = _first_pass(path, out_dir, rows, tokenizer, options)
+        seen = _first_pass(path, work, rows, tokenizer, options)
         twins = seen.finder.twins(rows.texts(lambda fields: row_text(fields, seen.fmt)))
-        return _split_and_report(path, out_dir, rows, seen, twins, options)
+        report = _split_and_report(path, work, rows, seen, twins, options)
+        rows.close()
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above
+        work.rename(out_dir)
+        return report
     finally:
         rows.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @dataclass
@@ -85,7 +103,7 @@ def _first_pass(path: Path, out_dir: Path, rows: RowFile, tokenizer: Any, option
     fmt, records = stream_file(path, options.fmt, options.columns)
     shape = FORMATS.get(fmt)  # None when no line parses: every row is then rejected
     seen = _Seen(fmt, Deduplicator(options.threshold), shape.label_field if shape else None)
-    with open(out_dir / "rejects.jsonl", "w", encoding="utf-8") as rejects:
+    with open(out_dir / INVALID, "w", encoding="utf-8") as rejects:
         for item in records:
             seen.total += 1
             fields = clean_row(item.row.fields) if item.row else None
@@ -122,13 +140,14 @@ def _split_and_report(path: Path, out_dir: Path, rows: RowFile, seen: _Seen, twi
     picked = assign_splits(len(keep), options.shares, options.seed, labels, clusters(len(rows), twins)[keep])
     where[keep] = [SPLITS.index(name) for name in picked]
     _write_splits(out_dir, rows, where)
+    _write_rejects(path, out_dir, rows, seen.lines, [t for t in twins if t.dropped in dropped], options.threshold)
     lengths = np.frombuffer(seen.lengths, dtype=np.int64)
     split_lengths = {name: lengths[where == s].tolist() for s, name in enumerate(SPLITS)}
     plot_lengths(split_lengths, options.max_length, out_dir / "token_lengths.png")
     report = {
         "input": str(path), "sha256": fingerprint(path), "format": seen.fmt, "rows_read": seen.total,
-        "rejected": seen.rejected, "cleaned": seen.cleaned,
-        "duplicates": _duplicate_report(seen.lines, twins, dropped, options.threshold),
+        "kept": int(len(keep)), "rejected": seen.rejected + len(dropped), "invalid": seen.rejected,
+        "cleaned": seen.cleaned, "duplicates": _duplicate_report(seen.lines, twins, dropped, options.threshold),
         "splits": {name: len(v) for name, v in split_lengths.items()},
         "tokens": {name: describe_lengths(v) for name, v in split_lengths.items()},
         "labels": _labels_by_split(labels, picked) if labels is not None else None,
@@ -148,6 +167,20 @@ def _write_splits(out_dir: Path, rows: RowFile, where: Any) -> None:
     finally:
         for out in outs:
             out.close()
+
+
+def _write_rejects(path: Path, out_dir: Path, rows: RowFile, lines: array, dropped: list[Twin],
+                   threshold: float) -> None:
+    """rejects.jsonl in input order: the first pass's rejects merged with the dropped duplicates, each with the
+    reason `data check` gives it and the (cleaned) row."""
+    problems = duplicate_problems(sorted(dropped, key=lambda t: t.dropped), lines, threshold)
+    index = {lines[t.dropped]: t.dropped for t in dropped}
+    duplicates = reject_entries(path, problems, lambda line: rows[index[line]]).values()
+    with open(out_dir / INVALID, encoding="utf-8") as invalid, \
+            open(out_dir / "rejects.jsonl", "w", encoding="utf-8") as out:
+        for entry in heapq.merge(map(json.loads, invalid), duplicates, key=lambda e: e["line"]):
+            out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    (out_dir / INVALID).unlink()
 
 
 def _usable(row: Row, fmt: str, tokenizer: Any, options: PrepareOptions) -> tuple[int, list[str]]:

@@ -4,11 +4,12 @@ write_report, which writes it beside report.md."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from tunelab.eval.diagnosis import read_curves
-from tunelab.scoring.metrics import METRICS, describe
+from tunelab.scoring.metrics import METRICS, describe, exact_match, label_accuracy
 from tunelab.eval.report import (FORGETTING_HEADER, Row, baselines, comparison_header, comparison_rows,
                                  confusion_rows, escape, forgetting_rows, leakage, png_base64, read_samples,
                                  render_markdown, training_line, verdict)
@@ -22,6 +23,7 @@ table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccd;padding:
 td:first-child,th:first-child{text-align:left}th{background:#eef1f6}
 table.samples td,table.samples th{text-align:left;max-width:260px;overflow-wrap:anywhere;font-size:13px}
 .plots img{max-width:100%;border:1px solid #e3e6ec;margin:6px 0}.muted{color:#667}
+td.right{background:#eaf6ea}td.wrong{background:#fbeaea}code{background:#eef1f6;padding:0 3px;border-radius:3px}
 """
 
 # Lets a headless browser (and the tests) see that every image decoded and no script or resource failed.
@@ -34,6 +36,8 @@ document.documentElement.dataset.rendered='yes'});
 
 
 EMPTY = "(empty answer)"
+# A held-out answer is marked right or wrong by the per-row form of the first of these metrics the run measured.
+JUDGES = (("exact_match", exact_match), ("accuracy", label_accuracy))
 
 
 def _figure(width: float = 7.0, height: float = 3.4) -> tuple[Any, Any]:
@@ -120,12 +124,38 @@ def html_table(rows: list[Row], css: str = "") -> str:
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def inline_markdown(text: Any) -> str:
+    """Escaped text with the Markdown the report's sentences use (`code`, **bold**) as HTML, not as characters."""
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+
+
+def judge(summary: dict[str, Any]) -> tuple[str, Any] | None:
+    """(metric, per-row scorer) that marks held-out answers right or wrong, or None when the run has neither."""
+    return next(((name, score) for name, score in JUDGES if name in summary.get("after", {})), None)
+
+
+def _answer_cell(answer: str | None, reference: str, scorer: Any) -> str:
+    text = escape(answer or EMPTY)
+    if scorer is None:
+        return f"<td>{text}</td>"
+    right = scorer(answer or "", reference) == 1.0
+    return f'<td class="{"right" if right else "wrong"}">{"✓" if right else "✗"} {text}</td>'
+
+
 def samples_table(samples: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     shown = [(name, label) for name, label, _ in baselines(summary) if any(s.get(name) is not None for s in samples)]
     header = ("prompt", "reference", "base (zero-shot)", *(f"base ({label})" for _, label in shown), "tuned")
-    rows = [(s["prompt"], s["reference"], s["before"] or EMPTY, *(s.get(name) or EMPTY for name, _ in shown),
-             s["after"] or EMPTY) for s in samples]
-    return html_table([header, *rows], "samples")
+    judged = judge(summary)
+    scorer = judged[1] if judged else None
+    body = "".join(
+        f"<tr><td>{escape(s['prompt'])}</td><td>{escape(s['reference'])}</td>"
+        + "".join(_answer_cell(answer, s["reference"], scorer)
+                  for answer in (s["before"], *(s.get(name) for name, _ in shown), s["after"])) + "</tr>"
+        for s in samples)
+    legend = f'<p class="muted">✓ right, ✗ wrong, by {escape(describe(judged[0]).label)}.</p>' if judged else ""
+    return (legend + '<table class="samples"><thead><tr>' + "".join(f"<th>{escape(c)}</th>" for c in header)
+            + f"</tr></thead><tbody>{body}</tbody></table>")
 
 
 def _section(title: str, body: str) -> str:
@@ -138,8 +168,9 @@ def render_html(run_dir: Path, summary: dict[str, Any], samples: list[dict[str, 
     leak = leakage(run_dir)
     parts = [
         f"<h1>tunelab run: {escape(run_dir.name)}</h1>",
-        '<div class="verdict"><ul>' + "".join(f"<li>{escape(s)}</li>" for s in verdict(summary)) + "</ul></div>",
-        f'<p class="muted">{escape(training_line(summary))}</p>',
+        '<div class="verdict"><ul>' + "".join(f"<li>{inline_markdown(s)}</li>" for s in verdict(summary))
+        + "</ul></div>",
+        f'<p class="muted">{inline_markdown(training_line(summary))}</p>',
         _section("Curves and scores", f'<div class="plots">{plots}</div>' if plots else ""),
         _section("Held-out results", html_table([comparison_header(summary), *comparison_rows(summary)])),
         _section("General ability (forgetting probe)",

@@ -18,8 +18,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from tunelab.config import RunConfig, _section_type, _suggest, describe_options, explain
-from tunelab.errors import ConfigError
+from tunelab.config import RunConfig, _section_type, describe_options, explain, yaml_error
+from tunelab.errors import ConfigError, did_you_mean
 from tunelab.experiments.variants import variant
 from tunelab.settings import SECTIONS
 
@@ -95,7 +95,7 @@ def load_space(path: Path, raw: dict[str, Any]) -> list[Dimension]:
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(yaml_error(path, err)) from None
     if not isinstance(data, dict) or not data:
         raise ConfigError(f"{path}: expected a mapping of config keys to choices or {{low, high, log}}")
     return [check_dimension(path, raw, parse_dimension(path, str(key), spec)) for key, spec in data.items()]
@@ -105,13 +105,25 @@ def parse_dimension(path: Path, key: str, spec: Any) -> Dimension:
     info = field_of(key)
     if info is None or _section_type(info.annotation) is not None:
         known = [k for k, _, _ in describe_options()]
-        raise ConfigError(f'{path}: "{key}": not a config key{_suggest(key, known)} (tunelab options lists them)')
+        raise ConfigError(f'{path}: "{key}": not a config key{did_you_mean(key, known)} (tunelab options lists them)')
     if isinstance(spec, list) and spec:
         return Dimension(key, choices=spec)
     if isinstance(spec, dict) and {"low", "high"} <= set(spec) and set(spec) <= {"low", "high", "log"}:
-        return Dimension(key, low=spec["low"], high=spec["high"], log=bool(spec.get("log", False)))
+        return Dimension(key, low=number(spec["low"]), high=number(spec["high"]), log=bool(spec.get("log", False)))
     raise ConfigError(f'{path}: "{key}": expected a list of choices or {{low, high, log}}, got {spec!r}; '
                       f"{key} allows {allowed_range(info)}")
+
+
+def number(value: Any) -> Any:
+    """A numeric string as its number: YAML reads `1e-4` (no dot in the mantissa) as the text "1e-4"."""
+    if not isinstance(value, str):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def check_dimension(path: Path, raw: dict[str, Any], dim: Dimension) -> Dimension:

@@ -94,7 +94,8 @@ def carve_validation(config: Any, out: Path, fraction: float) -> tuple[dict[str,
     files; trials train on one and are judged on the other, so no choice ever sees the held-out set."""
     train = load_data(config).all_train  # every training row, after the held-out set is set aside
     task = choose_task(config, train)  # for task=auto, the one the run would choose
-    fit, validation = split_rows(train, fraction, config.train.seed)
+    fit, validation = split_rows(train, fraction, config.train.seed, config.data.near_dup_threshold, "validation",
+                                 "a sweep judges its trials on rows that are no copy of a training row")
     paths = {}
     for name, part in (("train", fit), ("validation", validation)):
         paths[name] = out / "data" / f"{name}.jsonl"

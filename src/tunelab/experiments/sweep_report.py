@@ -32,13 +32,31 @@ def shown(value: Any, exact: bool) -> str:
     return f"{value:.4g}" if isinstance(value, float) and not exact else str(value)
 
 
+MIN_TRIALS_FOR_IMPORTANCE = 3
+
+
+def importance_withheld(study: optuna.Study) -> str | None:
+    """Why parameter importance is not drawn, or None: it is read from how the completed trials' values vary
+    with their parameters, so it needs several trials whose values differ."""
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    if len(values) < MIN_TRIALS_FOR_IMPORTANCE:
+        return (f"Parameter importance is not shown: {len(values)} completed trial(s), and it needs at least "
+                f"{MIN_TRIALS_FOR_IMPORTANCE}.")
+    if len(set(values)) == 1:
+        return (f"Parameter importance is not shown: every completed trial scored {values[0]:.4g}, so no parameter "
+                "mattered.")
+    return None
+
+
 def plots(study: optuna.Study, out: Path) -> dict[str, str]:
-    """Optimisation history and parameter importance (the latter needs two finished trials that differ)."""
+    """Optimisation history and parameter importance (when `importance_withheld` finds nothing against it)."""
     from optuna.visualization import matplotlib as ovm
 
     images = {}
-    for name, caption, draw in (("history", "Optimisation history", ovm.plot_optimization_history),
-                                ("importance", "Parameter importance", ovm.plot_param_importances)):
+    drawn = [("history", "Optimisation history", ovm.plot_optimization_history)]
+    if importance_withheld(study) is None:
+        drawn.append(("importance", "Parameter importance", ovm.plot_param_importances))
+    for name, caption, draw in drawn:
         try:
             axes = draw(study)
         except (ValueError, RuntimeError, ZeroDivisionError):
@@ -60,6 +78,7 @@ def write_sweep_report(out: Path, study: optuna.Study, summary: dict[str, Any]) 
     if default["validation"] is not None or default["held_out"] is not None:
         intro.append(f"Unchanged config: validation {fmt(metric, default['validation'])}, "
                      f"held-out {fmt(metric, default['held_out'])}.")
+    intro += [why for why in (importance_withheld(study),) if why]
     space = [("key", "searched over"), *summary["space"].items()]
     write_pages(out, "report", f"tunelab sweep: {summary['study']}", intro,
                 {"Search space": space, "Trials": trial_rows(study, exact=False)}, plots(study, out))

@@ -51,8 +51,13 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     from tunelab.errors import ConfigError
     from tunelab.export.pool import AdapterSet, load_target, parse_adapters, stream_reply
 
-    if bool(args.target) == bool(args.adapter):
+    if not args.target and not args.adapter:
+        raise ConfigError("chat: what to talk to? give a TARGET (a run directory, an export, a model alias or a "
+                          "Hugging Face directory) or --adapter NAME=RUN_DIR, e.g. tunelab chat runs/x -p Hi")
+    if args.target and args.adapter:
         raise ConfigError("chat: give a TARGET or one or more --adapter NAME=RUN_DIR, not both")
+    if args.prompt is not None and not args.prompt.strip():
+        raise ConfigError("chat: -p is empty or whitespace only; give the message to send")
     options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     if args.adapter:
         pool = AdapterSet(parse_adapters(args.adapter))

@@ -25,7 +25,14 @@ def load_target(target: str) -> tuple[Any, torch.nn.Module]:
 
     path = Path(target)
     if RunDir(path).has_config():
-        return load_tuned(open_run(path))
+        source = open_run(path)
+        kind = source.task.model_kind.replace("_", " ")
+        if kind != "causal lm":
+            kind = kind if kind.endswith("classifier") else f"{kind} model"
+            raise ConfigError(f"{path}: this run is {'an' if kind[0] in 'aeiou' else 'a'} {kind} (task "
+                              f"{source.task.name}), not a model that writes replies; chat talks to causal LM runs "
+                              f"(score this one with `tunelab eval {path} --data FILE`)")
+        return load_tuned(source)
     ggufs = sorted(path.glob("*.gguf")) if path.is_dir() else []
     if ggufs:
         name = ggufs[0].name

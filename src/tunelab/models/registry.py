@@ -17,7 +17,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from tunelab.errors import ModelError
+from tunelab.errors import ModelError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def resolve_model(name: str) -> Path:
             raise ModelError(f'model "{name}": directory has no config.json; expected a Hugging Face checkpoint')
         return path.resolve()
     hint = ", ".join(BUNDLED)
-    raise ModelError(f'model "{name}": not a bundled alias ({hint}) nor an existing directory')
+    raise ModelError(f'model "{name}": not a bundled alias ({hint}) nor an existing directory{did_you_mean(name, BUNDLED)}')
 
 
 def _materialized(model: BundledModel) -> Path:

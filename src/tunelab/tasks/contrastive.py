@@ -170,10 +170,16 @@ class Contrastive(Task):
                 SentenceTransformer: load it into the wrapped transformer as transformers' Trainer does."""
                 TransformersTrainer._load_from_checkpoint(self, resume_from_checkpoint, model=self.model[0].model)
 
+            def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+                """Count the batch's non-padding tokens (every column's), which transformers cannot: it counts
+                the model's main input, and these batches hold anchor_input_ids, positive_input_ids, ..."""
+                self.state.num_input_tokens_seen += int(sum(
+                    int(value.sum()) for key, value in inputs.items() if key.endswith("_attention_mask")))
+                return super().training_step(model, inputs, num_items_in_batch)
+
         wrapped = sentence_transformer(model, tokenizer, prepared.held_out.max_length)
         loss = MultipleNegativesRankingLoss(wrapped, scale=prepared.info["loss_scale"])
-        # transformers counts tokens from the model's main input, which sentence-transformers' batches lack
-        args = {**args, "include_num_input_tokens_seen": False}
+        args = {**args, "include_num_input_tokens_seen": False}  # counted in training_step above
         # Built, sentence-transformers' model-card callback draws a "Computing widget examples" bar on stderr; a
         # run reports its progress as events, so that bar is sent nowhere (errors still raise).
         with contextlib.redirect_stderr(io.StringIO()):

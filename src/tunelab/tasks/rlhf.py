@@ -15,7 +15,7 @@ the prompt. Held out, `mean_reward` is the reward of the model's greedy answer t
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import math
 import os
 import sys
@@ -38,15 +38,22 @@ from tunelab.tasks.preference import TrlPrepared, trl_config, trl_dataset
 class RlhfSettings(Section):
     algorithm: Literal["grpo", "rloo"] = Field("grpo", description="TRL's online RL trainer: GRPO or RLOO.")
     reward_function: str | None = Field(
-        None, pattern=r"^[\w.]+:\w+$",
-        description='The reward as "module:function" (importable from the working directory), called as '
-                    "f(prompts, completions, **kwargs) -> list[float].")
+        None, pattern=r"^([\w.]+|.+\.py):\w+$",
+        description='The reward as "file.py:function" (a path relative to the YAML file, or to the working '
+                    'directory on the command line) or "module:function" (importable from the working directory), '
+                    "called as f(prompts, completions, **kwargs) -> list[float].")
     reward_model: Path | None = Field(None, description="The reward as the run directory of a `reward` task run.")
     num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group compared).")
     max_completion_length: int = Field(32, ge=1, description="Tokens generated per completion, in training and "
                                                              "for the held-out mean reward.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the training completions.")
     beta: float = Field(0.0, ge=0, description="KL penalty towards the base; 0 needs no reference model.")
+
+    @classmethod
+    def anchor(cls, values: dict[str, Any], base: Path) -> None:
+        source, sep, name = str(values.get("reward_function") or "").rpartition(":")
+        if sep and source.endswith(".py") and not Path(source).is_absolute():
+            values["reward_function"] = f"{base / source}:{name}"
 
     @model_validator(mode="after")
     def one_reward(self) -> RlhfSettings:
@@ -95,16 +102,36 @@ class CheckedReward:
 
 
 def load_reward_function(name: str) -> CheckedReward:
-    module, _, attr = name.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # "importable from the working directory", also under the console script
+    source, _, attr = name.rpartition(":")
     try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as err:
+        fn = getattr(_reward_module(source), attr)
+    except (ImportError, AttributeError, FileNotFoundError, SyntaxError) as err:
         raise ConfigError(f'rlhf.reward_function: cannot load "{name}": {err}') from None
     if not callable(fn):
         raise ConfigError(f'rlhf.reward_function: "{name}" is not a function(prompts, completions, **kwargs)')
     return CheckedReward(fn, name)
+
+
+def _reward_module(source: str) -> Any:
+    """The module a reward names: a .py file (by its path), or a module importable from the working directory."""
+    if not source.endswith(".py"):
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # "importable from the working directory", also under the console script
+        return importlib.import_module(source)
+    path = Path(source).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    name = f"tunelab_reward_{path.stem}_{abs(hash(str(path)))}"  # in sys.modules, so its function pickles
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 class RewardModel:

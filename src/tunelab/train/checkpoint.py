@@ -93,6 +93,8 @@ def problem(directory: Path) -> str | None:
         return "no manifest (it was not completely written)"
     if not manifest["files"]:
         return "manifest lists no files"
+    if manifest.get("resumable") is False:
+        return "it holds weights only (kept when its run finished), not the state to resume from"
     for name, entry in manifest["files"].items():
         path = inside(directory, name)
         if path is None or not path.is_file():
@@ -127,6 +129,27 @@ def prune(root: Path, keep_last: int) -> list[Path]:
     removed = [path for _, path, _ in sealed if path not in keep]
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+# What Trainer pickles into a checkpoint to resume from it (optimizer, schedule, random states): needed only
+# while the run is unfinished.
+_RESUME_STATE = (".pt", ".pth", ".bin")
+
+
+def keep_weights_only(root: Path) -> list[Path]:
+    """Once a run has finished, nothing resumes it: strip each sealed checkpoint to its weights (safetensors) and
+    JSON, resealed with `resumable: false`, so the finished run directory holds no pickle. Returns the files removed."""
+    removed = []
+    for _, path in checkpoint_dirs(root):
+        manifest = read_manifest(path)
+        if manifest is None:
+            continue
+        state = [p for p in path.rglob("*") if p.is_file() and p.suffix in _RESUME_STATE]
+        for file in state:
+            file.unlink()
+        removed += state
+        write_manifest(path, {**{k: v for k, v in manifest.items() if k != "files"}, "resumable": False})
     return removed
 
 

@@ -34,7 +34,7 @@ from tunelab.precision import autocast
 from tunelab.rundir import FAILED, INTERRUPTED, RUNNING, SUCCEEDED, RunDir, Status, directory_bytes
 from tunelab.scoring.metrics import describe
 from tunelab.tasks import Task, get_task
-from tunelab.train.checkpoint import checkpoint_dirs, read_manifest
+from tunelab.train.checkpoint import checkpoint_dirs, keep_weights_only, read_manifest
 from tunelab.train.flops import throughput
 from tunelab.train.guards import train_guarded
 from tunelab.train.resume import find_run_dir, prepare_resume, refuse_foreign, unfinished_like
@@ -248,6 +248,7 @@ def finish(run_dir: RunDir, summary: dict[str, Any], zero_shot: Any, after: Any,
     run_dir.write_summary(summary)
     run_dir.write_samples(zero_shot.samples, after.samples, {k: b.scores.samples for k, b in before.baselines.items()})
     write_report(run_dir.path, summary, config.eval.report_examples)
+    keep_weights_only(run_dir.checkpoints_dir)  # finished: the optimizer and RNG pickles have no further use
     events.emit("run_finished", run_dir=str(run_dir))
     status.end(SUCCEEDED)
 

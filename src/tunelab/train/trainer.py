@@ -97,6 +97,7 @@ class Progress(TrainerCallback):
         self.started = time.monotonic()
         self.tokens_at_start = self.steps_at_start = 0
         self.last_loss: float | None = None
+        self.pending_step = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.monotonic()
@@ -104,6 +105,8 @@ class Progress(TrainerCallback):
         self.events.emit("train_started", max_steps=state.max_steps, start_step=state.global_step)
 
     def on_train_end(self, args, state, control, **kwargs):
+        if self.pending_step:
+            self.emit_step(state)
         self.events.emit("train_finished", step=state.global_step)
 
     def tokens_per_second(self, state) -> float:
@@ -111,10 +114,20 @@ class Progress(TrainerCallback):
         return (state.num_input_tokens_seen - self.tokens_at_start) / elapsed
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.events.emit("step", step=state.global_step, max_steps=state.max_steps, loss=self.last_loss,
-                         tokens_per_second=self.tokens_per_second(state))
+        # The last step is logged whatever logging_steps says (a short run still has a loss and a curve); a
+        # logged step's event waits for the loss the trainer logs next (on_log), so the bar shows it.
+        control.should_log = control.should_log or state.global_step >= state.max_steps
+        self.pending_step = control.should_log
+        if not self.pending_step:
+            self.emit_step(state)
         if self.eval_steps and state.global_step % self.eval_steps == 0:
             self.validate(state, model, control)
+        control.should_log = control.should_log or control.should_training_stop  # stopped early: its last step
+
+    def emit_step(self, state) -> None:
+        self.pending_step = False
+        self.events.emit("step", step=state.global_step, max_steps=state.max_steps, loss=self.last_loss,
+                         tokens_per_second=self.tokens_per_second(state))
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         if not self.eval_steps:
@@ -129,6 +142,8 @@ class Progress(TrainerCallback):
             "learning_rate": logs.get("learning_rate"), "grad_norm": _num(logs.get("grad_norm")),
             "tokens_seen": int(state.num_input_tokens_seen), "tokens_per_second": round(self.tokens_per_second(state), 2),
         })
+        if self.pending_step:
+            self.emit_step(state)
 
     def validate(self, state, model, control=None) -> None:
         model = self.model if self.model is not None else model
