@@ -17,9 +17,9 @@ import time
 from typing import Any
 
 from tunelab.errors import ConfigError
-from tunelab.graders import multi, python, score_model, string_check, text_similarity  # noqa: F401 - they register
-from tunelab.graders.base import ERROR_DETAILS, ERROR_FLAGS, GRADERS, Graded, Options, check_fields, fail, one_of, \
-    shown
+# Each type registers itself on import, in OpenAI's order (the order error messages list them in).
+from tunelab.graders import string_check, text_similarity, score_model, multi, python  # noqa: F401, I001
+from tunelab.graders.base import ERROR_DETAILS, ERROR_FLAGS, GRADERS, Graded, Options, check_grader, fail, shown
 from tunelab.graders.template import Path, variables
 
 __all__ = ["Graded", "Options", "grade_batch", "item_paths", "python_paths", "run_grader", "sample_of",
@@ -30,22 +30,6 @@ def validate_grader(spec: dict[str, Any]) -> None:
     """Refuse a grader spec that OpenAI's validation would refuse, or that cannot run here (a judge that is not a
     local model, meteor without WordNet): ConfigError naming the field path and what was expected."""
     check_grader(spec, "grader")
-
-
-def check_grader(spec: Any, where: str, nested: bool = False) -> None:
-    """A grader spec at `where` (a multi's sub-graders are `grader.graders.<key>` and need no name)."""
-    if not isinstance(spec, dict):
-        fail(where, f"expected a grader object with a type, got {shown(spec)}")
-    kinds = [k for k, kind in GRADERS.items() if kind.nests or not nested]
-    if "type" not in spec:
-        fail(f"{where}.type", f"required; expected one of {'|'.join(kinds)}")
-    if isinstance(spec["type"], str) and spec["type"] in GRADERS and spec["type"] not in kinds:
-        fail(f"{where}.type", f"expected one of {'|'.join(kinds)}, got {shown(spec['type'])} (a multi grader's "
-                              "graders cannot be multi graders)")
-    one_of(f"{where}.type", spec["type"], kinds)
-    kind = GRADERS[spec["type"]]
-    check_fields(spec, where, kind, name_required=not nested)
-    kind.check(spec, where)
 
 
 def python_paths(spec: dict[str, Any], where: str = "grader") -> list[str]:

@@ -134,3 +134,19 @@ def rendered(templates: list[str], sample: dict[str, Any], item: Any) -> list[st
         return [render(t, {"sample": sample, "item": item}) for t in templates]
     except MissingVariable as err:
         return Graded.failed("invalid_variable_error", f"no value for {{{{ {err.args[0]} }}}}")
+
+
+def check_grader(spec: Any, where: str, nested: bool = False) -> None:
+    """A grader spec at `where` (a multi's sub-graders are `grader.graders.<key>` and need no name)."""
+    if not isinstance(spec, dict):
+        fail(where, f"expected a grader object with a type, got {shown(spec)}")
+    kinds = [k for k, kind in GRADERS.items() if kind.nests or not nested]
+    if "type" not in spec:
+        fail(f"{where}.type", f"required; expected one of {'|'.join(kinds)}")
+    if isinstance(spec["type"], str) and spec["type"] in GRADERS and spec["type"] not in kinds:
+        fail(f"{where}.type", f"expected one of {'|'.join(kinds)}, got {shown(spec['type'])} (a multi grader's "
+                              "graders cannot be multi graders)")
+    one_of(f"{where}.type", spec["type"], kinds)
+    kind = GRADERS[spec["type"]]
+    check_fields(spec, where, kind, name_required=not nested)
+    kind.check(spec, where)

@@ -7,15 +7,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tunelab.graders.base import Graded, GraderType, Options, fail, register_grader, shown
+from tunelab.graders.base import GRADERS, Graded, GraderType, Options, check_grader, fail, register_grader, shown
 from tunelab.graders.formula import evaluate, parse_formula
 
 NAME = re.compile(r"[A-Za-z_]\w*")
 
 
 def check(spec: dict[str, Any], where: str) -> None:
-    from tunelab.graders import check_grader
-
     graders = spec["graders"]
     if not isinstance(graders, dict) or not graders:
         fail(f"{where}.graders", f"expected a non-empty mapping of names to graders, got {shown(graders)}")
@@ -34,9 +32,7 @@ def check(spec: dict[str, Any], where: str) -> None:
 
 
 def grade(spec: dict[str, Any], samples: list[dict[str, Any]], items: list[Any], options: Options) -> list[Graded]:
-    from tunelab.graders import grade_batch
-
-    graded = {key: grade_batch(sub, samples, items, options) for key, sub in spec["graders"].items()}
+    graded = {key: GRADERS[sub["type"]].grade(sub, samples, items, options) for key, sub in spec["graders"].items()}
     tree = parse_formula(spec["calculate_output"], list(graded))
     return [combine(tree, {key: results[i] for key, results in graded.items()}) for i in range(len(samples))]
 

@@ -163,7 +163,8 @@ def grade(spec: dict[str, Any], samples: list[dict[str, Any]], items: list[Any],
 
 
 def ask_judge(spec: dict[str, Any], chats: list[list[dict[str, str]]]) -> tuple[Any, Any]:
-    """The judge's answers to the chats and the tokens of each (prompt, completion, total)."""
+    """The judge's answers to the chats and the tokens of each (prompt, completion, total; the completion's counted
+    by encoding the answer again, as generation returns text)."""
     import torch
 
     from tunelab.scoring.generate import generate
