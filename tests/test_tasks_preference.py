@@ -168,7 +168,7 @@ def test_reward_function_that_cannot_load_is_a_config_error():
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    ([], "set exactly one of rlhf.reward_function and rlhf.reward_model"),
+    ([], "set exactly one of rlhf.reward_function, rlhf.reward_model and rlhf.grader"),
     (["rlhf.reward_function=a:b", "rlhf.reward_model=runs/r"], "set exactly one"),
 ])
 def test_rlhf_needs_exactly_one_reward(overrides, expected):
