@@ -84,7 +84,8 @@ def grade_batch(spec: dict[str, Any], samples: list[dict[str, Any]], items: list
 def run_grader(spec: dict[str, Any], sample: dict[str, Any], item: Any, *, allow_python: bool = False,
                options: Options | None = None) -> dict[str, Any]:
     """Grade one sample as OpenAI's /fine_tuning/alpha/graders/run answers: reward, metadata (name, type, every
-    error flag, execution_time, scores, token_usage, sampled_model_name), sub_rewards and token use per model."""
+    error flag, execution_time, scores, token_usage, sampled_model_name), sub_rewards and token use per model:
+    exactly the fields of the openai SDK's GraderRunResponse (grade_batch's Graded.details says more in words)."""
     validate_grader(spec)
     options = options or Options(allow_python=allow_python)
     start = time.perf_counter()
@@ -99,8 +100,7 @@ def response(spec: dict[str, Any], graded: Graded, seconds: float) -> dict[str, 
         "reward": graded.reward,
         "metadata": {"name": spec["name"], "type": spec["type"], "errors": errors, "execution_time": seconds,
                      "scores": dict(graded.sub_rewards), "token_usage": usage if graded.token_usage else None,
-                     "sampled_model_name": spec.get("model") if spec["type"] == "score_model" else None,
-                     "details": graded.details or None},
+                     "sampled_model_name": spec.get("model") if spec["type"] == "score_model" else None},
         "sub_rewards": dict(graded.sub_rewards),
         "model_grader_token_usage_per_model": graded.token_usage,
     }
