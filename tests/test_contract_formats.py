@@ -32,6 +32,7 @@ ALSO = {  # valid rows in each other form a shape reads (its optional fields), n
     "preference": {"input": {"messages": [{"role": "user", "content": "Pick a colour."}]},
                    "preferred_output": [{"role": "assistant", "content": "Blue."}],
                    "non_preferred_output": [{"role": "assistant", "content": "No."}]},
+    "prompt": {"messages": [{"role": "user", "content": "Pick a colour."}]},  # OpenAI's reinforcement form
 }
 DEMO = {  # a second row, shown before the first by shapes with demos
     "prompt_completion": {"prompt": "Capital of Chile?", "completion": " Santiago"},
@@ -96,6 +97,9 @@ def test_a_missing_required_field_is_named(name, missing):
 def test_unknown_top_level_keys_warn_and_known_ones_do_not(name):
     shape = get_format(name)
     found = inspect_row(Row(1, {**VALID[name], "id": 4}), name)
+    if shape.keeps_other_fields:  # read with the row (a grader's item), so not ignored: no warning, and kept
+        assert found == [] and shape.normalize({**VALID[name], "id": 4})["id"] == 4
+        return
     assert [(p.field, p.kind, p.warning) for p in found] == [("id", "ignored_key", True)]
     assert f"expected {', '.join(shape.known)}" in found[0].message
 

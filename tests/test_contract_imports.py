@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 # Lower layers never import higher ones. Command-line modules sit on top of everything.
 LAYERS = [
     {"errors", "paths", "settings", "events", "rundir", "precision"},
-    {"models", "scoring"},
+    {"models", "scoring", "graders"},  # graders judge with models and score with scoring
     {"data"},
     {"methods", "tasks"},
     {"config"},

@@ -21,7 +21,8 @@ DPO = {"input": {"messages": TURN}, "preferred_output": [{"role": "assistant", "
     ({"prompt": "p", "completion": "c"}, "prompt_completion"),
     ({"prompt": "p", "chosen": "a", "rejected": "b"}, "preference"),
     (DPO, "preference"),
-    ({"messages": TURN}, "messages"),
+    ({"messages": TURN + [{"role": "assistant", "content": "Blue."}]}, "messages"),
+    ({"messages": TURN}, "prompt"),  # OpenAI's reinforcement rows: the last turn is the user's, to be answered
     ({"question": "q"}, None),
 ])
 def test_detect_format(fields, fmt):
@@ -35,6 +36,22 @@ def test_openai_dpo_rows_are_normalised_to_prompt_chosen_rejected(tmp_path):
     assert data.rows[0] == {"prompt": TURN, "chosen": [{"role": "assistant", "content": "Blue."}],
                             "rejected": [{"role": "assistant", "content": "No."}]}
     assert data.rows[1]["id"] == 7
+
+
+def test_openai_reinforcement_rows_are_prompts_that_keep_their_other_fields(tmp_path):
+    rows = [{"messages": TURN, "reference_answer": "Blue", "meta": {"level": i}} for i in range(3)]
+    data = load_dataset(write_jsonl(tmp_path / "rft.jsonl", rows))
+    assert data.format == "prompt"
+    assert data.rows[2] == {"prompt": TURN, "reference_answer": "Blue", "meta": {"level": 2}}
+    assert validate_file(tmp_path / "rft.jsonl").warnings == []  # the other fields are the grader's item
+
+
+def test_a_reinforcement_row_must_end_with_the_users_turn(tmp_path):
+    answered = {"messages": TURN + [{"role": "assistant", "content": "Blue."}], "reference_answer": "Blue"}
+    checked = validate_file(write_jsonl(tmp_path / "rft.jsonl", [{"messages": TURN}] * 3 + [answered]))
+    assert checked.format == "prompt"
+    assert [(p.line, p.field, p.kind) for p in checked.problems] == [(4, "messages[1].role", "wrong_role")]
+    assert "the last turn must be the user's" in checked.problems[0].message
 
 
 @pytest.mark.parametrize(("fields", "field", "kind"), [

@@ -225,7 +225,7 @@ def test_the_rlhf_examples_reward_file_is_found_from_another_working_directory(t
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    ([], "set exactly one of rlhf.reward_function and rlhf.reward_model"),
+    ([], "set exactly one of rlhf.reward_function, rlhf.reward_model and rlhf.grader"),
     (["rlhf.reward_function=a:b", "rlhf.reward_model=runs/r"], "set exactly one"),
 ])
 def test_rlhf_needs_exactly_one_reward(overrides, expected):

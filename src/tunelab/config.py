@@ -356,6 +356,9 @@ def explain(err: ValidationError, raw: dict[str, Any]) -> str:
             continue
         given = _lookup(raw, loc)
         msg = problem["msg"].removeprefix("Value error, ")
+        if msg.startswith(f"{key}."):  # a validator that names the deeper key itself (rlhf.grader.operation: ...)
+            lines.append(f"config: {msg}")
+            continue
         shown = f', got "{given}"' if given is not _MISSING and "got" not in msg else ""
         lines.append(f"config: {key}: {msg}{shown}" if key else f"config: {msg}")
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 Shapes: `text`; `prompt`/`completion`; OpenAI chat `messages` (system/user/assistant, with an
 optional per-assistant-message `weight` 0/1); `text`/`label` classification; `prompt`/`chosen`/
 `rejected` preference pairs, also read in OpenAI's DPO form (`input`/`preferred_output`/
-`non_preferred_output`) and normalised to the former.
+`non_preferred_output`) and normalised to the former; a `prompt` alone for online RL, also read in
+OpenAI's reinforcement form (`messages` ending with the user's turn), whose other fields travel with it.
 
 A shape says its fields, how it is detected, how it is checked and normalised, the text dedup and
 leakage compare, its label (to stratify splits), its token ids and supervised part, its held-out
@@ -14,7 +15,7 @@ config's `data.format` choices and the CLI's `--format` come from the registry.
 
 Top-level keys outside a shape's fields (an `id` column, OpenAI's `tools` or `metadata`) are
 warnings, since no field can hide among them: a misspelt one shows up as a missing field. Warnings
-never reject a row. Message keys are checked in `data.checks`.
+never reject a row. A shape that `keeps_other_fields` (prompt rows: a grader's `item`) keeps them unwarned. Message keys are checked in `data.checks`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Format:
     synth: bool = False                   # `data synth` writes it (`seed_input`, `compose`)
     answered: bool = False                # synth asks the teacher to answer each new input (`seed_answer`)
     example: Fields = {}                  # one valid row, shown when rows of another shape are given
+    keeps_other_fields: bool = False      # other top-level keys are read too (a grader's item), not ignored
 
     @property
     def known(self) -> tuple[str, ...]:
@@ -143,6 +145,8 @@ def inspect_row(row: Row, fmt: str) -> list[Problem]:
         found = shape.check(row)
     except Unreadable as stop:
         found = [stop.problem]
+    if shape.keeps_other_fields:
+        return found
     return found + [Problem(row.line, key, f"unknown key (expected {', '.join(shape.known)}); ignored",
                             "ignored_key") for key in row.fields if key not in shape.known]
 
@@ -268,6 +272,9 @@ class Messages(Format):
     demos = True
     synth = True
     answered = True
+
+    def detect(self, fields: Fields) -> bool:
+        return super().detect(fields) and not ends_with_user(fields)
 
     def check(self, row: Row) -> list[Problem]:
         messages = row.fields.get("messages", MISSING)
@@ -567,20 +574,44 @@ class Triplets(Pairs):
 register_format(Triplets())
 
 
+def ends_with_user(fields: Fields) -> bool:
+    """OpenAI's reinforcement rows: chat `messages` whose last turn is the user's, for the model to answer."""
+    messages = fields.get("messages")
+    return isinstance(messages, list) and bool(messages) and isinstance(messages[-1], dict) and \
+        messages[-1].get("role") == "user"
+
+
 class PromptOnly(Format):
-    """A prompt alone (a string or chat turns ending with a user turn): what online RL answers and scores."""
+    """A prompt alone (a string or chat turns ending with a user turn): what online RL answers and scores. Also
+    read in OpenAI's reinforcement form, `messages` ending with the user's turn, normalised to `prompt`. Other
+    fields (`reference_answer`, ...) stay with the row: a grader reads them as its `item`."""
 
     name = "prompt"
     required = ("prompt",)
+    optional = ("messages",)
     detect_by = (("prompt",),)
     priority = 90  # after every shape that has a prompt and more
     example = {"prompt": "Reply with a JSON object naming the capital of France."}
+    keeps_other_fields = True
+
+    def detect(self, fields: Fields) -> bool:
+        return super().detect(fields) or ends_with_user(fields)
 
     def check(self, row: Row) -> list[Problem]:
-        value = row.fields.get("prompt", MISSING)
-        if isinstance(value, list):
-            return check_turns(row.line, "prompt", value, need_assistant=False)
-        return string_problems(row, ("prompt",))
+        key = "prompt" if "prompt" in row.fields or "messages" not in row.fields else "messages"
+        value = row.fields.get(key, MISSING)
+        if not isinstance(value, list):
+            return string_problems(row, ("prompt",))
+        problems = check_turns(row.line, key, value, need_assistant=False)
+        if key == "messages" and not errors(problems) and value[-1]["role"] != "user":
+            problems.append(Problem(row.line, f"{key}[{len(value) - 1}].role", f'the last turn must be the user\'s, '
+                                    f'for the model to answer; got "{value[-1]["role"]}"', "wrong_role"))
+        return problems
+
+    def normalize(self, fields: Fields) -> Fields:
+        if "prompt" in fields or "messages" not in fields:
+            return fields
+        return {"prompt": fields["messages"], **{k: v for k, v in fields.items() if k != "messages"}}
 
     def text(self, fields: Fields) -> str:
         return _joined(fields["prompt"])

@@ -27,7 +27,7 @@ BATCH_TOKENS = 16384  # prompt and answer tokens per batch: bounds the cache (0.
 @torch.no_grad()
 def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
              batch_size: int = 64, max_prompt_tokens: int = 2048, temperature: float = 0.0,
-             stop: Sequence[str] = (), min_new_tokens: int = 0) -> list[str]:
+             stop: Sequence[str] = (), min_new_tokens: int = 0, top_p: float = 0.95) -> list[str]:
     """Answers for token-id prompts (greedy unless temperature > 0), in the order of the prompts.
 
     An answer also ends at any of the `stop` strings once it has begun (`AnswerStops`), and is cut before it;
@@ -39,7 +39,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], m
     model.eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     options = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id, "eos_token_id": tokenizer.eos_token_id,
-               "disable_compile": True, **({"do_sample": True, "temperature": temperature, "top_p": 0.95}
+               "disable_compile": True, **({"do_sample": True, "temperature": temperature, "top_p": top_p}
                                            if temperature > 0 else {"do_sample": False}),
                **({"min_new_tokens": min_new_tokens} if min_new_tokens else {})}
     prompts = [p[-max_prompt_tokens:] for p in prompts]

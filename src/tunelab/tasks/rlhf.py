@@ -1,32 +1,39 @@
 """Online RL from a reward (TRL's GRPOTrainer, or RLOOTrainer with `rlhf.algorithm: rloo`) on prompt rows.
 
-The reward is either a Python function the user names (`rlhf.reward_function: "module:function"`) or a
-reward model trained by the `reward` task (`rlhf.reward_model: <its run directory>`). A function is called
-as TRL calls it:
+The reward is a Python function the user names (`rlhf.reward_function: "module:function"`), a reward model
+trained by the `reward` task (`rlhf.reward_model: <its run directory>`), or an OpenAI grader
+(`rlhf.grader: {type: string_check, ...}`, see tunelab.graders) that grades each completion as its `sample`
+with the row's other fields (`reference_answer`, ...) as its `item`. A function is called as TRL calls it:
 
     def f(prompts: list, completions: list, **kwargs) -> list[float]
 
 one float per completion; prompts and completions are strings for string prompts, and chat turns for chat
 prompts (a completion is then `[{"role": "assistant", "content": ...}]`); `kwargs` carries TRL's extras
-(`completion_ids`, `trainer_state`, ...), so accept and ignore what you do not read. A function that
-raises or returns anything but one real number per completion stops the run with an error naming it and
-the prompt. Held out, `mean_reward` is the reward of the model's greedy answer to each prompt.
+(`completion_ids`, `trainer_state`, ...) and `item`, each completion's row without its prompt as JSON text,
+so accept and ignore what you do not read. A function that raises or returns anything but one real number
+per completion stops the run with an error naming it and the prompt; a grader scores a sample it cannot
+grade 0, as OpenAI's do, and logs the share of such samples as `grader_errors`. Held out, `mean_reward` is
+the reward of the model's greedy answer to each prompt.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import json
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tunelab.errors import ConfigError, DataError
+from tunelab.graders import Options, check_grader, grade_batch, item_paths, python_paths
+from tunelab.graders.template import MissingVariable, lookup, show
 from tunelab.scoring.generate import generate
 from tunelab.scoring.rows import RowValues
 from tunelab.settings import Section, register_section
@@ -43,6 +50,11 @@ class RlhfSettings(Section):
                     'directory on the command line) or "module:function" (importable from the working directory), '
                     "called as f(prompts, completions, **kwargs) -> list[float].")
     reward_model: Path | None = Field(None, description="The reward as the run directory of a `reward` task run.")
+    grader: dict[str, Any] | None = Field(
+        None, description="The reward as an OpenAI grader (string_check, text_similarity, score_model, multi, "
+                          "python): a mapping; each completion is its sample, the row's other fields its item.")
+    allow_python_grader: bool = Field(False, description="Run python graders (in rlhf.grader): they execute the "
+                                                         "grader's source code.")
     num_generations: int = Field(4, ge=2, description="Completions sampled per prompt (the group compared).")
     max_completion_length: int = Field(32, ge=1, description="Tokens generated per completion, in training and "
                                                              "for the held-out mean reward.")
@@ -55,10 +67,24 @@ class RlhfSettings(Section):
         if sep and source.endswith(".py") and not Path(source).is_absolute():
             values["reward_function"] = f"{base / source}:{name}"
 
+    @field_validator("grader")
+    @classmethod
+    def valid_grader(cls, spec: dict[str, Any] | None) -> dict[str, Any] | None:
+        if spec is not None:
+            try:
+                check_grader(spec, "rlhf.grader")
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
+        return spec
+
     @model_validator(mode="after")
     def one_reward(self) -> RlhfSettings:
-        if (self.reward_function is None) == (self.reward_model is None):
-            raise ValueError("set exactly one of rlhf.reward_function and rlhf.reward_model")
+        if sum(r is not None for r in (self.reward_function, self.reward_model, self.grader)) != 1:
+            raise ValueError("set exactly one of rlhf.reward_function, rlhf.reward_model and rlhf.grader")
+        found = python_paths(self.grader, "rlhf.grader") if self.grader else []
+        if found and not self.allow_python_grader:
+            raise ValueError(f"{found[0]}.type: python graders run the grader's source code; set "
+                             "rlhf.allow_python_grader=true to run them (only for code you trust)")
         return self
 
 
@@ -154,18 +180,55 @@ class RewardModel:
         return rewards(self.model, texts, self.tokenizer.pad_token_id, batch_size=16)
 
 
+class GraderReward:
+    """An OpenAI grader as a reward function: each completion graded as the sample, with its row as the item."""
+
+    def __init__(self, spec: dict[str, Any], allow_python: bool):
+        self.spec, self.options, self.__name__ = spec, Options(allow_python=allow_python), f"grader:{spec['name']}"
+
+    def __call__(self, prompts: list[Any], completions: list[Any], item: list[str] | None = None,
+                 log_metric: Any = None, **kwargs: Any) -> list[float]:
+        items = [json.loads(i) for i in item] if item is not None else [{} for _ in completions]
+        samples = [{"output_text": c if isinstance(c, str) else c[-1]["content"]} for c in completions]
+        graded = grade_batch(self.spec, samples, items, self.options)
+        if log_metric is not None and graded:
+            log_metric("grader_errors", sum(bool(g.errors) for g in graded) / len(graded))
+        return [g.reward for g in graded]
+
+
 def reward_of(config: Any) -> Any:
     r = config.rlhf
+    if r.grader is not None:
+        return GraderReward(r.grader, r.allow_python_grader)
     return load_reward_function(r.reward_function) if r.reward_function else RewardModel(Path(r.reward_model))
+
+
+def item_of(row: dict[str, Any]) -> str:
+    """A row's fields besides its prompt, as JSON text (a grader's item; text, so rows may differ in fields)."""
+    return json.dumps({k: v for k, v in row.items() if k != "prompt"}, ensure_ascii=False)
+
+
+def check_items(spec: dict[str, Any], dataset: Any) -> None:
+    """Every row holds each item field the grader's templates read: refused here, not graded 0 all run long."""
+    paths = item_paths(spec)
+    for row, line in zip(dataset.rows, dataset.lines):
+        for path in paths:
+            try:
+                lookup({"item": {k: v for k, v in row.items() if k != "prompt"}}, path)
+            except MissingVariable:
+                raise DataError(f'{dataset.path}:{line}: field "{show(path).removeprefix("item.")}": missing; '
+                                f"rlhf.grader reads {{{{ {show(path)} }}}}") from None
 
 
 @dataclass
 class PromptSet:
-    """Held-out prompts: as the policy reads them (cases), as the reward reads them, and the reward itself."""
+    """Held-out prompts: as the policy reads them (cases), as the reward reads them, the reward itself, and each
+    prompt's row as the reward's `item`."""
 
     cases: list[GenerationCase]
     prompts: list[Any]
     reward: Any
+    items: list[str] = field(default_factory=list)
 
 
 class Rlhf(LmTask):
@@ -182,7 +245,10 @@ class Rlhf(LmTask):
             raise ConfigError(f"train.batch_size: {config.train.batch_size} must be a multiple of "
                               f"rlhf.num_generations ({config.rlhf.num_generations}): a batch holds whole groups")
         r = config.rlhf
-        if r.reward_function:
+        if r.grader is not None:
+            for dataset in datasets:
+                check_items(r.grader, dataset)
+        elif r.reward_function:
             load_reward_function(r.reward_function)
         else:
             from tunelab.tasks.reward import reward_run_config
@@ -205,9 +271,10 @@ class Rlhf(LmTask):
         held_out = self.held_out(config, tokenizer, held, events)
         sample = train.sample(config.eval.train_sample, config.train.seed)
         r = config.rlhf
-        return TrlPrepared([{"prompt": row["prompt"]} for row in train.rows], held_out, self.metric_names(config),
+        return TrlPrepared([{"prompt": row["prompt"], "item": item_of(row)} for row in train.rows], held_out,
+                           self.metric_names(config),
                            PromptSet(self.generation_cases(sample, tokenizer, 0), [row["prompt"] for row in sample.rows],
-                                     held_out.reward) if sample.rows else None,
+                                     held_out.reward, [item_of(row) for row in sample.rows]) if sample.rows else None,
                            options={"algorithm": r.algorithm, "reward": held_out.reward,
                                     "num_generations": r.num_generations, "temperature": r.temperature,
                                     "max_completion_length": r.max_completion_length, "beta": r.beta})
@@ -215,7 +282,7 @@ class Rlhf(LmTask):
     def held_out(self, config: Any, tokenizer: Any, dataset: Any, events: Any) -> PromptSet:
         cases = self.generation_cases(dataset, tokenizer, config.eval.max_examples)
         prompts = [row["prompt"] for row in dataset.rows][: len(cases)]
-        return PromptSet(cases, prompts, reward_of(config))
+        return PromptSet(cases, prompts, reward_of(config), [item_of(row) for row in dataset.rows][: len(cases)])
 
     def collator(self, tokenizer: Any) -> Any:
         raise NotImplementedError("GRPOTrainer/RLOOTrainer tokenizes and batches its own rows")
@@ -241,7 +308,8 @@ class Rlhf(LmTask):
                            batch_size=config.eval.generation_batch)
         completions = [a if isinstance(p, str) else [{"role": "assistant", "content": a}]
                        for p, a in zip(held_out.prompts, answers)]
-        scores = held_out.reward(prompts=held_out.prompts, completions=completions) if answers else []
+        scores = held_out.reward(prompts=held_out.prompts, completions=completions, item=held_out.items) \
+            if answers else []
         samples = [{"line": c.line, "prompt": c.prompt_text, "reference": "", "output": a, "reward": s}
                    for c, a, s in zip(held_out.cases, answers, scores)]
         rows = {"mean_reward": RowValues.means([c.line for c in held_out.cases], scores)}

@@ -141,6 +141,7 @@ class Progress(TrainerCallback):
             "step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "train_loss": self.last_loss,
             "learning_rate": logs.get("learning_rate"), "grad_norm": _num(logs.get("grad_norm")),
             "tokens_seen": int(state.num_input_tokens_seen), "tokens_per_second": round(self.tokens_per_second(state), 2),
+            **{k: _num(v) for k, v in logs.items() if k in RL_LOGS or k.startswith("rewards/")},
         })
         if self.pending_step:
             self.emit_step(state)
@@ -158,6 +159,11 @@ class Progress(TrainerCallback):
                          message=validation_words(record["step"], metrics))
         if self.best is not None and self.best.observe(state.global_step, record, model) and control is not None:
             control.should_training_stop = True
+
+
+# What online RL (TRL's GRPO and RLOO) logs of its rewards each logging step: the training reward's mean and spread,
+# each reward function's, and the share of completions a grader could not grade.
+RL_LOGS = ("reward", "reward_std", "grader_errors")
 
 
 def validation_words(step: int, metrics: dict[str, Any]) -> str:
