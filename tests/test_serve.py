@@ -203,9 +203,9 @@ def test_pause_resume_and_cancel(client, training_file):
 
 def test_reinforcement_job_with_string_check(client, tmp_path):
     pytest.importorskip("tunelab.graders", reason="tunelab.graders (the reinforcement graders) is not merged yet")
-    rows = [{"messages": [{"role": "user", "content": f"Say yes ({i})."}], "answer": "yes"} for i in range(12)]
-    train = client.files.create(file=open(write_jsonl(tmp_path / "rl.jsonl", rows), "rb"), purpose="fine-tune")
-    valid = client.files.create(file=open(write_jsonl(tmp_path / "rl-valid.jsonl", rows[:4]), "rb"),
+    rows = [{"messages": [{"role": "user", "content": f"Say yes ({i})."}], "answer": "yes"} for i in range(16)]
+    train = client.files.create(file=open(write_jsonl(tmp_path / "rl.jsonl", rows[:12]), "rb"), purpose="fine-tune")
+    valid = client.files.create(file=open(write_jsonl(tmp_path / "rl-valid.jsonl", rows[12:]), "rb"),
                                 purpose="fine-tune")
     grader = {"type": "string_check", "name": "says yes", "operation": "ilike", "input": "{{sample.output_text}}",
               "reference": "%{{item.answer}}%"}

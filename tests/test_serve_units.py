@@ -152,3 +152,74 @@ def test_results_csv_merges_train_and_validation_rows(tmp_path):
                                    {"step": 2, "epoch": 1.0, "eval_loss": 1.7}])
     lines = results_csv(run).decode().splitlines()
     assert lines == ["step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy", "1,2.0,,,", "2,1.5,,1.7,"]
+
+
+def stand_in_graders(monkeypatch) -> list:
+    """A stand-in for tunelab.graders (string_check's "starts with" only), until the graders are merged: it checks
+    the service's wiring, not grading."""
+    import sys
+    import types
+
+    calls: list = []
+    graders = types.ModuleType("tunelab.graders")
+    graders.validate_grader = lambda spec: None if spec.get("type") == "string_check" else "unknown grader type"
+
+    def run_grader(spec, sample, item):
+        calls.append((sample["output_text"], item))
+        return {"reward": float(sample["output_text"].lower().startswith(item["answer"]))}
+
+    graders.run_grader = run_grader
+    monkeypatch.setitem(sys.modules, "tunelab.graders", graders)
+    return calls
+
+
+def test_reinforcement_job_grades_each_completion_with_its_item(tmp_path, monkeypatch):
+    """A reinforcement job's folder (prompt rows, the grader with each prompt's item, an rlhf config whose reward is
+    serve.reward:grade), its reward on two completions, and its run: two GRPO steps (about 10 s)."""
+    import shutil
+
+    import yaml
+
+    from tunelab.serve import reward
+    from tunelab.serve.auth import Caller
+    from tunelab.serve.catalog import Catalog
+    from tunelab.serve.files import Files
+    from tunelab.serve.jobs import Jobs
+
+    calls = stand_in_graders(monkeypatch)
+    store = Store(tmp_path / "s.db")
+    files = Files(store, tmp_path / "files", 10**6)
+    rows = [{"messages": [{"role": "user", "content": f"Say {w} ({i})."}], "answer": w}
+            for i, w in enumerate(["yes", "no"] * 8)]
+    ids = []
+    for name, part in (("train.jsonl", rows[:12]), ("valid.jsonl", rows[12:])):
+        blob = f"{name}-blob.jsonl"
+        shutil.copyfile(write_jsonl(tmp_path / name, part), files.root / blob)
+        ids.append(f"file-{name[:5]}")
+        store.add_file({"id": ids[-1], "owner": "me", "filename": name, "purpose": "fine-tune", "bytes": 1,
+                        "created_at": 0, "expires_at": None, "status": "processed", "blob": blob})
+    jobs = Jobs(store, files, Catalog(store), tmp_path / "jobs", lambda: None)
+    grader = {"type": "string_check", "name": "g", "operation": "eq", "input": "{{sample.output_text}}",
+              "reference": "{{item.answer}}"}
+    body = jobs.create(Caller("me", "personal"), {"model": "tiny-random-llama", "training_file": ids[0],
+                                                  "validation_file": ids[1], "method": {
+        "type": "reinforcement", "reinforcement": {"grader": grader},
+        "tunelab": {"train.max_steps": 2, "rlhf.max_completion_length": 4, "eval.max_examples": 2,
+                    "eval.forgetting_probe": False, "eval.train_sample": 0, "train.precision": "fp32"}}})
+    assert body["method"]["reinforcement"]["hyperparameters"]["batch_size"] == 4  # whole groups of 4 completions
+    folder = jobs.folder(store.job(body["id"]))
+    config = yaml.safe_load((folder / "job.yaml").read_text())
+    assert (config["task"], config["rlhf"]["reward_function"]) == ("rlhf", "tunelab.serve.reward:grade")
+    prompts = [json.loads(line)["prompt"] for line in open(config["data"]["train"])]
+    assert prompts[0] == rows[0]["messages"]
+    monkeypatch.chdir(folder)  # where the job's run starts
+    got = reward.grade(prompts[:2], [[{"role": "assistant", "content": "Yes."}], [{"role": "assistant",
+                                                                                    "content": "Yes."}]])
+    assert got == [1.0, 0.0] and calls == [("Yes.", {"answer": "yes"}), ("Yes.", {"answer": "no"})]
+
+    from tunelab.config import load_config
+    from tunelab.train.run import run
+
+    summary = run(load_config(folder / "job.yaml")).summary  # the job's own run: GRPO, its reward the grader
+    assert summary["task"] == "rlhf" and summary["train"]["steps"] == 2 and "mean_reward" in summary["after"]
+    assert len(calls) > 2
