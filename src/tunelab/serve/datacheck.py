@@ -13,8 +13,6 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
 from tunelab.data.checks import MISSING, check_turns, errors
 from tunelab.data.loading import validate_file
 from tunelab.data.rows import Problem, Row, read_rows

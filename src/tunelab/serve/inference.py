@@ -75,7 +75,8 @@ class Engine:
 
 def load(target: Target) -> tuple[Any, Any]:
     """Tokenizer and model in eval mode: the base, the run's tuned model, or the run's model at a checkpoint."""
-    from tunelab.export.source import Source, load_tuned, open_run
+    from tunelab.export.source import load_tuned, open_run
+    from tunelab.tasks import get_task
 
     if target.run_dir is None:
         from tunelab.models import resolve_model
@@ -83,9 +84,14 @@ def load(target: Target) -> tuple[Any, Any]:
 
         tokenizer, model = load_pair(resolve_model(target.base), ModelSpec(), LoadRules())
         return tokenizer, model.eval()
+    config = run_config(target.run_dir)
+    if get_task(config.task).model_kind != "causal_lm":
+        raise ApiError(400, f"The model `{target.name}` was tuned as a {get_task(config.task).model_kind} (task "
+                            f"{config.task}); completions need a causal language model", param="model",
+                       code="unsupported_model")
     if target.weights is None:
         return load_tuned(open_run(target.run_dir))
-    return load_tuned(AtCheckpoint(target.run_dir, run_config(target.run_dir), {}, target.weights))
+    return load_tuned(AtCheckpoint(target.run_dir, config, {}, target.weights))
 
 
 @dataclass
@@ -147,8 +153,8 @@ def generate_stream(entry: Loaded, ids: list[int], request: GenerationRequest) -
 
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     device = next(model.parameters()).device
-    options = {"input_ids": torch.tensor([ids], device=device), "attention_mask": torch.ones(1, len(ids), dtype=torch.long,
-                                                                                             device=device),
+    options = {"input_ids": torch.tensor([ids], device=device),
+               "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=device),
                "max_new_tokens": request.max_tokens, "streamer": streamer, "eos_token_id": tokenizer.eos_token_id,
                "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
                "stopping_criteria": StoppingCriteriaList([Cancelled()]), **sampling(request)}
@@ -180,7 +186,7 @@ def generate_stream(entry: Loaded, ids: list[int], request: GenerationRequest) -
             raise errors[0]
         rest = cut.flush()
         generated = out[0][0][len(ids):].tolist()
-        ended = cut.hit or (generated and generated[-1] == tokenizer.eos_token_id) or len(generated) < request.max_tokens
+        ended = cut.hit or len(generated) < request.max_tokens or generated[-1] == tokenizer.eos_token_id
         yield Piece(rest, "stop" if ended else "length",
                     {"prompt_tokens": len(ids), "completion_tokens": len(generated),
                      "total_tokens": len(ids) + len(generated)})

@@ -155,7 +155,8 @@ class Jobs:
             ids = [r["id"] for r in rows]
             rows = rows[ids.index(after) + 1:] if after in ids else []
         data = [{"id": r["id"], "object": "fine_tuning.job.checkpoint", "created_at": r["created_at"],
-                 "fine_tuned_model_checkpoint": r["model"], "fine_tuning_job_id": job_id, "step_number": r["step_number"],
+                 "fine_tuned_model_checkpoint": r["model"], "fine_tuning_job_id": job_id,
+                 "step_number": r["step_number"],
                  "metrics": checkpoint_metrics(run, r["step_number"]) if run.metrics_path.is_file() else r["metrics"]}
                 for r in rows[:limit]]
         return {"object": "list", "data": data, "has_more": len(rows) > limit,

@@ -36,7 +36,8 @@ def job_event(event: Event, losses: dict[int, float], folder: Path) -> dict[str,
     base = {"created_at": int(event.time) or now(), "level": LEVELS.get(event.level, "info")}
     if event.kind == "step":
         loss = losses.get(f.get("step"))
-        words = f"Step {f.get('step')}/{f.get('max_steps')}" + (f": training loss={loss:.4f}" if loss is not None else "")
+        words = f"Step {f.get('step')}/{f.get('max_steps')}" + \
+            (f": training loss={loss:.4f}" if loss is not None else "")
         return {**base, "type": "metrics", "message": words,
                 "data": {"step": f.get("step"), "train_loss": loss, "total_steps": f.get("max_steps")}}
     if event.kind == "validation":

@@ -24,11 +24,11 @@ CREATE TABLE IF NOT EXISTS files (
   created_at INTEGER NOT NULL, expires_at INTEGER, status TEXT NOT NULL, blob TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, owner TEXT NOT NULL, created_at INTEGER NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL,
-  workdir TEXT NOT NULL, spec TEXT NOT NULL, requested TEXT, pid INTEGER, process_start TEXT, events_offset INTEGER NOT NULL DEFAULT 0,
-  attempts INTEGER NOT NULL DEFAULT 0);
+  workdir TEXT NOT NULL, spec TEXT NOT NULL, requested TEXT, pid INTEGER, process_start TEXT,
+  events_offset INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS events (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL, created_at INTEGER NOT NULL,
-  level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL, data TEXT);
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL, job_id TEXT NOT NULL,
+  created_at INTEGER NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL, type TEXT NOT NULL, data TEXT);
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, seq);
 CREATE TABLE IF NOT EXISTS checkpoints (
   id TEXT PRIMARY KEY, job_id TEXT NOT NULL, owner TEXT NOT NULL, created_at INTEGER NOT NULL,
@@ -105,7 +105,8 @@ class Store:
     # jobs: the OpenAI object lives in `body` (JSON); the columns are what the worker queries on
     def add_job(self, owner: str, body: dict[str, Any], workdir: str, spec: dict[str, Any],
                 events: list[dict[str, Any]]) -> None:
-        self.write([("INSERT INTO jobs (id, owner, created_at, status, body, workdir, spec) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        self.write([("INSERT INTO jobs (id, owner, created_at, status, body, workdir, spec) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                      (body["id"], owner, body["created_at"], body["status"], json.dumps(body), workdir,
                       json.dumps(spec))), *self.event_statements(body["id"], events)])
 

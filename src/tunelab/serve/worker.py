@@ -198,7 +198,8 @@ class Worker:
         self.store.update_job(job["id"], {"status": "succeeded", "fine_tuned_model": name, "finished_at": now(),
                                           "trained_tokens": (summary.get("train") or {}).get("tokens"),
                                           "result_files": [csv_id], "estimated_finish": None}, pid=None,
-                              extra=[self.store.model_statement(model), *self.store.event_statements(job["id"], events)])
+                              extra=[self.store.model_statement(model),
+                                     *self.store.event_statements(job["id"], events)])
 
     def stop(self, grace: float = 20.0) -> None:
         """The server is stopping: each run is asked to stop at a checkpoint (the next start resumes it)."""
