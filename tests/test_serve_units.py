@@ -89,6 +89,19 @@ def test_reinforcement_rows_end_with_the_user(tmp_path):
     assert refused.value.code == "example_last_message_not_user" and "rl:5:" in refused.value.message
 
 
+def test_a_fine_tuned_model_is_not_a_base_to_tune(tmp_path):
+    from tunelab.serve.auth import Caller
+    from tunelab.serve.catalog import Catalog
+    from tunelab.serve.files import Files
+    from tunelab.serve.jobs import Jobs
+
+    store = Store(tmp_path / "s.db")
+    jobs = Jobs(store, Files(store, tmp_path / "f", 10), Catalog(store), tmp_path / "jobs", lambda: None)
+    with pytest.raises(ApiError) as refused:
+        jobs.create(Caller("me", "personal"), {"model": "ft:tiny-random-llama:personal::abc", "training_file": "x"})
+    assert (refused.value.status, refused.value.code) == (400, "model_not_available")
+
+
 def test_keys_from_env_and_file(tmp_path):
     path = tmp_path / "keys.yaml"
     path.write_text("keys:\n  - key: file-key-123456\n    org: acme\n")

@@ -45,7 +45,10 @@ class Jobs:
         if not isinstance(request, dict):
             raise bad_request("Expected a JSON object with model and training_file")
         _refuse_unknown(request)
-        base = self.catalog.base(_need_str(request, "model"))
+        if _need_str(request, "model").startswith("ft:"):
+            raise bad_request("model: fine-tuning a fine-tuned model further is not supported yet; start from its base "
+                              "model", "model", "model_not_available")
+        base = self.catalog.base(request["model"])
         method, given, extension, grader = _method(request)
         if grader is not None:
             check_grader(grader, self.python_graders, "method.reinforcement.grader")
