@@ -45,6 +45,9 @@ class Server:
 
     def start(self) -> Server:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+        if workers:  # the server's runs get this worker's share of the cores, as tests/conftest.py gives torch
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
         if self.keys:
             env["TUNELAB_API_KEYS"] = f"{KEYS['alice']},acme={KEYS['bob']}"
         with open(self.log, "ab") as log:
