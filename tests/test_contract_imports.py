@@ -20,7 +20,7 @@ LAYERS = [
     {"eval"},
     {"train", "inputs"},  # inputs resolves the config with train.budget's rules; eval's CLI is on top
     {"export"},
-    {"experiments"},
+    {"experiments", "serve"},  # serve drives whole runs (tunelab run) and loads their models, as experiments does
     {"cli", "cli_output"},
 ]
 CLI_MODULES = {"tunelab.cli", "tunelab.cli_output", "tunelab.data.cli", "tunelab.eval.cli", "tunelab.export.cli"}

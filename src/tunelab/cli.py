@@ -1,4 +1,4 @@
-"""tunelab's one entry point: `tunelab run | models | config`.
+"""tunelab's one entry point: `tunelab run | models | config | serve`.
 
 A user's mistake prints one line naming the problem and exits 2; never a traceback.
 """
@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     from tunelab.experiments.commands import add_experiment_commands
 
     add_experiment_commands(sub, ConsoleProgress)
+    from tunelab.serve.command import add_serve_command
+
+    add_serve_command(sub)
 
     options = sub.add_parser("options", help="list every config key with its default and meaning")
     options.add_argument("--markdown", action="store_true",

@@ -1,0 +1,225 @@
+"""Inference behind one small interface: `Engine.stream(target, request)` yields the answer's text as it is
+generated, then its finish reason and token counts. Routes know nothing else, so a batched many-adapter engine
+can take this one's place without touching them.
+
+This engine is the plain, correct reference: each target (a base model, a run's tuned model, a checkpoint) is
+loaded on first use through the method's own loader (`export.source.load_tuned`) into an LRU of at most
+`max_loaded` models, and one request at a time generates on a model (transformers' `generate` with a streamer).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.serve.catalog import Target
+from tunelab.serve.errors import ApiError
+
+
+@dataclass
+class GenerationRequest:
+    """What to generate: chat `messages` (through the chat template) or a raw `prompt`."""
+
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Piece:
+    """Text generated since the last piece; the last piece also says why generation ended and the token counts."""
+
+    text: str
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+
+
+@dataclass
+class Loaded:
+    tokenizer: Any
+    model: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Engine:
+    def __init__(self, max_loaded: int = 4):
+        self.max_loaded = max_loaded
+        self.loaded: OrderedDict[str, Loaded] = OrderedDict()
+        self.loading = threading.Lock()
+
+    def stream(self, target: Target, request: GenerationRequest) -> Iterator[Piece]:
+        entry = self._get(target)
+        ids = prompt_ids(entry.tokenizer, request)
+        with entry.lock:
+            yield from generate_stream(entry, ids, request)
+
+    def _get(self, target: Target) -> Loaded:
+        with self.loading:
+            entry = self.loaded.get(target.key)
+            if entry is None:
+                entry = Loaded(*load(target))
+                self.loaded[target.key] = entry
+                while len(self.loaded) > self.max_loaded:
+                    self.loaded.popitem(last=False)
+            self.loaded.move_to_end(target.key)
+            return entry
+
+
+def load(target: Target) -> tuple[Any, Any]:
+    """Tokenizer and model in eval mode: the base, the run's tuned model, or the run's model at a checkpoint."""
+    from tunelab.export.source import load_tuned, open_run
+    from tunelab.tasks import get_task
+
+    if target.run_dir is None:
+        from tunelab.models import resolve_model
+        from tunelab.models.loading import LoadRules, ModelSpec, load_pair
+
+        tokenizer, model = load_pair(resolve_model(target.base), ModelSpec(), LoadRules())
+        return tokenizer, model.eval()
+    config = run_config(target.run_dir)
+    if get_task(config.task).model_kind != "causal_lm":
+        raise ApiError(400, f"The model `{target.name}` was tuned as a {get_task(config.task).model_kind} (task "
+                            f"{config.task}); completions need a causal language model", param="model",
+                       code="unsupported_model")
+    if target.weights is None:
+        return load_tuned(open_run(target.run_dir))
+    return load_tuned(AtCheckpoint(target.run_dir, config, {}, target.weights))
+
+
+@dataclass
+class AtCheckpoint:
+    """A run as an export source whose model files are a checkpoint's (the run may still be training)."""
+
+    run_dir: Path
+    config: Any
+    summary: dict[str, Any]
+    weights: Path
+
+    @property
+    def model_dir(self) -> Path:
+        return self.weights
+
+    @property
+    def method(self) -> Any:
+        from tunelab.methods import get_method
+
+        return get_method(self.config.method)
+
+    @property
+    def task(self) -> Any:
+        from tunelab.tasks import get_task
+
+        return get_task(self.config.task)
+
+
+def run_config(run_dir: Path) -> Any:
+    from tunelab.config import validate_config
+    from tunelab.rundir import RunDir
+
+    return validate_config(RunDir(run_dir).read_config())
+
+
+def prompt_ids(tokenizer: Any, request: GenerationRequest) -> list[int]:
+    if request.messages is None:
+        return tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
+    if not getattr(tokenizer, "chat_template", None):
+        raise ApiError(400, "This model has no chat template; use /v1/completions with a prompt", param="messages",
+                       code="unsupported_model")
+    text = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def generate_stream(entry: Loaded, ids: list[int], request: GenerationRequest) -> Iterator[Piece]:
+    """transformers' generate in a thread, its text streamed, cut at the first stop string. Stop strings are
+    looked for in the answer only (transformers' own `stop_strings` also match across the prompt's end): once one
+    shows, the generation stops at its next token."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    tokenizer, model = entry.tokenizer, entry.model
+    cancelled = threading.Event()
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+            return cancelled.is_set()
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    device = next(model.parameters()).device
+    options = {"input_ids": torch.tensor([ids], device=device),
+               "attention_mask": torch.ones(1, len(ids), dtype=torch.long, device=device),
+               "max_new_tokens": request.max_tokens, "streamer": streamer, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+               "stopping_criteria": StoppingCriteriaList([Cancelled()]), **sampling(request)}
+    if request.seed is not None:
+        torch.manual_seed(request.seed)
+    out: list[Any] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.no_grad():
+                out.append(model.generate(**options))
+        except BaseException as err:  # handed to the request's thread below
+            errors.append(err)
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    cut = StopCut(request.stop)
+    try:
+        for text in streamer:
+            shown = cut.feed(text)
+            if shown:
+                yield Piece(shown)
+            if cut.hit:
+                cancelled.set()
+        thread.join()
+        if errors:
+            raise errors[0]
+        rest = cut.flush()
+        generated = out[0][0][len(ids):].tolist()
+        ended = cut.hit or len(generated) < request.max_tokens or generated[-1] == tokenizer.eos_token_id
+        yield Piece(rest, "stop" if ended else "length",
+                    {"prompt_tokens": len(ids), "completion_tokens": len(generated),
+                     "total_tokens": len(ids) + len(generated)})
+    finally:
+        cancelled.set()  # a client that went away stops the generation at its next token
+
+
+def sampling(request: GenerationRequest) -> dict[str, Any]:
+    if request.temperature <= 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p, "top_k": 0}
+
+
+class StopCut:
+    """Streamed text up to the first stop string: text that may be the start of one is held back until the next
+    piece says whether it is."""
+
+    def __init__(self, stops: list[str]):
+        self.stops, self.held, self.hit = [s for s in stops if s], "", False
+
+    def feed(self, text: str) -> str:
+        if self.hit:
+            return ""
+        self.held += text
+        at = [i for i in (self.held.find(s) for s in self.stops) if i >= 0]
+        if at:
+            self.hit = True
+            shown, self.held = self.held[:min(at)], ""
+            return shown
+        keep = max((n for s in self.stops for n in range(len(s) - 1, 0, -1) if self.held.endswith(s[:n])), default=0)
+        shown, self.held = self.held[:len(self.held) - keep], self.held[len(self.held) - keep:]
+        return shown
+
+    def flush(self) -> str:
+        shown, self.held = ("" if self.hit else self.held), ""
+        return shown
