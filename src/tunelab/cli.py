@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue an unfinished run (output_dir, else the newest runs/<name>-*) from its latest "
                           "complete checkpoint; rerunning into an unfinished output_dir resumes too")
+    from tunelab.launch import add_launch_arguments
+
+    add_launch_arguments(run)
     run.set_defaults(handler=_cmd_run)
 
     models = sub.add_parser("models", help="list the bundled models")
@@ -102,9 +105,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config_path, overrides = args.config, list(args.overrides)
     if config_path and "=" in config_path and not config_path.endswith((".yaml", ".yml")):
         config_path, overrides = None, [config_path, *overrides]
-    config = load_config(config_path, overrides)
+    config = load_config(config_path, overrides)  # checked here before any process starts
+    if args.nproc:
+        from tunelab.launch import launch_from_args
+
+        return launch_from_args(args, [*([config_path] if config_path else []), *overrides,
+                                       *(["--resume"] if args.resume else [])])
 
     from tunelab.cli_output import ConsoleProgress, print_summary
+    from tunelab.ranks import is_main_process
     from tunelab.experiments import run_experiment
 
     progress = ConsoleProgress()
@@ -115,7 +124,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise
     finally:
         progress.close()
-    print_summary(result.run_dir, result.summary)
+    if is_main_process():
+        print_summary(result.run_dir, result.summary)
     return 0
 
 

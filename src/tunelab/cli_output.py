@@ -38,7 +38,7 @@ class ConsoleProgress:
     def _say_message(self, e: Event) -> None:
         self.say(e["message"])
 
-    _on_resumed = _on_step_skipped = _on_batch_backoff = _say_message
+    _on_resumed = _on_step_skipped = _on_batch_backoff = _on_world_size_changed = _say_message
 
     def _on_evaluating(self, e: Event) -> None:
         self.say(f"evaluating {e.get('what') or e['which'] + ' training on the held-out set'} ...")

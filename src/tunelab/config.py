@@ -143,6 +143,9 @@ class _RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: Path | None = Field(None, description="Run directory; default runs/<name>-<timestamp>.")
+    distributed: str = Field("ddp", description="How a run launched on several processes (tunelab run --nproc N, "
+                                               "torchrun, accelerate launch) spreads over them (docs/scale.md); "
+                                               "the engines' own config files go into the run directory.")
     trust_remote_code: bool = Field(False, description="Allow a local model dir to run its own code.")
     allow_pickle: bool = Field(False, description="Allow a local model dir whose weights are pickle files "
                                                   "(pytorch_model.bin); read with torch's weights_only loader.")
@@ -158,6 +161,13 @@ class _RunConfig(Section):
     @classmethod
     def _known_task(cls, value: str) -> str:
         return _one_of("task", value, ["auto", *sorted(TASKS)])
+
+    @field_validator("distributed")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        from tunelab.train.distributed import PRESETS
+
+        return _one_of("distributed", value, list(PRESETS))
 
     @field_validator("method")
     @classmethod
@@ -380,7 +390,9 @@ def options_markdown() -> str:
     then each method's and task's section by name (its keys: `tunelab options`)."""
     rows = [(key, default, help_text) for key, default, help_text in describe_options()
             if key.split(".")[0] not in SECTIONS]
-    choices = {"task": ["auto", *sorted(TASKS)], "method": sorted(METHODS)}
+    from tunelab.train.distributed import PRESETS
+
+    choices = {"task": ["auto", *sorted(TASKS)], "method": sorted(METHODS), "distributed": list(PRESETS)}
     lines = ["| key | default | meaning |", "|---|---|---|"]
     for key, default, help_text in rows:
         extra = f" One of: {', '.join(f'`{c}`' for c in choices[key])}." if key in choices else ""

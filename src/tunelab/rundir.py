@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
+from tunelab.ranks import is_main_process
 
 TRACKED = ("tunelab", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "safetensors")
 
@@ -24,7 +25,10 @@ def choose_run_dir(config: Any) -> Path:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temp file beside the target, fsync, then rename: readers never see half a file."""
+    """Write to a temp file beside the target, fsync, then rename: readers never see half a file.
+    On a run of several processes only the main one writes (the others hold the same values)."""
+    if not is_main_process():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -75,6 +79,8 @@ class MetricsLog:
         self.path = path
 
     def append(self, record: dict[str, Any]) -> None:
+        if not is_main_process():
+            return
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(metrics_line(record))
             handle.flush()

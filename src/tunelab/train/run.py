@@ -31,6 +31,8 @@ from tunelab.precision import autocast, resolve as resolve_precision
 from tunelab.rundir import MetricsLog, directory_bytes, write_json, write_run_header, write_samples
 from tunelab.scoring.metrics import describe
 from tunelab.tasks import TASKS, Task, get_task, task_for_format
+from tunelab.ranks import is_main_process
+from tunelab.train import distributed
 from tunelab.train.budget import resolve_epochs, stops_early
 from tunelab.train.guards import train_guarded
 from tunelab.train.resume import find_run_dir, prepare_resume
@@ -49,7 +51,8 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     continue; an unfinished output_dir always resumes."""
     if config.train.seeds:
         raise ConfigError("train.seeds asks for one run per seed: call tunelab.experiments.run_experiment")
-    events = Events(on_event)
+    distributed.start()  # several processes: join the group; files and events come from the main one
+    events = Events(on_event if is_main_process() else None)
     get_method(config.method).check_machine(config)
     liger_flag(config.train.liger)  # refused here, before any data or model loads, when this machine cannot
     resolve_precision(config.train.precision)  # likewise
@@ -59,7 +62,9 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     train_data, validation_data = validation_split(config, train_data)
     budget = resolve_epochs(config, task, len(train_data.rows),  # epochs=auto: numbers before config.yaml is written
                             len(validation_data.rows) if validation_data is not None else 0)
-    run_dir, resume_from = open_run_dir(config, train_data, held_data, validation_data, resume, events)
+    run_dir, resume_from = distributed.on_main(
+        lambda: open_run_dir(config, train_data, held_data, validation_data, resume, events))
+    distributed.check_same_config(dump_config(config))
 
     torch.manual_seed(config.train.seed)
     tokenizer, model = load_pair(model_path, spec, LoadRules.of(config),
@@ -89,14 +94,17 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
                                         best, trained["steps"], events)
     if best is not None:
         found["early_stopping"]["validation_rows"] = len(validation_data.rows)
-    method.save(model, run_dir / "model")
-    artifact_bytes = directory_bytes(run_dir / "model")  # what the method wrote, before the tokenizer joins it
-    tokenizer.save_pretrained(run_dir / "model")
+    spread = distributed.describe(config, model)
+    artifact_bytes = 0
+    if is_main_process():  # one process writes the run's files (tunelab.ranks)
+        method.save(model, run_dir / "model")
+        artifact_bytes = directory_bytes(run_dir / "model")  # what the method wrote, before the tokenizer joins it
+        tokenizer.save_pretrained(run_dir / "model")
 
     summary = {"before": zero_shot.metrics, "after": after.metrics, "train": {**trained, "auto_budget": budget},
                "trainable_params": trainable, "total_params": total,
                "resources": {"artifact_bytes": artifact_bytes, **peak_memory()},
-               "model": config.model, "method": config.method, "task": config.task,
+               "model": config.model, "method": config.method, "task": config.task, "distributed": spread,
                "method_info": method.info(model),
                "metrics": prepared.metrics, **prepared.info, **found}
     write_json(run_dir / "summary.json", summary)
@@ -117,6 +125,7 @@ def train(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Any, val
     def build(cfg: RunConfig) -> Any:
         return quiet(task.trainer(model, tokenizer, prepared, common_args(cfg, run_dir / "checkpoints"), [progress]))
 
+    config = distributed.resume_layout(config, resume_from, events)  # the same global batch on another world size
     started = time.monotonic()
     trainer, output = train_guarded(build, config, run_dir, resume_from, events, task.batch_multiple(config),
                                     (watched, describe(watched).higher_is_better))
@@ -151,6 +160,7 @@ def open_run_dir(config: RunConfig, train_data: Dataset, held_data: Dataset, val
                  "validation_rows": len(validation_data.rows) if validation_data is not None else 0}
     resume_from = prepare_resume(run_dir, config, data_info, resume, events)
     write_run_header(run_dir, dump_config(config), data_info)
+    distributed.write_engine_files(config, run_dir)
     events.emit("run_started", run_dir=str(run_dir), model=config.model, train_rows=len(train_data.rows),
                 eval_rows=len(held_data.rows), validation_rows=data_info["validation_rows"])
     return run_dir, resume_from

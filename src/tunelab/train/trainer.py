@@ -17,6 +17,7 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from tunelab.config import RunConfig
+from tunelab.train.distributed import common_training_args, from_main
 from tunelab.errors import ConfigError
 from tunelab.events import Events
 from tunelab.methods import get_method
@@ -55,7 +56,7 @@ def common_args(config: RunConfig, checkpoint_dir: Path) -> dict[str, Any]:
     if t.epochs == "auto":
         raise ConfigError("train.epochs=auto is a budget the run resolves from the data (train.budget.resolve_epochs); "
                           "resolve it, or set train.epochs or train.max_steps, before building trainer arguments")
-    return dict(
+    args = dict(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -81,6 +82,7 @@ def common_args(config: RunConfig, checkpoint_dir: Path) -> dict[str, Any]:
         **liger_flag(t.liger),
         **get_method(config.method).training_args(config),
     )
+    return {**args, **common_training_args(config)}  # several processes: tunelab.train.distributed
 
 
 class Progress(TrainerCallback):
@@ -137,7 +139,9 @@ class Progress(TrainerCallback):
         record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **self.measure(model)}
         self.metrics.append(record)
         self.events.emit("eval", **record)
-        if self.best is not None and self.best.observe(state.global_step, record, model) and control is not None:
+        # every rank scores the same rows with the same weights; the main process's verdict holds for all of them
+        if self.best is not None and from_main(self.best.observe(state.global_step, record, model)) \
+                and control is not None:
             control.should_training_stop = True
 
 
