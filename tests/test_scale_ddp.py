@@ -62,6 +62,18 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+def test_accelerate_launch_runs_what_torchrun_runs(runs):
+    """`accelerate launch -m tunelab run ...` as docs/scale.md shows it (accelerate's own CLI module)."""
+    out = runs["root"] / "accelerate"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", "0", "-m", "tunelab", "run", *runs["data"], *BASE, *TWO, f"output_dir={out}"]
+    with open(runs["root"] / "accelerate.log", "w") as handle:
+        code = subprocess.run(cmd, env=environment(), stdout=handle, stderr=subprocess.STDOUT, timeout=600).returncode
+    assert code == 0, (runs["root"] / "accelerate.log").read_text()[-3000:]
+    assert_same_curve(runs["two"], out, range(1, STEPS + 1))
+    assert json.loads((out / "summary.json").read_text())["distributed"]["processes"] == 2
+
+
 def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 

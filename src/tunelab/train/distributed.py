@@ -26,12 +26,14 @@ from tunelab.ranks import is_main_process, rank, world_size  # noqa: F401 (rank:
 TIMEOUT = timedelta(hours=2)  # ranks wait at a barrier while the main process scores; a long evaluation is normal
 
 
-def start() -> None:
-    """Join the process group before any collective call (broadcasts, barriers) when launched on several processes;
-    accelerate chooses the backend (NCCL on GPUs, gloo on CPUs) as the Trainer's own setup would."""
+def start(config: Any) -> None:
+    """Check the preset fits this machine, then join the process group before any collective call (broadcasts,
+    barriers) when launched on several processes; accelerate chooses the backend (NCCL on GPUs, gloo on CPUs)
+    as the Trainer's own setup would."""
     import torch
     from accelerate import PartialState
 
+    get_preset(config.distributed).check_machine()
     if world_size() > 1:
         PartialState(cpu=not torch.cuda.is_available(), timeout=TIMEOUT)
 
@@ -111,6 +113,19 @@ class Preset:
         """transformers' TrainingArguments fields for this preset."""
         return {}
 
+    def check_machine(self) -> None:
+        """Refuse, before anything loads, a preset this machine cannot run."""
+        import torch
+
+        if self.engine != "ddp" and not torch.cuda.is_available():
+            # accelerate turns FSDP and DeepSpeed on for GPU process groups only: on CPUs it would train plain DDP
+            # under this preset's name
+            raise ConfigError(f"distributed={self.name} needs CUDA GPUs (accelerate runs FSDP and DeepSpeed on GPUs "
+                              "only; on CPUs it would silently train plain DDP); this machine has none: use "
+                              "distributed=ddp")
+        if self.engine == "deepspeed":
+            require_deepspeed(self.name)
+
     def engine_files(self, config: Any, run_dir: Path) -> dict[str, str]:
         """The engine's own config files (name -> text), written into the run directory to see and reuse."""
         return {"accelerate.yaml": _yaml(accelerate_config(self, config, run_dir))}
@@ -155,7 +170,6 @@ class DeepSpeedPreset(Preset):
         return ds
 
     def training_args(self, config: Any) -> dict[str, Any]:
-        require_deepspeed(self.name)
         return {"deepspeed": self.deepspeed_config(config)}
 
     def engine_files(self, config: Any, run_dir: Path) -> dict[str, str]:

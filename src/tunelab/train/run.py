@@ -51,7 +51,7 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     continue; an unfinished output_dir always resumes."""
     if config.train.seeds:
         raise ConfigError("train.seeds asks for one run per seed: call tunelab.experiments.run_experiment")
-    distributed.start()  # several processes: join the group; files and events come from the main one
+    distributed.start(config)  # several processes: join the group; files and events come from the main one
     events = Events(on_event if is_main_process() else None)
     get_method(config.method).check_machine(config)
     liger_flag(config.train.liger)  # refused here, before any data or model loads, when this machine cannot
