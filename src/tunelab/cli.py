@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_experiment_commands(sub, ConsoleProgress)
 
+    from tunelab.plan import add_plan_command
+
+    add_plan_command(sub)
+
     options = sub.add_parser("options", help="list every config key with its default and meaning")
     options.add_argument("--markdown", action="store_true",
                          help="the run's own keys and each section's owner as a Markdown table (README.md's)")

@@ -72,6 +72,7 @@ class Task:
     baseline_names: tuple[str, ...] = ()  # what `baselines` measures, for `tunelab tasks`
     default_metrics: tuple[str, ...] = ()
     chosen_by_auto: bool = True           # False: only `task=<name>` picks it (it shares its formats with another)
+    reference_model: bool = False         # trains against a frozen reference (DPO): `tunelab plan` counts it
 
     def model_spec(self, config: Any, train: Any) -> ModelSpec:
         """The model kind to load for these training rows; what it reads from them (a classifier's labels)
