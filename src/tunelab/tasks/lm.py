@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from pydantic import Field
 
 from tunelab.data.formats import get_format
+from tunelab.data.token_table import token_rows
 from tunelab.data.tokens import IGNORE, encode_text
 from tunelab.errors import DataError
 from tunelab.scoring.generate import generate
@@ -280,12 +282,16 @@ class LmTask(Task):
         from tunelab.data.general import replay_texts
 
         t = config.train
-        examples = self.encode_all(train, tokenizer, t.max_length, events)
-        examples += replay_examples(replay_texts(), config.data.replay_fraction, len(examples), tokenizer,
-                                    t.max_length, t.seed)
+
+        def encode() -> Iterator[dict[str, list[int]]]:
+            examples = self.encode_all(train, tokenizer, t.max_length, events)
+            examples += replay_examples(replay_texts(), config.data.replay_fraction, len(examples), tokenizer,
+                                        t.max_length, t.seed)
+            return (e.as_row() for e in examples)
+
         sample = train.sample(config.eval.train_sample, t.seed)
         held_out = self.held_out(config, tokenizer, held, events)
-        return LmPrepared([e.as_row() for e in examples], held_out, held_out.metrics,
+        return LmPrepared(token_rows(encode), held_out, held_out.metrics,
                           self.held_out(config, tokenizer, sample, None, held_out.metrics) if sample.rows else None,
                           speed=config.speed or SpeedSettings())
 

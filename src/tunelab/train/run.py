@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from tunelab.config import RunConfig, dump_config, explain
 from tunelab.data import Dataset, load_dataset, split_rows
 from tunelab.data.formats import get_format
+from tunelab.data.token_table import scratch
 from tunelab.errors import ConfigError, DataError
 from tunelab.eval import evidence
 from tunelab.eval.report_html import write_report
@@ -70,7 +71,8 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     tokenizer, model = load_pair(model_path, spec, LoadRules.of(config),
                                  **method.load_options(config, spec))
     method.check_model(model, spec)
-    prepared = task.prepare(config, tokenizer, train_data, held_data, events)
+    with scratch(run_dir):  # the training token ids go to a file every rank maps (data.token_table)
+        prepared = task.prepare(config, tokenizer, train_data, held_data, events)
     validation_set = prepared.held_out if validation_data is None else \
         task.held_out(config, tokenizer, validation_data, None)
     best = evidence.early_stopping(config, task)
