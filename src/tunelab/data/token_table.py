@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 COLUMNS = ("input_ids", "labels")
@@ -61,12 +62,15 @@ class TokenTable(Sequence):
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        table = pa.ipc.open_file(pa.memory_map(str(self.path), "r")).read_all().combine_chunks()
-        self._columns = {}
-        for name in COLUMNS:
-            column = table.column(name).chunk(0) if table.num_rows else pa.array([], pa.list_(pa.int32()))
-            self._columns[name] = (column.offsets.to_numpy(), column.values.to_numpy(zero_copy_only=True))
-        self._length = table.num_rows
+        reader = pa.ipc.open_file(pa.memory_map(str(self.path), "r"))
+        # one record batch at a time, zero-copy: combining the chunks would copy the file into memory
+        self._chunks = []
+        for k in range(reader.num_record_batches):
+            batch = reader.get_batch(k)
+            self._chunks.append({name: (batch.column(name).offsets.to_numpy(),
+                                        batch.column(name).values.to_numpy(zero_copy_only=True)) for name in COLUMNS})
+        self._starts = np.cumsum([0] + [len(c["input_ids"][0]) - 1 for c in self._chunks])
+        self._length = int(self._starts[-1])
 
     def __len__(self) -> int:
         return self._length
@@ -77,10 +81,13 @@ class TokenTable(Sequence):
         if not -self._length <= i < self._length:
             raise IndexError(i)
         i %= self._length
-        return {name: values[offsets[i]:offsets[i + 1]].tolist() for name, (offsets, values) in self._columns.items()}
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        row = i - int(self._starts[k])
+        return {name: values[offsets[row]:offsets[row + 1]].tolist()
+                for name, (offsets, values) in self._chunks[k].items()}
 
     def nbytes(self) -> int:
-        return sum(int(o.nbytes + v.nbytes) for o, v in self._columns.values())
+        return sum(int(o.nbytes + v.nbytes) for chunk in self._chunks for o, v in chunk.values())
 
 
 def token_rows(encode: Any) -> Sequence[dict[str, list[int]]]:
