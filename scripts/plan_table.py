@@ -11,7 +11,7 @@ GPUS, GPU_MEMORY = 8, "80GB"
 def table() -> str:
     from tunelab.config import load_config
     from tunelab.plan import GiB, SHAPES, count, parse_bytes, plan
-    from tunelab.train.distributed import PRESETS
+    from tunelab.distributed import PRESETS
 
     lines = ["| model | method | preset | per GPU (GiB) | weights | grads | optimizer | gathered | activations "
              "| fits 8 x 80 GB | host per node (GiB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]

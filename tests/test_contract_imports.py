@@ -12,16 +12,16 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 
 # Lower layers never import higher ones. Command-line modules sit on top of everything.
 LAYERS = [
-    {"errors", "paths", "settings", "events", "rundir", "precision"},
+    {"errors", "paths", "settings", "events", "ranks", "rundir", "precision", "distributed"},
     {"models", "scoring"},
     {"data"},
     {"methods", "tasks"},
     {"config"},
-    {"eval"},
+    {"eval", "plan"},
     {"train"},
     {"export"},
     {"experiments"},
-    {"cli", "cli_output"},
+    {"cli", "cli_output", "launch", "__main__"},
 ]
 CLI_MODULES = {"tunelab.cli", "tunelab.cli_output", "tunelab.data.cli", "tunelab.eval.cli", "tunelab.export.cli"}
 

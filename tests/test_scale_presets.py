@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
+from tunelab import distributed, ranks
 from tunelab.errors import ConfigError
 from tunelab.launch import Launch, command
-from tunelab.train import distributed
-from tunelab.train.distributed import PRESETS, adjust_to_world, get_preset, split_global_batch
+from tunelab.distributed import PRESETS, adjust_to_world, get_preset, split_global_batch
 
 
 def engine_files(tiny_config, tmp_path, preset: str, *overrides: str) -> dict:
@@ -142,9 +142,9 @@ def _ranks(rank: int, port: int, results) -> None:
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    out = {"dir": distributed.from_main(f"runs/x-{rank}")}
+    out = {"dir": ranks.from_main(f"runs/x-{rank}")}
     try:
-        distributed.on_main(lambda: (_ for _ in ()).throw(ConfigError("main refused")))
+        ranks.on_main(lambda: (_ for _ in ()).throw(ConfigError("main refused")))
     except ConfigError as err:
         out["error"] = str(err)
     distributed.check_same_config("same")
@@ -176,3 +176,18 @@ def test_ranks_take_the_main_process_values_and_errors_and_refuse_another_config
         assert got[rank]["dir"] == "runs/x-0"  # the main process's run directory everywhere
         assert got[rank]["error"] == "main refused"  # no rank waits for a main process that failed
         assert got[rank]["config"].startswith("rank(s) 1 resolved another config than rank 0")
+
+
+def test_the_slurm_example_is_valid_bash_and_its_launch_line_parses():
+    from tests.conftest import REPO
+    from tunelab.cli import _parser
+
+    script = REPO / "examples" / "slurm.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    args = _parser().parse_args(["run", "my.yaml", "output_dir=runs/x", "--nproc", "8", "--nnodes", "2",
+                                 "--node-rank", "1", "--master-addr", "node-a", "--master-port", "29500"])
+    assert (args.nproc, args.nnodes, args.node_rank, args.master_addr) == (8, 2, 1, "node-a")
+    text = script.read_text()
+    for flag in ("--nproc $GPUS_PER_NODE", "--nnodes $SLURM_NNODES", "--node-rank \\$SLURM_NODEID",
+                 "--master-addr $MASTER_ADDR"):
+        assert flag in text

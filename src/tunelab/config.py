@@ -165,7 +165,7 @@ class _RunConfig(Section):
     @field_validator("distributed")
     @classmethod
     def _known_preset(cls, value: str) -> str:
-        from tunelab.train.distributed import PRESETS
+        from tunelab.distributed import PRESETS
 
         return _one_of("distributed", value, list(PRESETS))
 
@@ -390,7 +390,7 @@ def options_markdown() -> str:
     then each method's and task's section by name (its keys: `tunelab options`)."""
     rows = [(key, default, help_text) for key, default, help_text in describe_options()
             if key.split(".")[0] not in SECTIONS]
-    from tunelab.train.distributed import PRESETS
+    from tunelab.distributed import PRESETS
 
     choices = {"task": ["auto", *sorted(TASKS)], "method": sorted(METHODS), "distributed": list(PRESETS)}
     lines = ["| key | default | meaning |", "|---|---|---|"]

@@ -168,7 +168,7 @@ def plan(config: Any, devices: int, gpu_bytes: int, per_node: int | None = None,
          counts: Counts | None = None) -> Plan:
     """The memory of one device (and the host memory of one node) for this config on `devices` devices."""
     from tunelab.tasks import TASKS
-    from tunelab.train.distributed import get_preset
+    from tunelab.distributed import get_preset
 
     if devices < 1:
         raise ConfigError(f"--gpus: expected at least 1, got {devices}")
@@ -268,9 +268,11 @@ def add_plan_command(sub: Any) -> None:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from tunelab.config import load_raw, validate_config
-    from tunelab.experiments.commands import split_config
 
-    raw = load_raw(*split_config(args))
+    path, overrides = args.config, list(args.overrides)
+    if path and "=" in path and not path.endswith((".yaml", ".yml")):  # only key=value settings
+        path, overrides = None, [path, *overrides]
+    raw = load_raw(path, overrides)
     raw.setdefault("data", {}).setdefault("train", "-")  # planning reads no data
     result = plan(validate_config(raw), args.gpus, parse_bytes(args.gpu_memory), args.gpus_per_node, args.shape)
     print(json.dumps(asdict(result), indent=2) if args.json else render(result), file=sys.stdout)

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from tunelab.ranks import barrier, on_main
+
 COLUMNS = ("input_ids", "labels")
 _SCRATCH: ContextVar[Path | None] = ContextVar("tunelab_token_scratch", default=None)
 BATCH = 4096  # rows per Arrow record batch: writing never holds more than this many encoded rows
@@ -93,8 +95,6 @@ class TokenTable(Sequence):
 def token_rows(encode: Any) -> Sequence[dict[str, list[int]]]:
     """The rows `encode()` yields, as a TokenTable mapped by every rank when a run set a scratch directory (the
     main process encodes and writes; an error there stops every rank); else the rows as a plain list."""
-    from tunelab.train.distributed import barrier, on_main
-
     where = _SCRATCH.get()
     if where is None:
         return list(encode())

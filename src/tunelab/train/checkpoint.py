@@ -22,7 +22,8 @@ from transformers import TrainerCallback
 from tunelab.paths import feed_file, inside
 from tunelab.events import Events
 from tunelab.rundir import read_metrics, write_json
-from tunelab.train.distributed import barrier, is_main_process, layout
+from tunelab.distributed import layout
+from tunelab.ranks import barrier, is_main_process
 
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")

@@ -15,7 +15,9 @@ import yaml
 
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import ConfigError, DataError, TunelabError
-from tunelab.train.checkpoint import latest_complete, step_of
+from tunelab.distributed import adjust_to_world
+from tunelab.ranks import world_size
+from tunelab.train.checkpoint import latest_complete, read_manifest, step_of
 from tunelab.events import Events
 from tunelab.rundir import choose_run_dir, metrics_line, read_metrics, write_atomic
 
@@ -91,3 +93,11 @@ def trim_metrics(path: Path, step: int) -> None:
         return
     kept = [metrics_line(record) for record in read_metrics(path) if record["step"] <= step]
     write_atomic(path, "".join(kept))
+
+
+def resume_layout(config: Any, checkpoint: Path | None, events: Any) -> Any:
+    """The config to resume `checkpoint` with on this world size (see adjust_to_world); says what changed."""
+    adjusted, message = adjust_to_world(config, read_manifest(checkpoint) if checkpoint else None, world_size())
+    if message:
+        events.emit("world_size_changed", message=message)
+    return adjusted

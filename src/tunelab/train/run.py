@@ -17,6 +17,7 @@ import torch
 
 from pydantic import ValidationError
 
+from tunelab import distributed
 from tunelab.config import RunConfig, dump_config, explain
 from tunelab.data import Dataset, load_dataset, split_rows
 from tunelab.data.formats import get_format
@@ -31,12 +32,11 @@ from tunelab.models.loading import LoadRules, load_pair
 from tunelab.precision import autocast, resolve as resolve_precision
 from tunelab.rundir import MetricsLog, directory_bytes, write_json, write_run_header, write_samples
 from tunelab.scoring.metrics import describe
+from tunelab.ranks import is_main_process, on_main
 from tunelab.tasks import TASKS, Task, get_task, task_for_format
-from tunelab.ranks import is_main_process
-from tunelab.train import distributed
 from tunelab.train.budget import resolve_epochs, stops_early
 from tunelab.train.guards import train_guarded
-from tunelab.train.resume import find_run_dir, prepare_resume
+from tunelab.train.resume import find_run_dir, prepare_resume, resume_layout
 from tunelab.train.flops import throughput
 from tunelab.train.trainer import Progress, common_args, liger_flag, precision_name, quiet
 
@@ -63,7 +63,7 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     train_data, validation_data = validation_split(config, train_data)
     budget = resolve_epochs(config, task, len(train_data.rows),  # epochs=auto: numbers before config.yaml is written
                             len(validation_data.rows) if validation_data is not None else 0)
-    run_dir, resume_from = distributed.on_main(
+    run_dir, resume_from = on_main(
         lambda: open_run_dir(config, train_data, held_data, validation_data, resume, events))
     distributed.check_same_config(dump_config(config))
 
@@ -127,7 +127,7 @@ def train(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Any, val
     def build(cfg: RunConfig) -> Any:
         return quiet(task.trainer(model, tokenizer, prepared, common_args(cfg, run_dir / "checkpoints"), [progress]))
 
-    config = distributed.resume_layout(config, resume_from, events)  # the same global batch on another world size
+    config = resume_layout(config, resume_from, events)  # the same global batch on another world size
     started = time.monotonic()
     trainer, output = train_guarded(build, config, run_dir, resume_from, events, task.batch_multiple(config),
                                     (watched, describe(watched).higher_is_better))

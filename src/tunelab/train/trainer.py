@@ -17,7 +17,8 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from tunelab.config import RunConfig
-from tunelab.train.distributed import common_training_args, from_main
+from tunelab.distributed import common_training_args
+from tunelab.ranks import from_main
 from tunelab.errors import ConfigError
 from tunelab.events import Events
 from tunelab.methods import get_method
@@ -82,7 +83,7 @@ def common_args(config: RunConfig, checkpoint_dir: Path) -> dict[str, Any]:
         **liger_flag(t.liger),
         **get_method(config.method).training_args(config),
     )
-    return {**args, **common_training_args(config)}  # several processes: tunelab.train.distributed
+    return {**args, **common_training_args(config)}  # several processes: tunelab.distributed
 
 
 class Progress(TrainerCallback):

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from tunelab.errors import ConfigError
-from tunelab.ranks import is_main_process, rank, world_size  # noqa: F401 (rank: for callers)
+from tunelab.ranks import group_ready, is_main_process, world_size
 
 TIMEOUT = timedelta(hours=2)  # ranks wait at a barrier while the main process scores; a long evaluation is normal
 
@@ -38,53 +38,12 @@ def start(config: Any) -> None:
         PartialState(cpu=not torch.cuda.is_available(), timeout=TIMEOUT)
 
 
-def _group_ready() -> bool:
-    import torch.distributed as dist
-
-    return world_size() > 1 and dist.is_available() and dist.is_initialized()
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if _group_ready():
-        dist.barrier()
-
-
-def from_main(value: Any) -> Any:
-    """The main process's value on every rank (e.g. the run directory, chosen from the clock)."""
-    import torch.distributed as dist
-
-    if not _group_ready():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def on_main(work: Any) -> Any:
-    """`work()` run on the main process only, its result (or its error, raised again) on every rank: choosing the
-    run directory and checking it may be resumed read and remove files, which one process must do."""
-    if not _group_ready():
-        return work()
-    outcome: tuple[str, Any] = ("ok", None)
-    if is_main_process():
-        try:
-            outcome = ("ok", work())
-        except Exception as err:  # every rank stops with the main process's error, none waits forever
-            outcome = ("error", err)
-    kind, value = from_main(outcome)
-    if kind == "error":
-        raise value
-    return value
-
-
 def check_same_config(config_yaml: str) -> None:
     """Every rank must hold the same resolved config (epochs=auto and task=auto are resolved on each rank from the
     same files): a difference would train different things under one run's name."""
     import torch.distributed as dist
 
-    if not _group_ready():
+    if not group_ready():
         return
     mine = hashlib.sha256(config_yaml.encode()).hexdigest()
     seen: list[Any] = [None] * world_size()
@@ -299,23 +258,13 @@ def adjust_to_world(config: Any, saved: dict[str, Any] | None, processes: int) -
     return config.model_copy(update={"train": train}), message
 
 
-def resume_layout(config: Any, checkpoint: Path | None, events: Any) -> Any:
-    """The config to resume `checkpoint` with on this world size (see adjust_to_world); says what changed."""
-    from tunelab.train.checkpoint import read_manifest
-
-    adjusted, message = adjust_to_world(config, read_manifest(checkpoint) if checkpoint else None, world_size())
-    if message:
-        events.emit("world_size_changed", message=message)
-    return adjusted
-
-
 def weights_agree(model: Any) -> bool | None:
     """Whether every rank ended with the same trainable weights, to the bit (None: one process, or an engine that
     shards the weights). Replicas that differ mean gradients were not synced: each rank trained on its own."""
     import torch
     import torch.distributed as dist
 
-    if not _group_ready() or any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in model.parameters()):
+    if not group_ready() or any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in model.parameters()):
         return None
     digest = hashlib.sha256()
     for name, param in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
