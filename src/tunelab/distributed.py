@@ -23,7 +23,7 @@ import yaml
 from tunelab.errors import ConfigError
 from tunelab.ranks import group_ready, is_main_process, world_size
 
-TIMEOUT = timedelta(hours=2)  # ranks wait at a barrier while the main process scores; a long evaluation is normal
+TIMEOUT = timedelta(hours=2)  # ranks wait while the main process encodes a large training file alone
 
 
 def start(config: Any) -> None:
