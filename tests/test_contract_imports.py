@@ -12,16 +12,16 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 
 # Lower layers never import higher ones. Command-line modules sit on top of everything.
 LAYERS = [
-    {"errors", "paths", "settings", "events", "rundir", "precision"},
+    {"errors", "paths", "settings", "events", "ranks", "rundir", "precision", "distributed"},
     {"models", "scoring", "graders"},  # graders judge with models and score with scoring
     {"data"},
     {"methods", "tasks"},
     {"config"},
-    {"eval"},
+    {"eval", "plan"},
     {"train", "inputs"},  # inputs resolves the config with train.budget's rules; eval's CLI is on top
     {"export"},
     {"experiments", "serve"},  # serve drives whole runs (tunelab run) and loads their models, as experiments does
-    {"cli", "cli_output"},
+    {"cli", "cli_output", "launch", "__main__"},
 ]
 CLI_MODULES = {"tunelab.cli", "tunelab.cli_output", "tunelab.data.cli", "tunelab.eval.cli", "tunelab.export.cli"}
 

@@ -107,3 +107,16 @@ def test_a_finished_run_keeps_its_checkpoints_weights_and_no_pickle(tiny_config)
     assert not [p for p in result.run_dir.rglob("*") if p.suffix in (".pt", ".pth", ".bin")]
     (result.run_dir / "summary.json").unlink()  # as if it had died after the last save: it starts over, safely
     assert latest_complete(result.run_dir / "checkpoints") is None
+
+
+def test_keep_optimizer_state_leaves_a_finished_runs_checkpoints_resumable(tiny_config):
+    """train.keep_optimizer_state: a user who will train further (or cut a run back to a checkpoint) keeps what
+    resuming needs; the files still load under weights_only (test_safe_loading)."""
+    from tunelab.train.checkpoint import checkpoint_dirs, latest_complete
+    from tunelab.train.run import run
+
+    result = run(tiny_config("train.max_steps=2", "train.save_steps=1", "eval.generate=false", "eval.forgetting_probe=false",
+                             "eval.few_shot_k=0", "eval.train_sample=0", "train.keep_optimizer_state=true"))
+    for _, path in checkpoint_dirs(result.run_dir / "checkpoints"):
+        assert {"optimizer.pt", "scheduler.pt"} <= {p.name for p in path.iterdir()}
+    assert latest_complete(result.run_dir / "checkpoints").name == "checkpoint-2"

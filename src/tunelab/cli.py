@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue an unfinished run (output_dir, else the newest runs/<name>-*) from its latest "
                           "complete checkpoint; rerunning into an unfinished output_dir resumes too")
+    from tunelab.launch import add_launch_arguments
+
+    add_launch_arguments(run)
     run.set_defaults(handler=_cmd_run)
 
     models = sub.add_parser("models", help="list the bundled models")
@@ -100,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_serve_command(sub)
 
+    from tunelab.plan import add_plan_command
+
+    add_plan_command(sub)
+
     options = sub.add_parser("options", help="list every config key with its default and meaning")
     options.add_argument("--markdown", action="store_true",
                          help="the run's own keys and each section's owner as a Markdown table (README.md's)")
@@ -118,9 +125,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config_path, overrides = args.config, list(args.overrides)
     if config_path and "=" in config_path and not config_path.endswith((".yaml", ".yml")):
         config_path, overrides = None, [config_path, *overrides]
-    config = load_config(config_path, overrides)
+    config = load_config(config_path, overrides)  # checked here before any process starts
+    if args.nproc:
+        from tunelab.launch import launch_from_args
+
+        return launch_from_args(args, [*([config_path] if config_path else []), *overrides,
+                                       *(["--resume"] if args.resume else [])])
 
     from tunelab.cli_output import ConsoleProgress, print_summary
+    from tunelab.ranks import is_main_process
+    from tunelab.experiments import run_experiment
 
     progress = ConsoleProgress()
     progress.waiting("starting: loading the training libraries")  # seconds of imports before the run's first event
@@ -133,7 +147,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise
     finally:
         progress.close()
-    print_summary(result.run_dir, result.summary)
+    if is_main_process():
+        print_summary(result.run_dir, result.summary)
     return 0
 
 

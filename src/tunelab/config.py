@@ -63,6 +63,9 @@ class TrainConfig(Section):
     logging_steps: int = Field(5, ge=1, description="Log train loss every N steps.")
     save_steps: int = Field(100, ge=0, description="Checkpoint every N steps (0: none; Ctrl-C/SIGTERM still save one).")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept (the best is kept as well).")
+    keep_optimizer_state: bool = Field(False, description="Once the run finishes, its checkpoints keep their "
+                                       "optimizer, schedule and RNG files (pickles) to train on from; by default "
+                                       "they keep their weights only.")
     max_bad_steps: int = Field(3, ge=1, description="Steps in a row with a NaN/Inf loss or gradient (each skipped) "
                                                     "before the run stops.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
@@ -164,6 +167,9 @@ class _RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output_dir: Path | None = Field(None, description="Run directory; default runs/<name>-<timestamp>.")
+    distributed: str = Field("ddp", description="How a run launched on several processes (tunelab run --nproc N, "
+                                               "torchrun, accelerate launch) spreads over them (docs/scale.md); "
+                                               "the engines' own config files go into the run directory.")
     trust_remote_code: bool = Field(False, description="Allow a local model dir to run its own code.")
     allow_pickle: bool = Field(False, description="Allow a local model dir whose weights are pickle files "
                                                   "(pytorch_model.bin); read with torch's weights_only loader.")
@@ -179,6 +185,13 @@ class _RunConfig(Section):
     @classmethod
     def _known_task(cls, value: str) -> str:
         return _one_of("task", value, ["auto", *sorted(TASKS)])
+
+    @field_validator("distributed")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        from tunelab.distributed import PRESETS
+
+        return _one_of("distributed", value, list(PRESETS))
 
     @field_validator("method")
     @classmethod
@@ -428,7 +441,9 @@ def options_markdown() -> str:
     then each method's and task's section by name (its keys: `tunelab options`)."""
     rows = [(key, default, help_text) for key, default, help_text in describe_options()
             if key.split(".")[0] not in SECTIONS]
-    choices = {"task": ["auto", *sorted(TASKS)], "method": sorted(METHODS)}
+    from tunelab.distributed import PRESETS
+
+    choices = {"task": ["auto", *sorted(TASKS)], "method": sorted(METHODS), "distributed": list(PRESETS)}
     lines = ["| key | default | meaning |", "|---|---|---|"]
     for key, default, help_text in rows:
         extra = f" One of: {', '.join(f'`{c}`' for c in choices[key])}." if key in choices else ""

@@ -86,6 +86,7 @@ KINDS: dict[str, Kind] = {
     "checkpoint_saved": Kind(INFO, ("step", "path"), "step {step}: checkpoint saved in {path}"),
     "step_skipped": Kind(WARNING, ("step", "learning_rate")),
     "batch_backoff": Kind(WARNING, ("step", "batch_size", "grad_accum")),
+    "world_size_changed": Kind(WARNING, ()),  # resumed on another number of processes: what was adjusted
     # counted loops: rows scored, answers generated, ...
     "progress": Kind(PROGRESS, ("what", "done", "total", "unit", "rate", "eta_seconds"), "{what}: {done}/{total} {unit}"),
     "warning": Kind(WARNING, ()),

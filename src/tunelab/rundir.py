@@ -23,6 +23,7 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.events import SCHEMA, Event
+from tunelab.ranks import is_main_process
 
 TRACKED = ("tunelab", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "safetensors")
 
@@ -43,7 +44,10 @@ def choose_run_dir(config: Any) -> Path:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temp file beside the target, fsync, then rename: readers never see half a file."""
+    """Write to a temp file beside the target, fsync, then rename: readers never see half a file.
+    On a run of several processes only the main one writes (the others hold the same values)."""
+    if not is_main_process():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -81,6 +85,8 @@ def metrics_line(record: dict[str, Any]) -> str:
 
 
 def append_line(path: Path, line: str) -> None:
+    if not is_main_process():  # one process writes the run's files, as write_atomic
+        return
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(line)
         handle.flush()

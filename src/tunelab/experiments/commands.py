@@ -47,6 +47,9 @@ def add_experiment_commands(sub: Any, console: Any) -> None:
     sweep.add_argument("--validation-fraction", type=float, default=0.2, help="share of train held for validation")
     sweep.add_argument("--heartbeat", type=int, default=10, help="seconds between a trial's liveness marks")
     sweep.add_argument("--score-default", action="store_true", help="also score the unchanged config on held-out")
+    sweep.add_argument("--create-study", dest="create_only", action="store_true",
+                       help="create the study in --storage (tables, the unchanged config as its first trial) and "
+                            "exit; run it once before starting workers on several machines")
     sweep.set_defaults(handler=lambda args: _cmd_sweep(args, console))
 
     compare = sub.add_parser("compare", help="train several methods, models or configs on one budget; leaderboard",
@@ -68,12 +71,17 @@ def _cmd_sweep(args: argparse.Namespace, console: Any) -> int:
 
     path, overrides = split_config(args)
     opts = SweepOptions(args.space, args.trials, args.out_dir, args.storage, args.study_name, args.sampler,
-                        args.prune, args.metric, args.validation_fraction, args.heartbeat, args.score_default)
+                        args.prune, args.metric, args.validation_fraction, args.heartbeat, args.score_default,
+                        args.create_only)
     progress = console()
     try:
         summary = sweep(load_raw(path, overrides), opts, on_event=TrialProgress(progress))
     finally:
         progress.close()
+    if summary.get("created"):
+        print(f"study {summary['study']} is ready in {summary['storage']}; start each worker with the same command "
+              "without --create-study")
+        return 0
     print_sweep(summary)
     return 0
 

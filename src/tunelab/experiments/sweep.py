@@ -8,6 +8,7 @@ is touched once, by the best config, at the end. Every trial is a normal run dir
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import os
 import socket
@@ -50,6 +51,7 @@ class SweepOptions:
     validation_fraction: float = 0.2
     heartbeat: int = 10                 # seconds; a trial silent for 2x this is failed and rerun
     score_default: bool = False         # also score the unchanged config on the held-out set
+    create_only: bool = False           # create the study (tables, default trial) and return: before any worker
 
 
 def sweep(raw: dict[str, Any], opts: SweepOptions, on_event: Listener | None = None) -> dict[str, Any]:
@@ -65,6 +67,8 @@ def sweep(raw: dict[str, Any], opts: SweepOptions, on_event: Listener | None = N
     with file_lock(out / ".study.lock"):  # workers starting together: one creates the tables and queues the default
         study = open_study(out, opts, config, higher=describe(metric).higher_is_better)
         enqueue_default(study, dims, config)
+    if opts.create_only:
+        return {"study": study.study_name, "storage": safe_url(storage_url(opts, out)), "created": True}
     events = Events(on_event)
     run_trials(study, objective(raw, dims, extra, metric, out, opts, events), opts, events)
     top = study.best_trial
@@ -105,18 +109,50 @@ def carve_validation(config: Any, out: Path, fraction: float) -> tuple[dict[str,
     return values, task
 
 
+def storage_url(opts: SweepOptions, out: Path) -> str:
+    """The study's database: SQLite in the sweep directory by default; a PostgreSQL URL goes through psycopg 3
+    (SQLAlchemy's plain `postgresql://` means psycopg2, which tunelab does not install)."""
+    url = opts.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    if url.startswith(("postgresql://", "postgres://")):
+        if importlib.util.find_spec("psycopg") is None:
+            raise ConfigError("--storage postgresql://...: needs the psycopg driver: pip install 'tunelab[postgres]'")
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def safe_url(url: str) -> str:
+    """A storage URL fit to print or record: its password hidden."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def is_server(url: str) -> bool:
+    return not url.startswith("sqlite")
+
+
 def open_study(out: Path, opts: SweepOptions, config: Any, higher: bool) -> optuna.Study:
+    """The study, created here for SQLite (workers on one machine take turns under a file lock); on a database
+    server it must exist already (`--create-study`, run once before the workers): workers on several machines
+    creating tables and the study at the same moment race in the database itself."""
     out.mkdir(parents=True, exist_ok=True)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
-    url = opts.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    storage = RDBStorage(url, heartbeat_interval=opts.heartbeat, grace_period=2 * opts.heartbeat,
-                         heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+    url = storage_url(opts, out)
+    name = opts.study_name or f"{config.name}-sweep"
+    try:
+        storage = RDBStorage(url, heartbeat_interval=opts.heartbeat, grace_period=2 * opts.heartbeat,
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback())
+    except Exception as err:  # a wrong host, password or database: the driver's own words, without a traceback
+        raise ConfigError(f"--storage {safe_url(url)}: {str(err).splitlines()[0]}") from None
+    if is_server(url) and not opts.create_only and name not in {s.study_name for s in storage.get_all_studies()}:
+        raise ConfigError(f'--storage {safe_url(url)}: no study "{name}" yet; create it once, before starting the '
+                          "workers, with the same command and --create-study")
     seed = config.train.seed + os.getpid()  # workers sharing a study must not propose the same points
     sampler = {"tpe": lambda: optuna.samplers.TPESampler(seed=seed),
                "random": lambda: optuna.samplers.RandomSampler(seed=seed)}[opts.sampler]()
     pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0) if opts.prune else optuna.pruners.NopPruner()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(storage=storage, study_name=opts.study_name or f"{config.name}-sweep",
+    return optuna.create_study(storage=storage, study_name=name,
                                direction="maximize" if higher else "minimize", sampler=sampler, pruner=pruner,
                                load_if_exists=True)
 

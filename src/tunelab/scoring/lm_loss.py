@@ -82,6 +82,30 @@ def supervised_nll(parts: tuple[torch.nn.Module, torch.nn.Module], batch: dict[s
     return nll, keep.nonzero()[:, 0]
 
 
+def takes_logits_mask(model: torch.nn.Module) -> bool:
+    """Whether the model's own forward applies its head only where a boolean `logits_to_keep` says (transformers'
+    causal LMs); a PEFT wrapper passes the argument through to it."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def forward_nll(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """`supervised_nll`'s losses (same positions, same order) through the model's own forward, for a model that a
+    DDP, FSDP or DeepSpeed wrapper must see called: DDP syncs gradients only for a forward made through it, and a
+    sharded engine gathers weights in its forward hooks. The head still meets only the supervised positions."""
+    labels = batch["labels"]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                   position_ids=batch.get("position_ids"), use_cache=False, logits_to_keep=keep).logits
+    if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):
+        raise RuntimeError(f"{type(model).__name__}'s forward ignored a boolean logits_to_keep (logits of shape "
+                           f"{tuple(logits.shape)}); set speed.supervised_head=false for this model")
+    return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], reduction="none")
+
+
 def shared_length(decoder: torch.nn.Module, batch: dict[str, Any]) -> int:
     """How many leading tokens every row shares and no loss reads (0 when sharing them would not pay).
 

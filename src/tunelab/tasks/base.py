@@ -75,6 +75,7 @@ class Task:
     baseline_names: tuple[str, ...] = ()  # what `baselines` measures, for `tunelab tasks`
     default_metrics: tuple[str, ...] = ()
     chosen_by_auto: bool = True           # False: only `task=<name>` picks it (it shares its formats with another)
+    reference_model: bool = False         # trains against a frozen reference (DPO): `tunelab plan` counts it
 
     def resolve(self, config: Any, train: Any) -> dict[str, Any]:
         """Settings this task decides from the training rows before the run starts (a classifier's labels, a

@@ -123,6 +123,7 @@ class Dpo(LmTask):
     name = "dpo"
     description = "Direct preference optimisation (TRL DPOTrainer) on prompt/chosen/rejected pairs, base as reference."
     formats = ("preference",)
+    reference_model = True
     sections = ("dpo",)
     evidence = frozenset({GENERATION, FORGETTING})
     default_metrics = ("pairwise_accuracy", "reward_margin", "exact_match", "token_f1")

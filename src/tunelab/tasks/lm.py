@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,11 +18,12 @@ import torch
 from pydantic import Field
 
 from tunelab.data.formats import get_format
+from tunelab.data.token_table import token_rows
 from tunelab.data.tokens import IGNORE, encode_text
 from tunelab.errors import DataError
 from tunelab.events import counting
 from tunelab.scoring.generate import generate
-from tunelab.scoring.lm_loss import lm_parts, supervised_nll
+from tunelab.scoring.lm_loss import forward_nll, lm_parts, supervised_nll, takes_logits_mask
 from tunelab.scoring.metrics import describe, fit_metrics, generation_rows, generation_scores
 from tunelab.scoring.rows import RowValues, exp_ratio
 from tunelab.settings import Section, register_section
@@ -147,6 +149,7 @@ class LmPrepared(Prepared):
 def lm_trainer_class() -> type:
     """transformers' Trainer with one change: the loss applies the output head only at supervised tokens
     (`scoring.lm_loss`), normalised by the Trainer's token count so gradient accumulation is exact."""
+    from accelerate.utils import DistributedType
     from transformers import Trainer
 
     class LmTrainer(Trainer):
@@ -156,13 +159,17 @@ def lm_trainer_class() -> type:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if "position_ids" in inputs:  # flattened: see FlatCollator
                 inputs = {k: v for k, v in inputs.items() if k != "attention_mask"}
-            parts = lm_parts(self.accelerator.unwrap_model(model)) \
-                if self.supervised_head and not return_outputs else None
-            if parts is None:
+            plain = self.accelerator.unwrap_model(model)
+            # On several processes the engine's wrapper (DDP, FSDP, DeepSpeed) must see the forward: the decoder
+            # called directly would train each rank on its own gradients.
+            wrapped = self.accelerator.distributed_type != DistributedType.NO
+            parts = lm_parts(plain) if self.supervised_head and not return_outputs else None
+            if parts is None or (wrapped and not takes_logits_mask(plain)):
                 extra = {"use_cache": False} if "position_ids" in inputs else {}
                 return super().compute_loss(model, {**inputs, **extra}, return_outputs, num_items_in_batch)
             with self.accelerator.autocast():  # the decoder is called directly, not through the model's forward,
-                nll, _ = supervised_nll(parts, inputs, self.shared_prefix)  # which accelerate wraps in autocast
+                nll = forward_nll(model, inputs) if wrapped else \
+                    supervised_nll(parts, inputs, self.shared_prefix)[0]  # which accelerate wraps in autocast
             if num_items_in_batch is None:  # the Trainer then divides by the accumulation steps itself
                 return nll.sum() / max(nll.numel(), 1)
             loss = nll.sum() / num_items_in_batch
@@ -295,12 +302,16 @@ class LmTask(Task):
         from tunelab.data.general import replay_texts
 
         t = config.train
-        examples = self.encode_all(train, tokenizer, t.max_length, events)
-        examples += replay_examples(replay_texts(), config.data.replay_fraction, len(examples), tokenizer,
-                                    t.max_length, t.seed)
+
+        def encode() -> Iterator[dict[str, list[int]]]:
+            examples = self.encode_all(train, tokenizer, t.max_length, events)
+            examples += replay_examples(replay_texts(), config.data.replay_fraction, len(examples), tokenizer,
+                                        t.max_length, t.seed)
+            return (e.as_row() for e in examples)
+
         sample = train.sample(config.eval.train_sample, t.seed)
         held_out = self.held_out(config, tokenizer, held, events)
-        return LmPrepared([e.as_row() for e in examples], held_out, held_out.metrics,
+        return LmPrepared(token_rows(encode), held_out, held_out.metrics,
                           self.held_out(config, tokenizer, sample, None, held_out.metrics) if sample.rows else None,
                           speed=config.speed or SpeedSettings())
 

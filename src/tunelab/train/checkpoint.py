@@ -22,6 +22,8 @@ from transformers import TrainerCallback
 from tunelab.paths import feed_file, inside
 from tunelab.events import Events
 from tunelab.rundir import read_metrics, write_json
+from tunelab.distributed import layout
+from tunelab.ranks import barrier, is_main_process
 
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -173,10 +175,13 @@ class CheckpointKeeper(TrainerCallback):
             self.events.emit("saving_checkpoint", step=state.global_step)
 
     def on_save(self, args, state, control, **kwargs):
+        barrier()  # every rank has written its part (its RNG state, its shard) before the main process seals them
+        if not is_main_process():
+            return
         directory = self.root / f"checkpoint-{state.global_step}"
         value = metric_at(self.metrics_path, state.global_step, self.metric)
         write_manifest(directory, {"step": state.global_step, "best_metric": self.metric, "value": value,
-                                   "higher_is_better": self.higher_is_better})
+                                   "higher_is_better": self.higher_is_better, **layout(args)})
         prune(self.root, self.keep_last)
         self.events.emit("checkpoint_saved", step=state.global_step, path=str(directory))
 

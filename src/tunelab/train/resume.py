@@ -16,9 +16,11 @@ import yaml
 
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import ConfigError, DataError, TunelabError
+from tunelab.distributed import adjust_to_world
+from tunelab.ranks import world_size
 from tunelab.events import Events
 from tunelab.rundir import DEAD, FAILED, INTERRUPTED, LIVE, SUCCEEDED, RunDir, choose_run_dir
-from tunelab.train.checkpoint import latest_complete, step_of
+from tunelab.train.checkpoint import latest_complete, read_manifest, step_of
 
 RESUMABLE = (INTERRUPTED, DEAD, FAILED)
 
@@ -127,3 +129,11 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     for key, value in tree.items():
         flat.update(_flatten(value, f"{prefix}{key}."))
     return flat
+
+
+def resume_layout(config: Any, checkpoint: Path | None, events: Any) -> Any:
+    """The config to resume `checkpoint` with on this world size (see adjust_to_world); says what changed."""
+    adjusted, message = adjust_to_world(config, read_manifest(checkpoint) if checkpoint else None, world_size())
+    if message:
+        events.emit("world_size_changed", message=message)
+    return adjusted

@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
+from tunelab import distributed
 from tunelab.config import RunConfig, dump_config
+from tunelab.data.token_table import scratch
 from tunelab.errors import ConfigError, RunInterrupted, TunelabError
 from tunelab.eval import evidence
 from tunelab.eval.report_html import write_report
@@ -33,11 +35,12 @@ from tunelab.models.loading import LoadRules, load_pair
 from tunelab.precision import autocast
 from tunelab.rundir import FAILED, INTERRUPTED, RUNNING, SUCCEEDED, RunDir, Status, directory_bytes
 from tunelab.scoring.metrics import describe
+from tunelab.ranks import group_ready, is_main_process, on_main
 from tunelab.tasks import Task, get_task
 from tunelab.train.checkpoint import checkpoint_dirs, keep_weights_only, read_manifest
 from tunelab.train.flops import throughput
 from tunelab.train.guards import train_guarded
-from tunelab.train.resume import find_run_dir, prepare_resume, refuse_foreign, unfinished_like
+from tunelab.train.resume import find_run_dir, prepare_resume, refuse_foreign, resume_layout, unfinished_like
 from tunelab.train.trainer import Progress, common_args, library_bars_off, precision_name, quiet
 
 
@@ -65,14 +68,16 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
     if config.train.seeds:
         raise ConfigError("train.seeds asks for one run per seed: call tunelab.experiments.run_experiment")
     library_bars_off()
-    events = Events(on_event)
+    distributed.start(config)  # several processes: join the group; files and events come from the main one
+    events = Events(on_event if is_main_process() else None)
     opened = None
     with events.active(), sigterm_interrupts():
         try:
             check_machine(config)  # before the rows are read: the cheapest refusal first
             data = load_data(config)
             complete = resolve(config, data)
-            opened = open_run_dir(complete, data, resume, events)
+            opened = open_on_every_rank(complete, data, resume, events)
+            distributed.check_same_config(dump_config(complete))
             start(complete, data, opened, events)
             summary = train_and_measure(complete, data, opened, auto_budget(config, complete, data), events)
         except BaseException as err:
@@ -81,9 +86,25 @@ def run(config: RunConfig, on_event: Listener | None = None, resume: bool = Fals
                 raise
             raise stopped from None
         finally:
-            if opened is not None:
+            if opened is not None and opened.lock is not None:
                 opened.lock.close()
     return RunResult(opened.run_dir.path, summary)
+
+
+def open_on_every_rank(config: RunConfig, data: RunData, resume: bool, events: Events) -> Opened:
+    """The main process opens the run directory (`open_run_dir`); on a run of several processes the other ranks
+    follow it: the same directory and checkpoint, no lock (the main process holds it) and a status that writes
+    nothing (tunelab.rundir writes from the main process only)."""
+    if not group_ready():
+        return open_run_dir(config, data, resume, events)
+    held: list[Opened] = []
+
+    def open_here() -> tuple[Path, Path | None, dict[str, Any]]:
+        held.append(open_run_dir(config, data, resume, events))
+        return held[0].run_dir.path, held[0].resume_from, held[0].data_info
+
+    path, resume_from, data_info = on_main(open_here)
+    return held[0] if held else Opened(RunDir(path), Status(RunDir(path)), None, resume_from, data_info)
 
 
 def open_run_dir(config: RunConfig, data: RunData, resume: bool, events: Events) -> Opened:
@@ -117,6 +138,7 @@ def open_run_dir(config: RunConfig, data: RunData, resume: bool, events: Events)
 def start(config: RunConfig, data: RunData, opened: Opened, events: Events) -> None:
     """The header (config.yaml, data.json, versions.json) written, and the run running."""
     opened.run_dir.write_header(dump_config(config), opened.data_info)
+    distributed.write_engine_files(config, opened.run_dir.path)
     events.emit("run_started", run_dir=str(opened.run_dir), model=config.model, task=config.task,
                 method=config.method, train_rows=len(data.train.rows), eval_rows=len(data.held.rows),
                 validation_rows=opened.data_info["validation_rows"])
@@ -128,7 +150,7 @@ def settle(config: RunConfig, opened: Opened | None, err: BaseException, events:
     outside training becomes a RunInterrupted naming where it stopped, so the CLI can say how to resume)."""
     interrupted = isinstance(err, (KeyboardInterrupt, RunInterrupted))
     if opened is None:
-        if not interrupted and config.output_dir is not None:
+        if not interrupted and config.output_dir is not None and is_main_process():
             record_early_failure(RunDir(config.output_dir), err, events)
         return err
     status = opened.status
@@ -209,7 +231,8 @@ def train_and_measure(config: RunConfig, data: RunData, opened: Opened, budget: 
                                  **method.load_options(config, spec))
     method.check_model(model, spec)
     events.emit("phase", phase="preparing", message=f"preparing {len(data.train.rows)} training rows ...")
-    prepared = task.prepare(config, tokenizer, data.train, data.held, events)
+    with scratch(run_dir.path):  # the training token ids go to a file every rank maps (data.token_table)
+        prepared = task.prepare(config, tokenizer, data.train, data.held, events)
     validation_set = prepared.held_out if data.validation is None else \
         task.held_out(config, tokenizer, data.validation, None)
     best = evidence.early_stopping(config, task)
@@ -228,18 +251,22 @@ def train_and_measure(config: RunConfig, data: RunData, opened: Opened, budget: 
                                         run_dir.path, best, trained["steps"], events)
     if best is not None:
         found["early_stopping"]["validation_rows"] = len(data.validation.rows)
-    events.emit("phase", phase="saving", message=f"saving the tuned model in {run_dir.model_dir} ...")
-    method.save(model, run_dir.model_dir)
-    artifact_bytes = directory_bytes(run_dir.model_dir)  # what the method wrote, before the tokenizer joins it
-    tokenizer.save_pretrained(run_dir.model_dir)
+    spread = distributed.describe(config, model)
+    artifact_bytes = 0
+    if is_main_process():  # one process writes the run's files (tunelab.ranks)
+        events.emit("phase", phase="saving", message=f"saving the tuned model in {run_dir.model_dir} ...")
+        method.save(model, run_dir.model_dir)
+        artifact_bytes = directory_bytes(run_dir.model_dir)  # what the method wrote, before the tokenizer joins it
+        tokenizer.save_pretrained(run_dir.model_dir)
 
     summary = {"before": zero_shot.metrics, "after": after.metrics, "train": {**trained, "auto_budget": budget},
                "trainable_params": trainable, "total_params": total,
                "resources": {"artifact_bytes": artifact_bytes, **peak_memory()},
-               "model": config.model, "method": config.method, "task": config.task,
+               "model": config.model, "method": config.method, "task": config.task, "distributed": spread,
                "method_info": method.info(model),
                "metrics": prepared.metrics, **prepared.info, **found}
-    finish(run_dir, summary, zero_shot, after, before, config, opened.status, events)
+    if is_main_process():
+        finish(run_dir, summary, zero_shot, after, before, config, opened.status, events)
     return summary
 
 
@@ -248,7 +275,8 @@ def finish(run_dir: RunDir, summary: dict[str, Any], zero_shot: Any, after: Any,
     run_dir.write_summary(summary)
     run_dir.write_samples(zero_shot.samples, after.samples, {k: b.scores.samples for k, b in before.baselines.items()})
     write_report(run_dir.path, summary, config.eval.report_examples)
-    keep_weights_only(run_dir.checkpoints_dir)  # finished: the optimizer and RNG pickles have no further use
+    if not config.train.keep_optimizer_state:  # finished: the optimizer and RNG pickles have no further use
+        keep_weights_only(run_dir.checkpoints_dir)
     events.emit("run_finished", run_dir=str(run_dir))
     status.end(SUCCEEDED)
 
@@ -283,6 +311,7 @@ def train(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Any, val
     def build(cfg: RunConfig) -> Any:
         return quiet(task.trainer(model, tokenizer, prepared, common_args(cfg, run_dir.checkpoints_dir), [progress]))
 
+    config = resume_layout(config, resume_from, events)  # the same global batch on another world size
     started = time.monotonic()
     trainer, output = train_guarded(build, config, run_dir, resume_from, events, task.batch_multiple(config),
                                     (watched, describe(watched).higher_is_better))

@@ -17,6 +17,8 @@ import torch
 from transformers import PrinterCallback, TrainerCallback
 
 from tunelab.config import RunConfig
+from tunelab.distributed import common_training_args
+from tunelab.ranks import from_main
 from tunelab.errors import ConfigError
 from tunelab.events import Events
 from tunelab.methods import get_method
@@ -55,7 +57,7 @@ def common_args(config: RunConfig, checkpoint_dir: Path) -> dict[str, Any]:
     if t.epochs == "auto":
         raise ConfigError("train.epochs=auto is a budget the run resolves from the data (train.budget.resolve_epochs); "
                           "resolve it, or set train.epochs or train.max_steps, before building trainer arguments")
-    return dict(
+    args = dict(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -81,6 +83,7 @@ def common_args(config: RunConfig, checkpoint_dir: Path) -> dict[str, Any]:
         **liger_flag(t.liger),
         **get_method(config.method).training_args(config),
     )
+    return {**args, **common_training_args(config)}  # several processes: tunelab.distributed
 
 
 class Progress(TrainerCallback):
@@ -157,7 +160,9 @@ class Progress(TrainerCallback):
                    if k not in ("step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.events.emit("validation", step=record["step"], epoch=record["epoch"], metrics=metrics,
                          message=validation_words(record["step"], metrics))
-        if self.best is not None and self.best.observe(state.global_step, record, model) and control is not None:
+        # every rank scores the same rows with the same weights; the main process's verdict holds for all of them
+        if self.best is not None and from_main(self.best.observe(state.global_step, record, model)) \
+                and control is not None:
             control.should_training_stop = True
 
 
