@@ -211,3 +211,18 @@ def test_reinforcement_job_grades_each_completion_with_its_item(tmp_path):
     assert summary["task"] == "rlhf" and summary["train"]["steps"] == 2 and "mean_reward" in summary["after"]
     rewards = [r["reward"] for r in RunDir(result.run_dir).read_metrics() if "reward" in r]
     assert rewards and all(0.0 <= r <= 1.0 for r in rewards)  # string_check's eq: each completion 0 or 1
+
+
+def test_a_job_spreads_over_the_machine_through_tunelab_runs_own_launcher(tmp_path):
+    """tunelab serve --job-nproc 2: each job's command is `tunelab run CONFIG --nproc 2 --launcher L`, which the CLI
+    reads as a launch through torchrun or accelerate (tunelab.launch), the path tests/test_scale_ddp.py runs."""
+    from tunelab.cli import _parser
+    from tunelab.serve.app import ServeOptions, Service
+    from tunelab.serve.worker import run_argv
+
+    plain = Service(ServeOptions(tmp_path / "a"))
+    spread = Service(ServeOptions(tmp_path / "b", job_nproc=2, job_launcher="accelerate"))
+    assert plain.worker.run_args == ()
+    argv = run_argv(tmp_path / "job.yaml", spread.worker.run_args)
+    args = _parser().parse_args(argv[argv.index("run"):])
+    assert (args.config, args.nproc, args.launcher) == (str(tmp_path / "job.yaml"), 2, "accelerate")

@@ -44,6 +44,13 @@ class ServeOptions:
     max_loaded_models: int = 4
     models: dict[str, Path] = field(default_factory=dict)
     poll: float = 1.0
+    job_nproc: int | None = None  # processes per job's run (tunelab run --nproc), e.g. one per GPU
+    job_launcher: str = "torchrun"
+
+    def run_args(self) -> list[str]:
+        """What a job's `tunelab run` adds to spread over this machine's devices: the same launcher a user's
+        `tunelab run --nproc N` goes through (tunelab.launch)."""
+        return ["--nproc", str(self.job_nproc), "--launcher", self.job_launcher] if self.job_nproc else []
 
 
 class Service:
@@ -57,7 +64,7 @@ class Service:
         self.catalog = Catalog(self.store, options.models)
         self.worker: Worker | None = None  # built after the jobs, which wake it
         self.jobs = Jobs(self.store, self.files, self.catalog, root / "jobs", self.wake, options.python_graders)
-        self.worker = Worker(self.jobs, options.poll)
+        self.worker = Worker(self.jobs, options.poll, options.run_args())
         self.engine = Engine(options.max_loaded_models)
 
     def wake(self) -> None:

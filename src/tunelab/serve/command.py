@@ -27,6 +27,11 @@ def add_serve_command(sub: Any) -> None:
     serve.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
                        help="serve a local Hugging Face checkpoint under NAME as a base model (repeatable)")
     serve.add_argument("--max-loaded-models", type=int, default=4, help="models kept loaded for inference (LRU)")
+    serve.add_argument("--job-nproc", type=int, default=None, metavar="N",
+                       help="processes each job's run uses on this machine, usually one per GPU (tunelab run --nproc "
+                            "N through the same launcher); default: one process")
+    serve.add_argument("--job-launcher", choices=("torchrun", "accelerate"), default="torchrun",
+                       help="which engine starts a job's processes with --job-nproc (default torchrun)")
     serve.set_defaults(handler=run_serve)
 
 
@@ -41,8 +46,11 @@ def run_serve(args: argparse.Namespace) -> int:
     check_bind(args.host, keys)
     data_dir = (args.data_dir or cache_dir() / "serve").expanduser().resolve()
     lock = hold_data_dir(data_dir)
+    if args.job_nproc is not None and args.job_nproc < 1:
+        raise ConfigError(f"--job-nproc {args.job_nproc}: expected a number of processes, 1 or more")
     options = ServeOptions(data_dir, keys, args.max_file_bytes or DEFAULT_MAX_FILE_BYTES, args.allow_python_graders,
-                           args.max_loaded_models, _models(args.model))
+                           args.max_loaded_models, _models(args.model), job_nproc=args.job_nproc,
+                           job_launcher=args.job_launcher)
     app = create_app(options)
     access = f"{len(keys)} API key(s)" if keys else "no API keys: open to this machine only"
     print(f"tunelab serve: http://{args.host}:{args.port}/v1  (data in {data_dir}; {access})", flush=True)
