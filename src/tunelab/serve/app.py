@@ -44,6 +44,7 @@ class ServeOptions:
     max_loaded_models: int = 4
     models: dict[str, Path] = field(default_factory=dict)
     poll: float = 1.0
+    batching: dict[str, Any] = field(default_factory=dict)  # Engine's max_adapters, max_batch, window_s
 
 
 class Service:
@@ -58,7 +59,7 @@ class Service:
         self.worker: Worker | None = None  # built after the jobs, which wake it
         self.jobs = Jobs(self.store, self.files, self.catalog, root / "jobs", self.wake, options.python_graders)
         self.worker = Worker(self.jobs, options.poll)
-        self.engine = Engine(options.max_loaded_models)
+        self.engine = Engine(options.max_loaded_models, **options.batching)
 
     def wake(self) -> None:
         if self.worker is not None:

@@ -27,6 +27,11 @@ def add_serve_command(sub: Any) -> None:
     serve.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
                        help="serve a local Hugging Face checkpoint under NAME as a base model (repeatable)")
     serve.add_argument("--max-loaded-models", type=int, default=4, help="models kept loaded for inference (LRU)")
+    serve.add_argument("--max-loaded-adapters", type=_at_least_one, default=8,
+                       help="LoRA adapters kept loaded in each base model for batched inference (LRU)")
+    serve.add_argument("--max-batch", type=_at_least_one, default=8, help="requests decoded together in one batch")
+    serve.add_argument("--batch-window-ms", type=float, default=20,
+                       help="how long a batch waits for more requests before it starts")
     serve.set_defaults(handler=run_serve)
 
 
@@ -42,7 +47,9 @@ def run_serve(args: argparse.Namespace) -> int:
     data_dir = (args.data_dir or cache_dir() / "serve").expanduser().resolve()
     lock = hold_data_dir(data_dir)
     options = ServeOptions(data_dir, keys, args.max_file_bytes or DEFAULT_MAX_FILE_BYTES, args.allow_python_graders,
-                           args.max_loaded_models, _models(args.model))
+                           args.max_loaded_models, _models(args.model),
+                           batching={"max_adapters": args.max_loaded_adapters, "max_batch": args.max_batch,
+                                     "window_s": args.batch_window_ms / 1000})
     app = create_app(options)
     access = f"{len(keys)} API key(s)" if keys else "no API keys: open to this machine only"
     print(f"tunelab serve: http://{args.host}:{args.port}/v1  (data in {data_dir}; {access})", flush=True)
@@ -63,6 +70,13 @@ def hold_data_dir(data_dir: Path) -> Any:
         handle.close()
         raise ConfigError(f"serve: another tunelab serve uses {data_dir}; stop it or give --data-dir") from None
     return handle
+
+
+def _at_least_one(text: str) -> int:
+    """argparse's type for a count that must be a whole number of at least 1 (its error exits 2)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def _models(items: list[str]) -> dict[str, Path]:
