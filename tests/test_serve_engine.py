@@ -9,6 +9,7 @@ import threading
 import pytest
 
 import tests.conftest as c
+from tunelab.methods import METHODS
 from tunelab.serve.batching import Adapter, Row, take
 from tunelab.serve.catalog import Target
 from tunelab.serve.inference import (NOT_SHARED, Engine, GenerationRequest, Loaded, generate_stream, load,
@@ -56,9 +57,14 @@ def ask(n: int, max_tokens: int = 10, **options) -> GenerationRequest:
                              temperature=0.0, **options)
 
 
+ALONE: dict[str, Loaded] = {}  # each target's own model, loaded once for the module
+
+
 def alone(target: Target, request: GenerationRequest) -> tuple[str, str, dict]:
     """The one-at-a-time answer: the target's own model, loaded by its method, generating on its own."""
-    entry = Loaded(*load(target))
+    if target.key not in ALONE:
+        ALONE[target.key] = Loaded(*load(target))
+    entry = ALONE[target.key]
     return joined(generate_stream(entry, prompt_ids(entry.tokenizer, request), request))
 
 
@@ -68,19 +74,27 @@ def joined(pieces) -> tuple[str, str, dict]:
 
 
 def concurrently(engine: Engine, jobs: list[tuple[Target, GenerationRequest]]) -> list[tuple[str, str, dict]]:
-    results: list = [None] * len(jobs)
-    counts: list = [0] * len(jobs)
+    return together(lambda i: joined(engine.stream(*jobs[i])), len(jobs))
+
+
+def together(ask_one, n: int) -> list:
+    """ask_one(0..n-1), each in its own thread, started together; a thread's error is raised here."""
+    results: list = [None] * n
 
     def one(i: int) -> None:
-        pieces = list(engine.stream(*jobs[i]))
-        counts[i] = len(pieces)
-        results[i] = joined(pieces)
+        try:
+            results[i] = ask_one(i)
+        except Exception as err:
+            results[i] = err
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(jobs))]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
     assert all(r is not None for r in results), "a request got no answer"
     return results
 
@@ -166,3 +180,38 @@ def test_a_batch_holds_one_sampling_group_and_at_most_max_adapters():
     assert take(seeded, 8, 8) == seeded[:1]  # a seeded request alone: its seed, not its neighbours, decides
     also_sampled = row("b", 0.7)
     assert take([sampled, row("b", 0.9), also_sampled], 8, 8) == [sampled, also_sampled]
+
+
+SHARING = sorted(name for name, m in METHODS.items() if m.shares_base)
+
+
+@pytest.mark.parametrize("name", SHARING)
+def test_every_method_that_shares_the_base_joins_a_mixed_batch_with_its_own_answer(name, tiny_config, tmp_path):
+    """The contract behind `shares_base`: what the method saves loads into the plain base and, in a batch with the
+    base's own rows, answers as the method's own loader does alone."""
+    import torch
+
+    from tunelab.export.source import Source, load_tuned
+    from tunelab.models import resolve_model
+    from tunelab.models.loading import LoadRules, ModelSpec, load_pair
+    from tunelab.serve.batching import SharedBase
+
+    config = tiny_config(f"method={name}", "task=causal_lm")
+    method = METHODS[name]
+    tokenizer, base = load_pair(resolve_model(BASE), ModelSpec(), LoadRules())
+    tuned = method.apply(base, config, ModelSpec())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param_name, param in tuned.named_parameters():
+            if "lora_B" in param_name:
+                param.normal_(std=0.5)  # a trained-looking adapter: it changes the answers
+    method.save(tuned, tmp_path / "run" / "model")
+    own_tokenizer, own = load_tuned(Source(tmp_path / "run", config, {}))
+    entry = Loaded(own_tokenizer, own)
+    shared = SharedBase(*load_pair(resolve_model(BASE), ModelSpec(), LoadRules()), window_s=1.0)
+    adapter = Adapter(tmp_path / "run" / "model")
+    jobs = [(adapter, ask(2)), (None, ask(2)), (None, ask(1))]  # the same prompt with and without, one shorter
+    got = together(lambda i: joined(shared.stream(jobs[i][0], prompt_ids(tokenizer, jobs[i][1]), jobs[i][1])),
+                   len(jobs))
+    assert got[0] == joined(generate_stream(entry, prompt_ids(tokenizer, ask(2)), ask(2)))
+    assert got[0][0] != got[1][0]
