@@ -107,9 +107,11 @@ def shared_adapter(target: Target) -> Any:
     if target.run_dir is None:
         return None
     config = run_config(target.run_dir)
-    same_base = (get_task(config.task).model_spec(config, None) == ModelSpec() and LoadRules.of(config) == LoadRules()
-                 and resolve_model(config.model) == resolve_model(target.base))
-    if not (get_method(config.method).shares_base and same_base):
+    task = get_task(config.task)
+    if not get_method(config.method).shares_base or task.model_kind != "causal_lm":
+        return NOT_SHARED  # (a model of another kind is refused with its reason by `load`)
+    if task.model_spec(config, None) != ModelSpec() or LoadRules.of(config) != LoadRules() \
+            or resolve_model(config.model) != resolve_model(target.base):
         return NOT_SHARED
     return Adapter(target.weights if target.weights is not None else RunDir(target.run_dir).model_dir)
 
