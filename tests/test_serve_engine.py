@@ -1,6 +1,7 @@
 """The serving engine: concurrent requests for LoRA adapters of one base and for the base itself run in one
 batched `generate`, each greedy answer the one its target gives alone; adapters load on first use into an LRU;
-each row keeps its own max_tokens and stop strings; a target that cannot share the base still answers alone."""
+each row keeps its own max_tokens and stop strings; a seeded request answers as it does alone; a broken
+adapter fails only its own request; a target that cannot share the base still answers alone."""
 
 from __future__ import annotations
 
@@ -215,3 +216,32 @@ def test_every_method_that_shares_the_base_joins_a_mixed_batch_with_its_own_answ
                    len(jobs))
     assert got[0] == joined(generate_stream(entry, prompt_ids(tokenizer, ask(2)), ask(2)))
     assert got[0][0] != got[1][0]
+
+
+def test_a_seeded_sampled_request_answers_as_it_does_alone(targets):
+    request = ask(2, max_tokens=8, seed=7)
+    request.temperature, request.top_p = 1.0, 0.9
+    engine = Engine(window_s=0.0)
+    assert joined(engine.stream(targets["lora-a"], request)) == alone(targets["lora-a"], request)
+
+
+def test_an_adapter_that_cannot_load_fails_its_own_request_only(targets, tmp_path):
+    from tunelab.models import resolve_model
+    from tunelab.models.loading import LoadRules, ModelSpec, load_pair
+    from tunelab.serve.batching import SharedBase
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "adapter_config.json").write_text("{not json", encoding="utf-8")
+    tokenizer, model = load_pair(resolve_model(BASE), ModelSpec(), LoadRules())
+    shared = SharedBase(tokenizer, model, window_s=1.0)
+    jobs = [(Adapter(tmp_path / "broken"), ask(1)), (None, ask(2))]
+
+    def one(i: int):
+        try:
+            return joined(shared.stream(jobs[i][0], prompt_ids(tokenizer, jobs[i][1]), jobs[i][1]))
+        except Exception as err:  # the broken adapter's error, handed to its own request
+            return f"error: {type(err).__name__}"
+
+    broken, fine = together(one, 2)
+    assert broken.startswith("error:")
+    assert fine == alone(targets["base"], ask(2))
