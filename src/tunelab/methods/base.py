@@ -30,6 +30,9 @@ class Method:
     devices: tuple[str, ...] = ("cpu", "cuda")
     kinds: tuple[str, ...] = tuple(KINDS)  # model kinds (models.loading.KINDS) this method can train
     peft_model: bool = False        # apply() returns a PEFT PeftModel: library trainers (TRL) switch its adapter off
+    # what `save` wrote is a PEFT adapter that loads onto the plain full-precision base (`load_adapter`) and joins
+    # PEFT's mixed-adapter batches: `tunelab serve` batches it with other adapters of that base and the base itself
+    shares_base: bool = False
 
     def check_machine(self, config: Any) -> None:
         """Refuse, before any model loads, a method or option this machine cannot run (e.g. CUDA-only on CPU).

@@ -13,6 +13,7 @@ class Dora(Lora):
     description = "Weight-decomposed LoRA (PEFT use_dora): low-rank direction plus a trained magnitude per output."
     trains = "low-rank adapters and magnitude vectors on linear layers (+ task heads)"
     default_learning_rate = 1e-3
+    shares_base = False  # PEFT 0.21.2 refuses DoRA in a mixed-adapter batch (`adapter_names`)
 
     def variant(self) -> dict[str, Any]:
         return {"use_dora": True}

@@ -47,6 +47,7 @@ class Lora(PeftMethod):
     default_learning_rate = 1e-3  # chosen by measurement on two tasks: see README "Choosing the defaults"
     sections = ("lora",)
     mergeable = True
+    shares_base = True
     target_key = "lora.target_modules"
 
     def variant(self) -> dict[str, Any]:

@@ -47,6 +47,7 @@ class Qlora(Lora):
     default_learning_rate = 1e-3
     sections = ("lora", "qlora", "quantized")
     mergeable = True  # onto a full-precision base
+    shares_base = False  # it loads over its own 4-bit base, not the full-precision one the base model serves
 
     def check_machine(self, config: Any) -> None:
         super().check_machine(config)

@@ -44,6 +44,7 @@ class ServeOptions:
     max_loaded_models: int = 4
     models: dict[str, Path] = field(default_factory=dict)
     poll: float = 1.0
+    batching: dict[str, Any] = field(default_factory=dict)  # Engine's max_adapters, max_batch, window_s
     job_nproc: int | None = None  # processes per job's run (tunelab run --nproc), e.g. one per GPU
     job_launcher: str = "torchrun"
 
@@ -65,7 +66,7 @@ class Service:
         self.worker: Worker | None = None  # built after the jobs, which wake it
         self.jobs = Jobs(self.store, self.files, self.catalog, root / "jobs", self.wake, options.python_graders)
         self.worker = Worker(self.jobs, options.poll, options.run_args())
-        self.engine = Engine(options.max_loaded_models)
+        self.engine = Engine(options.max_loaded_models, **options.batching)
 
     def wake(self) -> None:
         if self.worker is not None:

@@ -27,7 +27,12 @@ def add_serve_command(sub: Any) -> None:
     serve.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
                        help="serve a local Hugging Face checkpoint under NAME as a base model (repeatable)")
     serve.add_argument("--max-loaded-models", type=int, default=4, help="models kept loaded for inference (LRU)")
-    serve.add_argument("--job-nproc", type=int, default=None, metavar="N",
+    serve.add_argument("--max-loaded-adapters", type=_at_least_one, default=8,
+                       help="LoRA adapters kept loaded in each base model for batched inference (LRU)")
+    serve.add_argument("--max-batch", type=_at_least_one, default=8, help="requests decoded together in one batch")
+    serve.add_argument("--batch-window-ms", type=float, default=20,
+                       help="how long a batch waits for more requests before it starts")
+    serve.add_argument("--job-nproc", type=_at_least_one, default=None, metavar="N",
                        help="processes each job's run uses on this machine, usually one per GPU (tunelab run --nproc "
                             "N through the same launcher); default: one process")
     serve.add_argument("--job-launcher", choices=("torchrun", "accelerate"), default="torchrun",
@@ -46,11 +51,11 @@ def run_serve(args: argparse.Namespace) -> int:
     check_bind(args.host, keys)
     data_dir = (args.data_dir or cache_dir() / "serve").expanduser().resolve()
     lock = hold_data_dir(data_dir)
-    if args.job_nproc is not None and args.job_nproc < 1:
-        raise ConfigError(f"--job-nproc {args.job_nproc}: expected a number of processes, 1 or more")
     options = ServeOptions(data_dir, keys, args.max_file_bytes or DEFAULT_MAX_FILE_BYTES, args.allow_python_graders,
-                           args.max_loaded_models, _models(args.model), job_nproc=args.job_nproc,
-                           job_launcher=args.job_launcher)
+                           args.max_loaded_models, _models(args.model),
+                           batching={"max_adapters": args.max_loaded_adapters, "max_batch": args.max_batch,
+                                     "window_s": args.batch_window_ms / 1000},
+                           job_nproc=args.job_nproc, job_launcher=args.job_launcher)
     app = create_app(options)
     access = f"{len(keys)} API key(s)" if keys else "no API keys: open to this machine only"
     print(f"tunelab serve: http://{args.host}:{args.port}/v1  (data in {data_dir}; {access})", flush=True)
@@ -71,6 +76,13 @@ def hold_data_dir(data_dir: Path) -> Any:
         handle.close()
         raise ConfigError(f"serve: another tunelab serve uses {data_dir}; stop it or give --data-dir") from None
     return handle
+
+
+def _at_least_one(text: str) -> int:
+    """argparse's type for a count that must be a whole number of at least 1 (its error exits 2)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def _models(items: list[str]) -> dict[str, Path]:

@@ -1,10 +1,11 @@
 """Inference behind one small interface: `Engine.stream(target, request)` yields the answer's text as it is
-generated, then its finish reason and token counts. Routes know nothing else, so a batched many-adapter engine
-can take this one's place without touching them.
+generated, then its finish reason and token counts. Routes know nothing else.
 
-This engine is the plain, correct reference: each target (a base model, a run's tuned model, a checkpoint) is
-loaded on first use through the method's own loader (`export.source.load_tuned`) into an LRU of at most
-`max_loaded` models, and one request at a time generates on a model (transformers' `generate` with a streamer).
+Requests for a base model and for LoRA adapters tuned from it share one loaded base: they are batched together,
+each row with its own adapter (`serve.batching`). A target that cannot join such a batch (a method whose
+`shares_base` is false: full fine-tuning, DoRA, prompt learning, a quantized base...) is loaded on its own
+through the method's loader (`export.source.load_tuned`) and generates one request at a time. Both kinds of
+loaded model share one LRU of at most `max_loaded` entries.
 """
 
 from __future__ import annotations
@@ -50,27 +51,69 @@ class Loaded:
 
 
 class Engine:
-    def __init__(self, max_loaded: int = 4):
+    def __init__(self, max_loaded: int = 4, max_adapters: int = 8, max_batch: int = 8, window_s: float = 0.02):
         self.max_loaded = max_loaded
-        self.loaded: OrderedDict[str, Loaded] = OrderedDict()
+        self.batching = {"max_adapters": max_adapters, "max_batch": max_batch, "window_s": window_s}
+        self.loaded: OrderedDict[str, Any] = OrderedDict()  # Loaded or batching.SharedBase, least recent first
         self.loading = threading.Lock()
+        self.routes: dict[str, Any] = {}  # target key -> its adapter (None: the base itself), or NOT_SHARED
 
     def stream(self, target: Target, request: GenerationRequest) -> Iterator[Piece]:
-        entry = self._get(target)
-        ids = prompt_ids(entry.tokenizer, request)
-        with entry.lock:
-            yield from generate_stream(entry, ids, request)
+        adapter = self._route(target)
+        if adapter is NOT_SHARED:
+            entry = self._get(target.key, lambda: Loaded(*load(target)))
+            ids = prompt_ids(entry.tokenizer, request)
+            with entry.lock:
+                yield from generate_stream(entry, ids, request)
+            return
+        shared = self._get(f"shared|{target.base}", lambda: self._shared(target.base))
+        yield from shared.stream(adapter, prompt_ids(shared.tokenizer, request), request)
 
-    def _get(self, target: Target) -> Loaded:
+    def _shared(self, base: str) -> Any:
+        from tunelab.serve.batching import SharedBase
+
+        return SharedBase(*load(Target(base, base)), **self.batching)
+
+    def _route(self, target: Target) -> Any:
+        if target.key not in self.routes:
+            self.routes[target.key] = shared_adapter(target)
+        return self.routes[target.key]
+
+    def _get(self, key: str, make: Any) -> Any:
         with self.loading:
-            entry = self.loaded.get(target.key)
+            entry = self.loaded.get(key)
             if entry is None:
-                entry = Loaded(*load(target))
-                self.loaded[target.key] = entry
+                entry = make()
+                self.loaded[key] = entry
                 while len(self.loaded) > self.max_loaded:
-                    self.loaded.popitem(last=False)
-            self.loaded.move_to_end(target.key)
+                    self.loaded.popitem(last=False)  # requests it is serving keep it until they end
+            self.loaded.move_to_end(key)
             return entry
+
+
+NOT_SHARED = object()
+
+
+def shared_adapter(target: Target) -> Any:
+    """How the target joins its base's shared batches: None (it is the base), its adapter, or NOT_SHARED when its
+    method's saved model does not load onto the plain base (or the run loaded its base differently)."""
+    from tunelab.methods import get_method
+    from tunelab.models import resolve_model
+    from tunelab.models.loading import LoadRules, ModelSpec
+    from tunelab.rundir import RunDir
+    from tunelab.serve.batching import Adapter
+    from tunelab.tasks import get_task
+
+    if target.run_dir is None:
+        return None
+    config = run_config(target.run_dir)
+    task = get_task(config.task)
+    if not get_method(config.method).shares_base or task.model_kind != "causal_lm":
+        return NOT_SHARED  # (a model of another kind is refused with its reason by `load`)
+    if task.model_spec(config, None) != ModelSpec() or LoadRules.of(config) != LoadRules() \
+            or resolve_model(config.model) != resolve_model(target.base):
+        return NOT_SHARED
+    return Adapter(target.weights if target.weights is not None else RunDir(target.run_dir).model_dir)
 
 
 def load(target: Target) -> tuple[Any, Any]:
