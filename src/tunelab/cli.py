@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue an unfinished run (output_dir, else the newest runs/<name>-*) from its latest "
                           "complete checkpoint; rerunning into an unfinished output_dir resumes too")
+    run.add_argument("--improve", action="store_true",
+                     help="then act on the run's diagnosis: tunelab improve on its directory (docs/improve.md)")
+    from tunelab.experiments.commands import add_improve_options
+
+    add_improve_options(run, prefix="improve-")
     run.set_defaults(handler=_cmd_run)
 
     models = sub.add_parser("models", help="list the bundled models")
@@ -118,6 +123,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     print_summary(result.run_dir, result.summary)
+    if args.improve:
+        from tunelab.experiments.commands import run_improve
+
+        return run_improve(result.run_dir, args, ConsoleProgress)
     return 0
 
 
