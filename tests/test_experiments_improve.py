@@ -183,3 +183,37 @@ def test_a_finished_improve_asked_again_continues_its_study(improved, capsys):
     rows = [line.split(",") for line in (Path(summary["out_dir"]) / "trials.csv").read_text().splitlines()[1:]]
     assert [r[0] for r in rows if r[1] in ("complete", "pruned")] == ["0", "1", "2"]
     assert {r[1] for r in rows} <= {"complete", "pruned", "waiting"}  # remedies still queued wait for the next
+
+
+def fake_trial(tmp_path: Path, number: int, right: list[int], forgets: bool, default: bool = False):
+    """A finished trial whose run directory holds its validation rows (after.json) and its probe's flag."""
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    from tunelab.rundir import RunDir
+    from tunelab.scoring.rows import RowValues, encode
+
+    run = RunDir(tmp_path / f"trial-{number}")
+    run.path.mkdir()
+    run.write_after(encode({"rows": {"exact_match": RowValues.means(range(len(right)), right, outcomes=True)}}))
+    run.write_summary({"forgetting": {"flagged": forgets}})
+    return SimpleNamespace(number=number, value=sum(right) / len(right), state=TrialState.COMPLETE,
+                           user_attrs={"run_dir": str(run.path), "default": default, "values": {}})
+
+
+def test_for_forgetting_the_winner_must_not_forget_and_may_not_be_clearly_worse(tmp_path):
+    from types import SimpleNamespace
+
+    from tunelab.experiments.improve import choose
+
+    reference = fake_trial(tmp_path, 0, [1] * 20, forgets=True, default=True)
+    forgets_but_scores = fake_trial(tmp_path, 1, [1] * 20, forgets=True)
+    spares = fake_trial(tmp_path, 2, [1] * 19 + [0], forgets=False)  # one row lost: no clear difference
+    study = SimpleNamespace(get_trials=lambda deepcopy=False: [reference, forgets_but_scores, spares])
+    original = SimpleNamespace(found=[{"kind": FORGETTING, "evidence": ""}])
+    choice = choose(study, original, {}, "exact_match", tmp_path, ImproveOptions(confirm_seeds=0), None, 0.0)
+    assert choice.best is spares and choice.validation["direction"] == "no clear difference"
+    clearly_worse = fake_trial(tmp_path, 3, [1] * 10 + [0] * 10, forgets=False)
+    study = SimpleNamespace(get_trials=lambda deepcopy=False: [reference, clearly_worse])
+    assert choose(study, original, {}, "exact_match", tmp_path, ImproveOptions(confirm_seeds=0), None, 0.0).best is None

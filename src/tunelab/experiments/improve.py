@@ -23,7 +23,7 @@ from tunelab.errors import ConfigError, TunelabError
 from tunelab.events import Events, Listener
 from tunelab.experiments import run_experiment
 from tunelab.experiments.improve_report import write_improve_files
-from tunelab.experiments.remedies import REMEDIES, Remedy, findings, remedies_for
+from tunelab.experiments.remedies import FORGETTING, REMEDIES, Remedy, findings, remedies_for
 from tunelab.experiments.space import Dimension
 from tunelab.experiments.sweep import (FINISHED, Proposer, SweepOptions, carve_validation, choose_metric,
                                        chosen_values, file_lock, fixed_length, objective, open_study, run_trials,
@@ -177,6 +177,11 @@ def choose(study: optuna.Study, original: Original, extra: dict[str, Any], metri
     """The trial that beat the original on validation, beyond noise or over seeds; else None (keep the original)."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     reference = next(t for t in trials if t.user_attrs.get("default"))
+    if any(f["kind"] == FORGETTING for f in original.found):
+        trials = [t for t in trials if t is reference or not forgot(t)]  # a remedy for forgetting must not forget
+        spared = spared_forgetting(trials, reference, metric)
+        if spared is not None:
+            return spared
     better = (lambda a, b: a > b) if describe(metric).higher_is_better else (lambda a, b: a < b)
     top = min(trials, key=lambda t: (-t.value if describe(metric).higher_is_better else t.value, t.number))
     if top.number == reference.number or not better(top.value, reference.value):
@@ -193,6 +198,26 @@ def choose(study: optuna.Study, original: Original, extra: dict[str, Any], metri
                                                       f"{seeds['seeds']} seeds it still leads")
     return Choice(None, reference, versus, seeds, f"the winner's lead on validation was within noise and over "
                                                   f"{seeds['seeds']} seeds it did not hold; the original is kept")
+
+
+def forgot(trial: Any) -> bool:
+    """Whether the trial's run flagged forgetting on its probe (a run without the probe did not)."""
+    summary = RunDir(trial.user_attrs["run_dir"]).read_summary() or {}
+    return bool((summary.get("forgetting") or {}).get("flagged"))
+
+
+def spared_forgetting(trials: list[Any], reference: Any, metric: str) -> Choice | None:
+    """When the original forgets on its validation run too: the best trial that does not forget wins, if its
+    metric is not clearly worse than the original's on validation (None: decide on the metric alone)."""
+    calm = [t for t in trials if t is not reference]
+    if not forgot(reference) or not calm:
+        return None
+    top = max(calm, key=lambda t: t.value if describe(metric).higher_is_better else -t.value)
+    versus = compare_runs(metric, reference.user_attrs["run_dir"], top.user_attrs["run_dir"])
+    if versus is None or versus["direction"] == "worse":
+        return None
+    return Choice(top, reference, versus, None, "the original forgets on the probe and the winner does not, with "
+                                                "no clear loss in the metric on validation")
 
 
 def time_left(opts: ImproveOptions, original: Original, started: float, runs: int, study: optuna.Study) -> bool:
