@@ -21,10 +21,10 @@ BASE = ["model=tiny-random-llama", "train.batch_size=4", "train.max_length=48", 
         "eval.generate=false", "eval.forgetting_probe=false", "eval.few_shot_k=0", "train.save_steps=0"]
 
 
-def remedies_of(kinds, *overrides):
+def remedies_of(kinds, *overrides, files=None):
     raw = load_raw(None, ["data.train=x.jsonl", *overrides])
-    return {remedy.name: {d.key: d.describe() for d in dims}
-            for remedy, dims in remedies_for(kinds, raw, load_config(None, ["data.train=x.jsonl", *overrides]))}
+    config = load_config(None, ["data.train=x.jsonl", *overrides])
+    return {remedy.name: {d.key: d.describe() for d in dims} for remedy, dims in remedies_for(kinds, raw, config, files)}
 
 
 def test_each_finding_kind_maps_to_its_remedies_in_the_runs_own_terms():
@@ -217,3 +217,57 @@ def test_for_forgetting_the_winner_must_not_forget_and_may_not_be_clearly_worse(
     clearly_worse = fake_trial(tmp_path, 3, [1] * 10 + [0] * 10, forgets=False)
     study = SimpleNamespace(get_trials=lambda deepcopy=False: [reference, clearly_worse])
     assert choose(study, original, {}, "exact_match", tmp_path, ImproveOptions(confirm_seeds=0), None, 0.0).best is None
+
+
+class WordTeacher:
+    """Writes "Say the word wN." rows, and first a copy of the validation row "Say the number 6."."""
+
+    name = "words"
+
+    def __init__(self, model):
+        self.asked = 0
+
+    def chat(self, conversations, max_new_tokens, temperature, seed):
+        replies = []
+        for turns in conversations:
+            if len(turns) == 1:  # asked for a new input
+                self.asked += 1
+                replies.append("Say the number 6." if self.asked == 1 else f"Say the word w{self.asked}.")
+            else:  # asked to answer it
+                asked = turns[-1]["content"]
+                replies.append("The number is 6." if "6" in asked else f"The word is {asked.split()[-1][:-1]}.")
+        return replies
+
+
+def test_too_little_data_tries_synthetic_rows_from_the_fit_rows_never_the_validation_ones(tmp_path, chat_rows,
+                                                                                          monkeypatch):
+    from tunelab.events import Events
+    from tunelab.experiments.improve_data import SYNTHETIC, synthetic_train
+
+    monkeypatch.setattr("tunelab.data.teachers.LocalTeacher", WordTeacher)  # the pipeline, not a model's prose
+    assert remedies_of([TOO_LITTLE_DATA], files=None) == {}  # offered once the rows are written
+    (tmp_path / "data").mkdir()
+    fit = write_jsonl(tmp_path / "data" / "train.jsonl", chat_rows[:6])
+    validation = write_jsonl(tmp_path / "data" / "validation.jsonl", chat_rows[6:8])
+    config = load_config(None, [f"data.train={fit}", "model=tiny-random-llama"])
+    path = synthetic_train(config, tmp_path, fit, validation, Events())
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert rows[:6] == chat_rows[:6] and len(rows) == 12  # the fit rows, then as many new ones
+    assert rows[6]["messages"][0]["content"] == "Say the word w2."  # the copy of a validation row was dropped
+    assert not any(row in chat_rows[6:8] for row in rows)
+    assert remedies_of([TOO_LITTLE_DATA], files={SYNTHETIC: str(path)}) == {
+        "synthetic rows": {"data.train": f"one of {path}"}}
+
+
+def test_the_held_out_run_of_synthetic_rows_drops_rows_that_repeat_held_out_ones(tmp_path, chat_rows):
+    from tunelab.experiments.improve_data import held_out_train
+
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows[:10])
+    held = write_jsonl(tmp_path / "held.jsonl", chat_rows[20:24])
+    new = [{"messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Teal."}]}]
+    (tmp_path / "out" / "data").mkdir(parents=True)
+    write_jsonl(tmp_path / "out" / "data" / "synthetic.jsonl", [*new, chat_rows[21]])  # one repeats a held-out row
+    config = load_config(None, [f"data.train={train}", f"data.eval={held}", "model=tiny-random-llama"])
+    values = held_out_train(config, tmp_path / "out")
+    rows = [json.loads(line) for line in Path(values["data.train"]).read_text().splitlines()]
+    assert rows == [*chat_rows[:10], *new]

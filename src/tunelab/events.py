@@ -105,6 +105,7 @@ KINDS: dict[str, Kind] = {
     "scoring_held_out": Kind(INFO, ("run_dir", "trial"), _scoring),
     "improve_resumed": Kind(INFO, ()),
     "improve_confirming": Kind(INFO, ()),
+    "improve_synthesizing": Kind(INFO, ()),
     # export
     "export_started": Kind(INFO, ("run_dir", "format"), "exporting {run_dir} as {format} ..."),
     "export_writing": Kind(INFO, ("file",), "writing {file} ..."),

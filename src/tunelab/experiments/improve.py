@@ -23,7 +23,7 @@ from tunelab.errors import ConfigError, TunelabError
 from tunelab.events import Events, Listener
 from tunelab.experiments import run_experiment
 from tunelab.experiments.improve_report import write_improve_files
-from tunelab.experiments.remedies import FORGETTING, REMEDIES, Remedy, findings, remedies_for
+from tunelab.experiments.remedies import FORGETTING, REMEDIES, TOO_LITTLE_DATA, Remedy, findings, remedies_for
 from tunelab.experiments.space import Dimension
 from tunelab.experiments.sweep import (FINISHED, Proposer, SweepOptions, carve_validation, choose_metric,
                                        chosen_values, file_lock, fixed_length, objective, open_study, run_trials,
@@ -75,6 +75,9 @@ def improve(run_path: Path | str, opts: ImproveOptions, on_event: Listener | Non
     sopts = SweepOptions(None, 1, out, study_name=f"{original.config.name}-improve",
                          validation_fraction=opts.validation_fraction, time_budget=search_seconds(opts, original))
     data_values, task = carve_validation(original.config, out, opts.validation_fraction)
+    remedies, notes = with_synthetic_rows(original, remedies, out, data_values, events)
+    if sopts.time_budget is not None:
+        sopts.time_budget -= time.monotonic() - started  # writing synthetic rows took its share
     metric = choose_metric(original.config, task, opts.metric)
     extra = {**data_values, "train.best_metric": metric} if metric in task.validation_metrics(original.config) \
         else data_values
@@ -89,6 +92,7 @@ def improve(run_path: Path | str, opts: ImproveOptions, on_event: Listener | Non
     choice = choose(study, original, extra, metric, out, opts, events, started)
     held = held_out(original, choice, metric, out, events)
     summary = improve_summary(original, remedies, study, choice, held, metric, out, time.monotonic() - started)
+    summary["notes"] = notes
     write_improve_files(out, study, summary, held.get("config_yaml") or original_yaml(original))
     return summary
 
@@ -113,6 +117,22 @@ def read_original(path: Path) -> Original:
     seconds = status["finished_at"] - status["started_at"] if status.get("finished_at") and \
         status.get("started_at") else None
     return Original(run.run_dir, raw, validate_config(raw), summary, found, seconds)
+
+
+def with_synthetic_rows(original: Original, remedies: list[tuple[Remedy, list[Dimension]]], out: Path,
+                        data_values: dict[str, Any], events: Events) -> tuple[list[Any], list[str]]:
+    """For too little data: the synthetic rows written (once) and their remedy added; else why not, as a note."""
+    from tunelab.experiments.improve_data import SYNTHETIC, synthetic_train, why_not_synthetic
+
+    kinds = [f["kind"] for f in original.found]
+    if TOO_LITTLE_DATA not in kinds:
+        return remedies, []
+    why_not = why_not_synthetic(original.config, data_values["data.format"])
+    if why_not:
+        return remedies, [f"synthetic rows (too little data) were not tried: {why_not}"]
+    path = synthetic_train(original.config, out, Path(data_values["data.train"]), Path(data_values["data.eval"]),
+                           events)
+    return remedies_for(kinds, original.raw, original.config, {SYNTHETIC: str(path.resolve())}), []
 
 
 def check_budget(opts: ImproveOptions, original: Original) -> None:
@@ -240,7 +260,7 @@ def confirm(original: Original, top: Any, reference: Any, extra: dict[str, Any],
     for who, trial in (("winner", top), ("original", reference)):
         run_dir = out / f"seeds-trial-{trial.number:03d}"
         events.emit("improve_confirming", message=f"the lead is within noise: {who} (trial {trial.number}) with seeds {more}")
-        config = variant(original.raw, {**chosen_values(trial), **extra, "output_dir": str(run_dir),
+        config = variant(original.raw, {**extra, **chosen_values(trial), "output_dir": str(run_dir),
                                         "train.seeds": more if len(more) > 1 else None,
                                         "train.seed": more[0]})
         summary = RunDir(run_dir).read_summary() if RunDir(run_dir).finished() else \
@@ -270,7 +290,12 @@ def held_out(original: Original, choice: Choice, metric: str, out: Path, events:
     if choice.best is None:
         return {}
     top = choice.best
-    best = score_once(original.raw, {**chosen_values(top), **fixed_length(top)}, out / f"best-trial-{top.number:03d}",
+    values = chosen_values(top)
+    if "data.train" in values:  # synthetic rows: the held-out run trains on every training row and on them
+        from tunelab.experiments.improve_data import held_out_train
+
+        values.update(held_out_train(original.config, out))
+    best = score_once(original.raw, {**values, **fixed_length(top)}, out / f"best-trial-{top.number:03d}",
                       metric, events, trial=top.number)
     improved = RunDir(best["run_dir"]).read_summary() or {}
     names = [m for m in best["after"] if describe(m).compared and m in original.summary.get("after", {})]

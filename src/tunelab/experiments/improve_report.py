@@ -78,6 +78,7 @@ def intro(summary: dict[str, Any], out: Path) -> list[str]:
         lines.append(f"Held-out, scored once: {metric} {fmt(metric, held['original'])} (original run) → "
                      f"{fmt(metric, held['improved'])} (improved run, retrained on every training row: "
                      f"{summary['improved_run']}).")
+    lines += [f"Note: {note}." for note in summary.get("notes", [])]
     lines.append(f"Config to reuse: {out / 'best.yaml'} (tunelab run {out / 'best.yaml'}).")
     return lines
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunelab.errors import ConfigError
 from tunelab.experiments.space import Dimension, check_dimension, parse_dimension
 from tunelab.experiments.sweep import config_value
 
@@ -61,9 +60,12 @@ REMEDIES: dict[str, list[Remedy]] = {
         LOWER_RATE,
         SMALLER_RANK,
     ],
-    # `tunelab data synth` can expand rows, but a search cannot judge rows written by the base model itself
-    # without a teacher better than it; improve names the remedy and leaves it to the user (see findings).
-    TOO_LITTLE_DATA: [],
+    TOO_LITTLE_DATA: [
+        Remedy("synthetic rows", "more rows to fit are harder to memorise: `tunelab data synth` writes as many new "
+               "rows as the fit rows, from them, with the run's base model as teacher, deduplicated against them "
+               "and leakage-checked against the validation rows (and the held-out set, for the held-out run)",
+               {"data.train": ["synthetic"]}),
+    ],
 }
 
 
@@ -86,22 +88,30 @@ def findings(summary: dict[str, Any] | None, train_rows: int | None) -> list[dic
     return found
 
 
-def remedies_for(kinds: list[str], raw: dict[str, Any], config: Any) -> list[tuple[Remedy, list[Dimension]]]:
+def remedies_for(kinds: list[str], raw: dict[str, Any], config: Any,
+                 files: dict[str, str] | None = None) -> list[tuple[Remedy, list[Dimension]]]:
     """Each remedy the findings name (once, in table order) with its dimensions made concrete for this run's
-    settings and checked against the config's validators; remedies with nothing to move are left out."""
+    settings and checked against the config's validators; remedies with nothing to move are left out.
+    `files` names the data files a remedy may choose (data.train: "synthetic" -> its path), once written."""
     chosen: list[Remedy] = []
     for kind in dict.fromkeys(kinds):
         chosen += [r for r in REMEDIES[kind] if r not in chosen]
     out = []
     for remedy in chosen:
-        dims = [dim for key, spec in remedy.space.items() if (dim := dimension(remedy, key, spec, raw, config))]
+        dims = [dim for key, spec in remedy.space.items()
+                if (dim := dimension(remedy, key, spec, raw, config, files or {}))]
         if dims:
             out.append((remedy, dims))
     return out
 
 
-def dimension(remedy: Remedy, key: str, spec: Any, raw: dict[str, Any], config: Any) -> Dimension | None:
+def dimension(remedy: Remedy, key: str, spec: Any, raw: dict[str, Any], config: Any,
+              files: dict[str, str]) -> Dimension | None:
     """The remedy's range for `key` in this run's terms, or None when the key does not apply to the run."""
+    if key == "data.train":  # a file improve writes (synthetic rows): offered once it exists
+        spec = [files[name] for name in spec if name in files]
+        if not spec:
+            return None
     section = key.split(".")[0]
     if "." in key and section not in ("train", "data", "eval") and section not in raw:
         return None  # a method's own section (lora.r) that the run's method does not have
@@ -130,13 +140,8 @@ def relative(spec: Any, base: Any) -> Any:
 
     try:
         if isinstance(spec, list):
-            return list(dict.fromkeys(scale(v) for v in spec if scale(v) != base))
+            return list(dict.fromkeys(scale(v) for v in spec if scale(v) != base)) or None
         return {**spec, "low": scale(spec["low"]), "high": scale(spec["high"])}
     except ValueError:
         return None
 
-
-def check_kinds(kinds: list[str]) -> None:
-    unknown = [k for k in kinds if k not in REMEDIES]
-    if unknown:
-        raise ConfigError(f"unknown finding kind(s) {unknown}; expected {'|'.join(REMEDIES)}")

@@ -161,7 +161,7 @@ def objective(raw: dict[str, Any], propose: Proposer, extra: dict[str, Any], met
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         events.emit("trial_started", trial=trial.number, of=opts.trials, params=values)
-        config = variant(raw, {**values, **extra, "output_dir": str(run_dir)})
+        config = variant(raw, {**extra, **values, "output_dir": str(run_dir)})  # a chosen data.train wins
         result = run_experiment(config, on_event=pruning_listener(trial, metric, opts.prune, events))
         value = result.summary["after"].get(metric)
         if value is None:
