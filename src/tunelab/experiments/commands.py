@@ -110,8 +110,10 @@ def add_improve_options(parser: argparse.ArgumentParser, prefix: str = "") -> No
                         help="remedy trials, besides the original's own settings (default 6)")
     budget.add_argument(f"--{prefix}time-budget", dest="time_budget", type=float, metavar="SECONDS",
                         help="seconds for all of improve: no trial starts that would end past it")
-    parser.add_argument(f"--{prefix}metric", dest="improve_metric",
+    parser.add_argument(f"--{prefix}metric", dest="improve_metric", metavar="METRIC",
                         help="objective on validation (default: the task's metric a sweep watches)")
+    parser.add_argument(f"--{prefix}validation-fraction", dest="improve_validation_fraction", type=float, metavar="F",
+                        default=0.2, help="share of the training rows held for validation (default 0.2)")
     parser.add_argument(f"--{prefix}out", dest="improve_out", type=Path, metavar="DIR",
                         help="improve directory (default: RUN_DIR-improve beside the run)")
 
@@ -120,7 +122,7 @@ def improve_options(args: argparse.Namespace) -> Any:
     from tunelab.experiments.improve import ImproveOptions
 
     return ImproveOptions(budget=args.budget, time_budget=args.time_budget, out_dir=args.improve_out,
-                          metric=args.improve_metric)
+                          metric=args.improve_metric, validation_fraction=args.improve_validation_fraction)
 
 
 def run_improve(run_dir: Path, args: argparse.Namespace, console: Any) -> int:

@@ -137,6 +137,8 @@ def with_synthetic_rows(original: Original, remedies: list[tuple[Remedy, list[Di
 
 def check_budget(opts: ImproveOptions, original: Original) -> None:
     """Refuse a budget that cannot hold one remedy trial: the reference trial, one remedy and the held-out run."""
+    if not 0 < opts.validation_fraction < 1:
+        raise ConfigError(f"--validation-fraction: expected a share between 0 and 1, got {opts.validation_fraction:g}")
     if opts.budget is not None and opts.budget < 1:
         raise ConfigError(f"--budget: expected at least 1 remedy trial, got {opts.budget}")
     if opts.time_budget is not None:
