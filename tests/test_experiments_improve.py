@@ -271,3 +271,13 @@ def test_the_held_out_run_of_synthetic_rows_drops_rows_that_repeat_held_out_ones
     values = held_out_train(config, tmp_path / "out")
     rows = [json.loads(line) for line in Path(values["data.train"]).read_text().splitlines()]
     assert rows == [*chat_rows[:10], *new]
+
+
+def test_run_with_improve_hands_its_run_directory_and_budget_to_improve(tmp_path, chat_rows, monkeypatch):
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows[:12])
+    asked = []
+    monkeypatch.setattr("tunelab.experiments.commands.run_improve",
+                        lambda run_dir, args, console: asked.append((Path(run_dir), args.budget, args.time_budget)) or 0)
+    assert main(["run", f"data.train={train}", f"output_dir={tmp_path / 'run'}", "train.max_steps=1", *BASE,
+                 "eval.train_sample=0", "--improve", "--improve-budget", "3"]) == 0
+    assert asked == [(tmp_path / "run", 3, None)]

@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tunelab.config import dump_config, validate_config
-from tunelab.errors import ConfigError, TunelabError
+from tunelab.errors import ConfigError, RunAborted, TunelabError
 from tunelab.events import Events, Listener
 from tunelab.experiments import run_experiment
 from tunelab.experiments.improve_report import write_improve_files
@@ -198,7 +198,10 @@ def choose(study: optuna.Study, original: Original, extra: dict[str, Any], metri
            opts: ImproveOptions, events: Events, started: float) -> Choice:
     """The trial that beat the original on validation, beyond noise or over seeds; else None (keep the original)."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    reference = next(t for t in trials if t.user_attrs.get("default"))
+    reference = next((t for t in trials if t.user_attrs.get("default")), None)
+    if reference is None:
+        raise RunAborted(f"{out}: trial 0 (the original settings on the validation rows) did not finish, so no "
+                         "remedy can be judged against it; see trial-000/ and ask again to continue the study")
     if any(f["kind"] == FORGETTING for f in original.found):
         trials = [t for t in trials if t is reference or not forgot(t)]  # a remedy for forgetting must not forget
         spared = spared_forgetting(trials, reference, metric)
