@@ -177,3 +177,22 @@ def test_score_default_reuses_the_best_score_when_the_default_trial_won(sweep_se
     assert not (tmp_path / "sw" / "default-config").exists()  # the same config is not trained twice
     assert summary["default"]["held_out"] == summary["best"]["held_out"] is not None
     assert summary["default"]["run_dir"] == summary["best"]["run_dir"]
+
+
+def test_a_time_budget_starts_no_trial_that_would_end_past_it():
+    import time
+    from datetime import datetime, timedelta
+    from types import SimpleNamespace
+
+    from tunelab.experiments.sweep import out_of_time
+
+    begun = datetime(2026, 1, 1, 12, 0, 0)
+    done = [SimpleNamespace(datetime_start=begun, datetime_complete=begun + timedelta(seconds=100)),
+            SimpleNamespace(datetime_start=begun, datetime_complete=None)]  # one running: no length yet
+    study = SimpleNamespace(get_trials=lambda deepcopy=False: done)
+    started = time.monotonic() - 50  # 50 s spent; the longest trial took 100 s
+    assert out_of_time(study, SweepOptions(None, time_budget=140), started)
+    assert not out_of_time(study, SweepOptions(None, time_budget=160), started)
+    assert not out_of_time(study, SweepOptions(None), started)  # no budget: the count alone decides
+    empty = SimpleNamespace(get_trials=lambda deepcopy=False: [])
+    assert not out_of_time(empty, SweepOptions(None, time_budget=1), started)  # the first trial always runs

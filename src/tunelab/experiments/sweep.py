@@ -228,12 +228,14 @@ def run_trials(study: optuna.Study, run_trial: Any, opts: SweepOptions, events: 
 
 def out_of_time(study: optuna.Study, opts: SweepOptions, started: float) -> bool:
     """Under a time budget (counted from `started`, this worker's start), whether one more trial of the typical
-    length (the longest finished one) would end past it."""
+    length (the longest finished one) would end past it. The first trial always runs."""
     if opts.time_budget is None:
         return False
     spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials(deepcopy=False)
              if t.datetime_complete is not None and t.datetime_start is not None]
-    return time.monotonic() - started + max(spans, default=0.0) > opts.time_budget
+    if not spans:
+        return False  # until one trial finished there is neither a length to expect nor a best to report
+    return time.monotonic() - started + max(spans) > opts.time_budget
 
 
 @contextmanager
