@@ -96,7 +96,8 @@ KINDS: dict[str, Kind] = {
     "trial_started": Kind(INFO, ("trial", "of", "params"), lambda f: f"trial {f['trial']}"
                                                                   + (f" (of {f['of']})" if f["of"] != math.inf else "")
                                                                   + ": "
-                                                                  + ", ".join(f"{k}={v}" for k, v in f["params"].items())),
+                                                                  + (", ".join(f"{k}={v}" for k, v in f["params"].items())
+                                                                     or "the unchanged settings")),
     "trial_finished": Kind(INFO, ("trial", "metric", "value"),
                            lambda f: f"trial {f['trial']}: {f['metric']} {f['value']:.4g} on validation"),
     "trial_pruned": Kind(INFO, ("trial", "step", "value"), "trial {trial}: pruned at step {step} (behind earlier trials)"),

@@ -15,22 +15,17 @@ from tunelab.eval.report import fmt
 from tunelab.experiments.pages import write_pages
 from tunelab.experiments.sweep_report import plots, trial_rows
 from tunelab.rundir import write_atomic, write_json
+from tunelab.scoring.metrics import describe
 
 
 def versus_words(metric: str, found: dict[str, Any] | None) -> str:
     """A difference with its 95% interval and what it means, or why there is none."""
     if not found:
         return "no interval (too few rows, or a run from before after.json)"
-    points = 100 if describe_percent(metric) else 1
+    points = 100 if describe(metric).percent else 1
     unit = " pts" if points == 100 else ""
     return (f"{points * found['difference']:+.4g}{unit} [{points * found['low']:+.4g}, {points * found['high']:+.4g}]"
             f" ({found['direction']})")
-
-
-def describe_percent(metric: str) -> bool:
-    from tunelab.scoring.metrics import describe
-
-    return describe(metric).percent
 
 
 def remedy_table(summary: dict[str, Any]) -> list[tuple[str, ...]]:
