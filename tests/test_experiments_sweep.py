@@ -196,3 +196,18 @@ def test_a_time_budget_starts_no_trial_that_would_end_past_it():
     assert not out_of_time(study, SweepOptions(None), started)  # no budget: the count alone decides
     empty = SimpleNamespace(get_trials=lambda deepcopy=False: [])
     assert not out_of_time(empty, SweepOptions(None, time_budget=1), started)  # the first trial always runs
+
+
+def test_a_list_choice_travels_through_optuna_and_a_trial_from_an_older_study_keeps_its_params():
+    from types import SimpleNamespace
+
+    from tunelab.experiments.space import Dimension
+    from tunelab.experiments.sweep import chosen_values
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    dim = Dimension("lora.target_modules", choices=[["q_proj", "v_proj"], "all-linear"])
+    picked = [dim.suggest(study.ask()) for _ in range(12)]
+    assert {str(p) for p in picked} == {"['q_proj', 'v_proj']", "all-linear"}
+    old = SimpleNamespace(params={"lora.r": 8}, user_attrs={})
+    assert chosen_values(old) == {"lora.r": 8}
+    assert chosen_values(SimpleNamespace(params={"remedy": "x"}, user_attrs={"values": {}})) == {}

@@ -147,8 +147,11 @@ def propose_all(dims: list[Dimension]) -> Proposer:
 
 
 def chosen_values(trial: optuna.trial.FrozenTrial | None) -> dict[str, Any]:
-    """The config settings a trial ran with ({dotted key: value}), as its objective recorded them."""
-    return dict(trial.user_attrs.get("values") or {}) if trial is not None else {}
+    """The config settings a trial ran with ({dotted key: value}), as its objective recorded them (a study
+    from before they were recorded named its parameters by their keys)."""
+    if trial is None:
+        return {}
+    return dict(trial.user_attrs["values"]) if "values" in trial.user_attrs else dict(trial.params)
 
 
 def objective(raw: dict[str, Any], propose: Proposer, extra: dict[str, Any], metric: str, out: Path,
