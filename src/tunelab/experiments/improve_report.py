@@ -87,7 +87,8 @@ def write_improve_files(out: Path, study: optuna.Study, summary: dict[str, Any],
     tables = {"Remedies, on validation": remedy_table(summary)}
     if not summary["decision"]["kept_original"]:
         tables["The chosen config, once on held-out"] = held_out_table(summary)
-    tables["Trials"] = trial_rows(study, exact=False)
+    # remedies queued but not reached wait for an improve asked again; they are no trials yet
+    tables["Trials"] = [row for row in trial_rows(study, exact=False) if row[1] != "waiting"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         images = plots(study, out)
