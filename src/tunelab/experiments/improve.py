@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from tunelab.config import dump_config, validate_config
+from tunelab.config import validate_config
 from tunelab.errors import ConfigError, RunAborted, TunelabError
 from tunelab.events import Events, Listener
 from tunelab.experiments import run_experiment
@@ -26,8 +26,8 @@ from tunelab.experiments.improve_report import write_improve_files
 from tunelab.experiments.remedies import FORGETTING, REMEDIES, TOO_LITTLE_DATA, Remedy, findings, remedies_for
 from tunelab.experiments.space import Dimension
 from tunelab.experiments.sweep import (FINISHED, Proposer, SweepOptions, carve_validation, choose_metric,
-                                       chosen_values, file_lock, fixed_length, objective, open_study, run_trials,
-                                       score_once)
+                                       chosen_values, file_lock, fixed_length, objective, open_study,
+                                       reusable_yaml, run_trials, score_once)
 from tunelab.experiments.variants import variant
 from tunelab.inputs import open_run
 from tunelab.rundir import RunDir
@@ -93,7 +93,7 @@ def improve(run_path: Path | str, opts: ImproveOptions, on_event: Listener | Non
     held = held_out(original, choice, metric, out, events)
     summary = improve_summary(original, remedies, study, choice, held, metric, out, time.monotonic() - started)
     summary["notes"] = notes
-    write_improve_files(out, study, summary, held.get("config_yaml") or original_yaml(original))
+    write_improve_files(out, study, summary, held.get("config_yaml") or reusable_yaml(validate_config(original.raw)))
     return summary
 
 
@@ -307,13 +307,6 @@ def held_out(original: Original, choice: Choice, metric: str, out: Path, events:
     versus = {m: compare_runs(m, original.run_dir.path, best["run_dir"]) for m in names}
     return {**best, "versus": versus, "forgetting": (improved.get("forgetting") or {}).get("perplexity_change"),
             "seconds": (improved.get("train") or {}).get("seconds")}
-
-
-def original_yaml(original: Original) -> str:
-    config = validate_config(original.raw)
-    config.data.train = config.data.train.resolve()  # best.yaml lives elsewhere; its paths must not move
-    config.data.eval = config.data.eval.resolve() if config.data.eval else None
-    return dump_config(config)
 
 
 def trial_seconds(trial: optuna.trial.FrozenTrial) -> float:

@@ -262,12 +262,17 @@ def score_once(raw: dict[str, Any], values: dict[str, Any], run_dir: Path, metri
             events.emit("scoring_held_out", run_dir=str(run_dir), trial=trial)
             summary = run_experiment(variant(raw, {**values, "output_dir": str(run_dir)}),
                                      on_event=events.tell).summary
-    config = variant(raw, values)
-    config.output_dir = None
-    config.data.train = config.data.train.resolve()  # best.yaml lives elsewhere; its paths must not move
-    config.data.eval = config.data.eval.resolve() if config.data.eval else None
     return {"trial": trial, "params": values, "run_dir": str(run_dir), "metric": metric,
-            "held_out": summary["after"].get(metric), "after": summary["after"], "config_yaml": dump_config(config)}
+            "held_out": summary["after"].get(metric), "after": summary["after"],
+            "config_yaml": reusable_yaml(variant(raw, values))}
+
+
+def reusable_yaml(config: Any) -> str:
+    """A config as best.yaml holds it: no output_dir, and absolute data paths (best.yaml lives elsewhere)."""
+    config.output_dir = None
+    config.data.train = config.data.train.resolve()
+    config.data.eval = config.data.eval.resolve() if config.data.eval else None
+    return dump_config(config)
 
 
 def sweep_summary(study: optuna.Study, dims: list[Dimension], metric: str, best: dict[str, Any],
