@@ -69,7 +69,7 @@ def make_runs(root: Path, count: int, b_std: float) -> list:
 
 
 def ask(i: int, max_tokens: int) -> object:
-    from tunelab.serve.inference import GenerationRequest
+    from tunelab.serve.requests import GenerationRequest
 
     topic = TOPICS[i % len(TOPICS)]
     return GenerationRequest(messages=[{"role": "user", "content": f"Tell me one fact about {topic}."}],

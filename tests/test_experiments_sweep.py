@@ -206,3 +206,37 @@ def test_parameter_importance_is_drawn_only_from_trials_that_can_show_it(tmp_pat
     assert (tmp_path / "importance.png").exists() == drawn and (tmp_path / "history.png").exists()
     report = (tmp_path / "report.md").read_text()
     assert (note in report) if note else "Parameter importance is not shown" not in report
+
+
+def test_a_time_budget_starts_no_trial_that_would_end_past_it():
+    import time
+    from datetime import datetime, timedelta
+    from types import SimpleNamespace
+
+    from tunelab.experiments.sweep import out_of_time
+
+    begun = datetime(2026, 1, 1, 12, 0, 0)
+    done = [SimpleNamespace(datetime_start=begun, datetime_complete=begun + timedelta(seconds=100)),
+            SimpleNamespace(datetime_start=begun, datetime_complete=None)]  # one running: no length yet
+    study = SimpleNamespace(get_trials=lambda deepcopy=False: done)
+    started = time.monotonic() - 50  # 50 s spent; the longest trial took 100 s
+    assert out_of_time(study, SweepOptions(None, time_budget=140), started)
+    assert not out_of_time(study, SweepOptions(None, time_budget=160), started)
+    assert not out_of_time(study, SweepOptions(None), started)  # no budget: the count alone decides
+    empty = SimpleNamespace(get_trials=lambda deepcopy=False: [])
+    assert not out_of_time(empty, SweepOptions(None, time_budget=1), started)  # the first trial always runs
+
+
+def test_a_list_choice_travels_through_optuna_and_a_trial_from_an_older_study_keeps_its_params():
+    from types import SimpleNamespace
+
+    from tunelab.experiments.space import Dimension
+    from tunelab.experiments.sweep import chosen_values
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    dim = Dimension("lora.target_modules", choices=[["q_proj", "v_proj"], "all-linear"])
+    picked = [dim.suggest(study.ask()) for _ in range(12)]
+    assert {str(p) for p in picked} == {"['q_proj', 'v_proj']", "all-linear"}
+    old = SimpleNamespace(params={"lora.r": 8}, user_attrs={})
+    assert chosen_values(old) == {"lora.r": 8}
+    assert chosen_values(SimpleNamespace(params={"remedy": "x"}, user_attrs={"values": {}})) == {}

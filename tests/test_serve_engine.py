@@ -13,8 +13,8 @@ import tests.conftest as c
 from tunelab.methods import METHODS
 from tunelab.serve.batching import Adapter, Row, take
 from tunelab.serve.catalog import Target
-from tunelab.serve.inference import (NOT_SHARED, Engine, GenerationRequest, Loaded, generate_stream, load,
-                                     prompt_ids)
+from tunelab.serve.inference import NOT_SHARED, Engine, Loaded, generate_stream, load, prompt_ids
+from tunelab.serve.requests import GenerationRequest
 
 BASE = "tiny-random-llama"
 

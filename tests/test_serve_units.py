@@ -14,7 +14,7 @@ from tunelab.serve import hyper
 from tunelab.serve.auth import authenticate, check_bind, load_keys, owner_of
 from tunelab.serve.datacheck import check_file
 from tunelab.serve.errors import ApiError
-from tunelab.serve.inference import StopCut
+from tunelab.serve.requests import StopCut
 from tunelab.serve.observe import job_event, results_csv
 from tunelab.serve.store import Store
 

@@ -83,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     from tunelab.launch import add_launch_arguments
 
     add_launch_arguments(run)
+    run.add_argument("--improve", action="store_true",
+                     help="then act on the run's diagnosis: tunelab improve on its directory (docs/improve.md)")
+    from tunelab.experiments.commands import add_improve_options
+
+    add_improve_options(run, prefix="improve-")
     run.set_defaults(handler=_cmd_run)
 
     models = sub.add_parser("models", help="list the bundled models")
@@ -149,6 +154,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         progress.close()
     if is_main_process():
         print_summary(result.run_dir, result.summary)
+    if args.improve and is_main_process():
+        from tunelab.experiments.commands import run_improve
+
+        return run_improve(result.run_dir, args, ConsoleProgress)
     return 0
 
 

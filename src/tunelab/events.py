@@ -13,6 +13,7 @@ so scoring code takes no events argument.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -93,14 +94,20 @@ KINDS: dict[str, Kind] = {
     # experiments above single runs
     "seed_started": Kind(INFO, ("seed", "of", "run_dir"), "seed {seed} ({of} seeds): {run_dir}"),
     "seed_reused": Kind(INFO, ("seed", "run_dir"), "seed {seed}: finished before, reusing {run_dir}"),
-    "trial_started": Kind(INFO, ("trial", "of", "params"), lambda f: f"trial {f['trial']} (sweep of {f['of']}): "
-                                                                  + ", ".join(f"{k}={v}" for k, v in f["params"].items())),
+    "trial_started": Kind(INFO, ("trial", "of", "params"), lambda f: f"trial {f['trial']}"
+                                                                  + (f" (of {f['of']})" if f["of"] != math.inf else "")
+                                                                  + ": "
+                                                                  + (", ".join(f"{k}={v}" for k, v in f["params"].items())
+                                                                     or "the unchanged settings")),
     "trial_finished": Kind(INFO, ("trial", "metric", "value"),
                            lambda f: f"trial {f['trial']}: {f['metric']} {f['value']:.4g} on validation"),
     "trial_pruned": Kind(INFO, ("trial", "step", "value"), "trial {trial}: pruned at step {step} (behind earlier trials)"),
     "waiting": Kind(INFO, ()),
     "entry_started": Kind(INFO, ()),
     "scoring_held_out": Kind(INFO, ("run_dir", "trial"), _scoring),
+    "improve_resumed": Kind(INFO, ()),
+    "improve_confirming": Kind(INFO, ()),
+    "improve_synthesizing": Kind(INFO, ()),
     # export
     "export_started": Kind(INFO, ("run_dir", "format"), "exporting {run_dir} as {format} ..."),
     "export_writing": Kind(INFO, ("file",), "writing {file} ..."),

@@ -73,6 +73,14 @@ def load_data(config: RunConfig, check_leakage: bool = True) -> RunData:
     return RunData(fit, held, validation, train)
 
 
+def training_rows(config: RunConfig) -> Dataset:
+    """Every training row a run would see (the held-out share set aside when it is a split of train), without
+    reading data.eval: what a search carves its validation rows from."""
+    train = load_dataset(config.data.train, config.data.format, config.data.columns)
+    choose_task(config, train)
+    return split_rows(train, config.data.eval_fraction, config.train.seed)[0] if config.data.eval is None else train
+
+
 def validation_split(config: RunConfig, train: Dataset) -> tuple[Dataset, Dataset | None]:
     """Under early stopping, a seeded share of the training rows to validate on (the held-out set only
     reports, so the number it gives was not chosen by it); else the rows unchanged and None."""

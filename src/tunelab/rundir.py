@@ -210,7 +210,7 @@ class RunDir:
     """One run directory. Readers ask it for records; writers (train.run and its parts) go through it."""
 
     CONFIG, SUMMARY, METRICS, STATUS, EVENTS = "config.yaml", "summary.json", "metrics.jsonl", "status.json", "events.jsonl"
-    DATA, VERSIONS, SAMPLES, BEFORE = "data.json", "versions.json", "samples.jsonl", "before.json"
+    DATA, VERSIONS, SAMPLES, BEFORE, AFTER = "data.json", "versions.json", "samples.jsonl", "before.json", "after.json"
     MODEL, CHECKPOINTS = "model", "checkpoints"
     LOCK = ".lock"  # held (flock) by the process writing the run; the kernel lets go when it dies
 
@@ -291,6 +291,10 @@ class RunDir:
     def read_before(self) -> dict[str, Any] | None:
         return self._read_json(self.BEFORE)
 
+    def read_after(self) -> dict[str, Any] | None:
+        """The tuned model's held-out metrics row by row (`scoring.rows` JSON), or None for a run from before."""
+        return self._read_json(self.AFTER)
+
     def has_config(self) -> bool:
         return self.config_path.is_file()
 
@@ -341,6 +345,9 @@ class RunDir:
 
     def write_before(self, record: dict[str, Any]) -> None:
         write_json(self.path / self.BEFORE, record)
+
+    def write_after(self, record: dict[str, Any]) -> None:
+        write_json(self.path / self.AFTER, record)
 
     def metrics_log(self) -> MetricsLog:
         return MetricsLog(self.metrics_path)

@@ -50,7 +50,17 @@ def add_experiment_commands(sub: Any, console: Any) -> None:
     sweep.add_argument("--create-study", dest="create_only", action="store_true",
                        help="create the study in --storage (tables, the unchanged config as its first trial) and "
                             "exit; run it once before starting workers on several machines")
+    sweep.add_argument("--time-budget", type=float, metavar="SECONDS",
+                       help="stop starting trials that would end past this many seconds")
     sweep.set_defaults(handler=lambda args: _cmd_sweep(args, console))
+
+    improve = sub.add_parser("improve", help="act on a finished run's diagnosis: search its remedies, keep the best",
+                             description="Read RUN_DIR's findings (over- or underfitting, forgetting), try the "
+                                         "remedies each names as one Optuna study judged on validation rows carved "
+                                         "from train, and score the winner once on held-out (docs/improve.md).")
+    improve.add_argument("run_dir", type=Path, help="a finished run directory")
+    add_improve_options(improve)
+    improve.set_defaults(handler=lambda args: _cmd_improve(args, console))
 
     compare = sub.add_parser("compare", help="train several methods, models or configs on one budget; leaderboard",
                              description="Same data, model and token budget for each entry; prints and saves a "
@@ -72,7 +82,7 @@ def _cmd_sweep(args: argparse.Namespace, console: Any) -> int:
     path, overrides = split_config(args)
     opts = SweepOptions(args.space, args.trials, args.out_dir, args.storage, args.study_name, args.sampler,
                         args.prune, args.metric, args.validation_fraction, args.heartbeat, args.score_default,
-                        args.create_only)
+                        args.create_only, args.time_budget)
     progress = console()
     try:
         summary = sweep(load_raw(path, overrides), opts, on_event=TrialProgress(progress))
@@ -98,6 +108,63 @@ def print_sweep(summary: dict[str, Any]) -> None:
         print(f"unchanged config: validation {fmt(metric, default['validation'])}, "
               f"held-out {fmt(metric, default['held_out'])}")
     print(f"best config: {Path(summary['out_dir']) / 'best.yaml'}   report: {Path(summary['out_dir']) / 'report.html'}")
+
+
+def add_improve_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """--budget | --time-budget and --improve-out (for `run --improve`, `prefix` names them improve-...)."""
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(f"--{prefix}budget", dest="budget", type=int, metavar="N",
+                        help="remedy trials, besides the original's own settings (default 6)")
+    budget.add_argument(f"--{prefix}time-budget", dest="time_budget", type=float, metavar="SECONDS",
+                        help="seconds for all of improve: no trial starts that would end past it")
+    parser.add_argument(f"--{prefix}metric", dest="improve_metric", metavar="METRIC",
+                        help="objective on validation (default: the task's metric a sweep watches)")
+    parser.add_argument(f"--{prefix}validation-fraction", dest="improve_validation_fraction", type=float, metavar="F",
+                        default=0.2, help="share of the training rows held for validation (default 0.2)")
+    parser.add_argument(f"--{prefix}out", dest="improve_out", type=Path, metavar="DIR",
+                        help="improve directory (default: RUN_DIR-improve beside the run)")
+
+
+def improve_options(args: argparse.Namespace) -> Any:
+    from tunelab.experiments.improve import ImproveOptions
+
+    return ImproveOptions(budget=args.budget, time_budget=args.time_budget, out_dir=args.improve_out,
+                          metric=args.improve_metric, validation_fraction=args.improve_validation_fraction)
+
+
+def run_improve(run_dir: Path, args: argparse.Namespace, console: Any) -> int:
+    from tunelab.experiments.improve import improve
+
+    progress = console()
+    try:
+        summary = improve(run_dir, improve_options(args), on_event=TrialProgress(progress))
+    finally:
+        progress.close()
+    print_improve(summary)
+    return 0
+
+
+def _cmd_improve(args: argparse.Namespace, console: Any) -> int:
+    return run_improve(args.run_dir, args, console)
+
+
+def print_improve(summary: dict[str, Any]) -> None:
+    from tunelab.eval.report import fmt
+
+    metric, decision, held = summary["metric"], summary["decision"], summary["held_out"]
+    print(f"\nimprove {summary['original_run']}: {summary['trials']} remedy trial(s) in {summary['seconds']:.0f} s")
+    for r in summary["remedies"]:
+        best = "-" if r["validation"] is None else fmt(metric, r["validation"])
+        print(f"  {r['remedy']}: {r['trials']} trial(s), best validation {metric} {best}")
+    print(f"  original on validation: {fmt(metric, decision['original_validation'])}")
+    if decision["kept_original"]:
+        print(f"nothing beat the original: {decision['note']}")
+    else:
+        print(f"chosen: {decision['remedy']} {decision['values']} ({decision['note']})")
+        print(f"held-out {metric}: {fmt(metric, held['original'])} -> {fmt(metric, held['improved'])}   "
+              f"improved run: {summary['improved_run']}")
+    out = Path(summary["out_dir"])
+    print(f"best config: {out / 'best.yaml'}   report: {out / 'report.html'}")
 
 
 def _cmd_compare(args: argparse.Namespace, console: Any) -> int:

@@ -7,6 +7,7 @@ typo or an impossible range fails at once, naming the key and the range the key 
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +34,25 @@ class Dimension:
     low: float | None = None
     high: float | None = None
     log: bool = False
+    name: str | None = None  # the study's name for it (default: the key); improve names it per remedy
 
     @property
     def integer(self) -> bool:
         return isinstance(self.low, int) and isinstance(self.high, int)
 
+    @property
+    def param(self) -> str:
+        return self.name or self.key
+
     def suggest(self, trial: Any) -> Any:
         if self.choices is not None:
-            return trial.suggest_categorical(self.key, self.choices)
+            # Optuna stores plain values only: a list choice (lora.target_modules) travels as its JSON text
+            shown = [json.dumps(c) if isinstance(c, (list, dict)) else c for c in self.choices]
+            picked = trial.suggest_categorical(self.param, shown)
+            return self.choices[shown.index(picked)]
         if self.integer:
-            return trial.suggest_int(self.key, self.low, self.high, log=self.log)
-        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+            return trial.suggest_int(self.param, self.low, self.high, log=self.log)
+        return trial.suggest_float(self.param, self.low, self.high, log=self.log)
 
     def describe(self) -> str:
         if self.choices is not None:

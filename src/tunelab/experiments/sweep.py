@@ -17,7 +17,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
@@ -33,14 +33,15 @@ from tunelab.experiments.variants import variant
 from tunelab.rundir import RunDir, write_atomic, write_json
 from tunelab.scoring.metrics import describe
 from tunelab.train.budget import watched_metric
-from tunelab.inputs import choose_task, load_data
+from tunelab.inputs import choose_task, training_rows
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+Proposer = Callable[[optuna.Trial], dict[str, Any]]
 
 
 @dataclass
 class SweepOptions:
-    space: Path
+    space: Path | None  # None for a caller that proposes its own values (improve)
     trials: int = 8
     out_dir: Path | None = None
     storage: str | None = None          # any SQLAlchemy URL Optuna takes; default sqlite in out_dir
@@ -52,6 +53,7 @@ class SweepOptions:
     heartbeat: int = 10                 # seconds; a trial silent for 2x this is failed and rerun
     score_default: bool = False         # also score the unchanged config on the held-out set
     create_only: bool = False           # create the study (tables, default trial) and return: before any worker
+    time_budget: float | None = None    # seconds: no trial starts that would end past it (a typical trial's time)
 
 
 def sweep(raw: dict[str, Any], opts: SweepOptions, on_event: Listener | None = None) -> dict[str, Any]:
@@ -70,16 +72,17 @@ def sweep(raw: dict[str, Any], opts: SweepOptions, on_event: Listener | None = N
     if opts.create_only:
         return {"study": study.study_name, "storage": safe_url(storage_url(opts, out)), "created": True}
     events = Events(on_event)
-    run_trials(study, objective(raw, dims, extra, metric, out, opts, events), opts, events)
+    run_trials(study, objective(raw, propose_all(dims), extra, metric, out, opts, events), opts, events)
     top = study.best_trial
-    best = score_once(raw, {**top.params, **fixed_length(top)}, out / f"best-trial-{top.number:03d}", metric, events,
-                      trial=top.number)
+    best = score_once(raw, {**chosen_values(top), **fixed_length(top)}, out / f"best-trial-{top.number:03d}", metric,
+                      events, trial=top.number)
     default = None
     if opts.score_default:
         first = next((t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("default")), None)
         # the default trial won (ties go to the earliest trial, the default): its held-out score is the best's
         default = best if first is not None and first.number == top.number else \
-            score_once(raw, fixed_length(first) if first else {}, out / "default-config", metric, events)
+            score_once(raw, {**chosen_values(first), **fixed_length(first)} if first else {},
+                       out / "default-config", metric, events)
     summary = sweep_summary(study, dims, metric, best, default, opts, out)
     write_sweep_files(out, study, summary, best["config_yaml"])
     return summary
@@ -96,7 +99,7 @@ def choose_metric(config: Any, task: Any, asked: str | None) -> str:
 def carve_validation(config: Any, out: Path, fraction: float) -> tuple[dict[str, Any], Any]:
     """Split the training rows (after the held-out set is set aside, as a run does) into fit and validation
     files; trials train on one and are judged on the other, so no choice ever sees the held-out set."""
-    train = load_data(config).all_train  # every training row, after the held-out set is set aside
+    train = training_rows(config)  # every training row, the held-out set set aside unread
     task = choose_task(config, train)  # for task=auto, the one the run would choose
     fit, validation = split_rows(train, fraction, config.train.seed, config.data.near_dup_threshold, "validation",
                                  "a sweep judges its trials on rows that are no copy of a training row")
@@ -169,20 +172,36 @@ def enqueue_default(study: optuna.Study, dims: list[Dimension], config: Any) -> 
     starts from the default and can only report something at least as good on validation."""
     if study.get_trials(deepcopy=False):
         return
-    params = {d.key: v for d in dims if (v := config_value(config, d.key)) is not None and d.contains(v)}
+    params = {d.param: json.dumps(v) if isinstance(v, (list, dict)) else v
+              for d in dims if (v := config_value(config, d.key)) is not None and d.contains(v)}
     if params:
         study.enqueue_trial(params, user_attrs={"default": True}, skip_if_exists=True)
 
 
-def objective(raw: dict[str, Any], dims: list[Dimension], extra: dict[str, Any], metric: str, out: Path,
+def propose_all(dims: list[Dimension]) -> Proposer:
+    """Every dimension of the space, each trial."""
+    return lambda trial: {d.key: d.suggest(trial) for d in dims}
+
+
+def chosen_values(trial: optuna.trial.FrozenTrial | None) -> dict[str, Any]:
+    """The config settings a trial ran with ({dotted key: value}), as its objective recorded them (a study
+    from before they were recorded named its parameters by their keys)."""
+    if trial is None:
+        return {}
+    return dict(trial.user_attrs["values"]) if "values" in trial.user_attrs else dict(trial.params)
+
+
+def objective(raw: dict[str, Any], propose: Proposer, extra: dict[str, Any], metric: str, out: Path,
               opts: SweepOptions, events: Events):
+    """One trial: the settings `propose` picks, trained on the fit rows and scored on the validation rows."""
     def run_trial(trial: optuna.Trial) -> float:
-        values = {d.key: d.suggest(trial) for d in dims}
+        values = propose(trial)
         run_dir = out / f"trial-{trial.number:03d}"
+        trial.set_user_attr("values", values)
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         events.emit("trial_started", trial=trial.number, of=opts.trials, params=values)
-        config = variant(raw, {**values, **extra, "output_dir": str(run_dir)})
+        config = variant(raw, {**extra, **values, "output_dir": str(run_dir)})  # a chosen data.train wins
         result = run_experiment(config, on_event=pruning_listener(trial, metric, opts.prune, events))
         value = result.summary["after"].get(metric)
         if value is None:
@@ -228,12 +247,14 @@ def pruning_listener(trial: optuna.Trial, metric: str, prune: bool, events: Even
 def run_trials(study: optuna.Study, run_trial: Any, opts: SweepOptions, events: Events) -> None:
     """Run trials until `opts.trials` of them finished (completed or pruned), counting every worker's.
     While the remaining ones are running elsewhere, wait: a worker that died stops its heartbeat, its
-    trial is failed and re-queued with the same parameters, and this worker picks it up."""
+    trial is failed and re-queued with the same parameters, and this worker picks it up. Under a time budget,
+    no trial starts that would end past it."""
+    started = time.monotonic()
     while True:
         fail_stale_trials(study)
         states = [t.state for t in study.get_trials(deepcopy=False)]
         finished, running = sum(s in FINISHED for s in states), states.count(TrialState.RUNNING)
-        if finished >= opts.trials:
+        if finished >= opts.trials or out_of_time(study, opts, started):
             return
         if states.count(TrialState.FAIL) > 2 * opts.trials:
             raise RunAborted(f"the sweep stopped: {states.count(TrialState.FAIL)} trials failed; see their run "
@@ -243,6 +264,18 @@ def run_trials(study: optuna.Study, run_trial: Any, opts: SweepOptions, events: 
             time.sleep(min(opts.heartbeat, 5))
             continue
         study.optimize(run_trial, n_trials=1, catch=(RunAborted,))
+
+
+def out_of_time(study: optuna.Study, opts: SweepOptions, started: float) -> bool:
+    """Under a time budget (counted from `started`, this worker's start), whether one more trial of the typical
+    length (the longest finished one) would end past it. The first trial always runs."""
+    if opts.time_budget is None:
+        return False
+    spans = [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials(deepcopy=False)
+             if t.datetime_complete is not None and t.datetime_start is not None]
+    if not spans:
+        return False  # until one trial finished there is neither a length to expect nor a best to report
+    return time.monotonic() - started + max(spans) > opts.time_budget
 
 
 @contextmanager
@@ -266,12 +299,17 @@ def score_once(raw: dict[str, Any], values: dict[str, Any], run_dir: Path, metri
             events.emit("scoring_held_out", run_dir=str(run_dir), trial=trial)
             summary = run_experiment(variant(raw, {**values, "output_dir": str(run_dir)}),
                                      on_event=events.tell).summary
-    config = variant(raw, values)
-    config.output_dir = None
-    config.data.train = config.data.train.resolve()  # best.yaml lives elsewhere; its paths must not move
-    config.data.eval = config.data.eval.resolve() if config.data.eval else None
     return {"trial": trial, "params": values, "run_dir": str(run_dir), "metric": metric,
-            "held_out": summary["after"].get(metric), "after": summary["after"], "config_yaml": dump_config(config)}
+            "held_out": summary["after"].get(metric), "after": summary["after"],
+            "config_yaml": reusable_yaml(variant(raw, values))}
+
+
+def reusable_yaml(config: Any) -> str:
+    """A config as best.yaml holds it: no output_dir, and absolute data paths (best.yaml lives elsewhere)."""
+    config.output_dir = None
+    config.data.train = config.data.train.resolve()
+    config.data.eval = config.data.eval.resolve() if config.data.eval else None
+    return dump_config(config)
 
 
 def sweep_summary(study: optuna.Study, dims: list[Dimension], metric: str, best: dict[str, Any],

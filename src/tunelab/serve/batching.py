@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.serve.inference import GenerationRequest, Piece, StopCut, sampling
+from tunelab.serve.requests import GenerationRequest, Piece, StopCut, sampling
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 _ids = itertools.count()

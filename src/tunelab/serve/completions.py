@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tunelab.serve.errors import bad_request
-from tunelab.serve.inference import GenerationRequest, Piece
+from tunelab.serve.requests import GenerationRequest, Piece
 from tunelab.serve.store import now
 
 DEFAULT_MAX_TOKENS = 256

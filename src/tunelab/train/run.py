@@ -34,6 +34,7 @@ from tunelab.models import resolve_model
 from tunelab.models.loading import LoadRules, load_pair
 from tunelab.precision import autocast
 from tunelab.rundir import FAILED, INTERRUPTED, RUNNING, SUCCEEDED, RunDir, Status, directory_bytes
+from tunelab.scoring import rows
 from tunelab.scoring.metrics import describe
 from tunelab.ranks import group_ready, is_main_process, on_main
 from tunelab.tasks import Task, get_task
@@ -272,6 +273,7 @@ def train_and_measure(config: RunConfig, data: RunData, opened: Opened, budget: 
 
 def finish(run_dir: RunDir, summary: dict[str, Any], zero_shot: Any, after: Any, before: Any, config: RunConfig,
            status: Status, events: Events) -> None:
+    run_dir.write_after(rows.encode({"rows": after.rows}))  # another run on the same rows compares with intervals
     run_dir.write_summary(summary)
     run_dir.write_samples(zero_shot.samples, after.samples, {k: b.scores.samples for k, b in before.baselines.items()})
     write_report(run_dir.path, summary, config.eval.report_examples)
