@@ -8,9 +8,10 @@ only: this checks the engine the preset relies on, where it can run here."""
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
+
+from tests.two_ranks import run_two_ranks
 
 
 def lora_model():
@@ -55,19 +56,8 @@ def _rank(rank: int, port: int, out: str, results) -> None:
 
 def test_fsdp2_trains_lora_on_two_cpu_processes_and_its_checkpoint_reshards_onto_one(tmp_path):
     import torch.distributed.checkpoint as dcp
-    import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(r, port, str(tmp_path / "ckpt"), results)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(results.get(timeout=300) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    got = run_two_ranks(_rank, str(tmp_path / "ckpt"))
     for rank in (0, 1):
         assert got[rank]["sharded"]  # every parameter, frozen base and LoRA alike, is a shard (DTensor)
         assert got[rank]["moved"] == got[rank]["trained"] > 0  # every adapter tensor took the step

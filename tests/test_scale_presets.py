@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from tests.two_ranks import run_two_ranks
 from tunelab import distributed, ranks
 from tunelab.errors import ConfigError
 from tunelab.launch import Launch, command
@@ -157,21 +158,7 @@ def _ranks(rank: int, port: int, results) -> None:
 
 
 def test_ranks_take_the_main_process_values_and_errors_and_refuse_another_config():
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_ranks, args=(r, port, results)) for r in range(2)]
-    for p in procs:
-        p.start()
-    got = dict(results.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    got = run_two_ranks(_ranks, timeout=120)
     for rank in (0, 1):
         assert got[rank]["dir"] == "runs/x-0"  # the main process's run directory everywhere
         assert got[rank]["error"] == "main refused"  # no rank waits for a main process that failed

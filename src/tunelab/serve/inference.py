@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.export.source import Source
 from tunelab.serve.catalog import Target
 from tunelab.serve.errors import ApiError
 from tunelab.serve.requests import GenerationRequest, Piece, StopCut, sampling
@@ -117,29 +118,14 @@ def load(target: Target) -> tuple[Any, Any]:
 
 
 @dataclass
-class AtCheckpoint:
+class AtCheckpoint(Source):
     """A run as an export source whose model files are a checkpoint's (the run may still be training)."""
 
-    run_dir: Path
-    config: Any
-    summary: dict[str, Any]
     weights: Path
 
     @property
     def model_dir(self) -> Path:
         return self.weights
-
-    @property
-    def method(self) -> Any:
-        from tunelab.methods import get_method
-
-        return get_method(self.config.method)
-
-    @property
-    def task(self) -> Any:
-        from tunelab.tasks import get_task
-
-        return get_task(self.config.task)
 
 
 def run_config(run_dir: Path) -> Any:
