@@ -22,7 +22,7 @@ from tunelab.eval.early_stopping import BestWeights
 from tunelab.precision import autocast
 from tunelab.rundir import RunDir
 from tunelab.scoring import rows
-from tunelab.tasks.base import FORGETTING, Baseline, Prepared, Scores, Task
+from tunelab.tasks.base import FORGETTING, ZERO_SHOT, Baseline, Prepared, Scores, Task
 
 
 @dataclass
@@ -59,7 +59,7 @@ def before_record(zero_shot: Scores, before: Before) -> dict[str, Any]:
 
 
 def scores_record(scores: Scores) -> dict[str, Any]:
-    return {"metrics": scores.metrics, "samples": scores.samples, "rows": scores.rows}
+    return {"metrics": scores.metrics, "samples": scores.samples, "rows": scores.rows, "cost": scores.cost}
 
 
 def before_from_record(record: dict[str, Any]) -> tuple[Scores, Before]:
@@ -78,6 +78,15 @@ def early_stopping(config: Any, task: Task) -> BestWeights | None:
         return None
     check_best_metric(config, task)
     return BestWeights(t.best_metric, t.early_stopping_patience)
+
+
+def check_baselines(config: Any, task: Task) -> None:
+    """eval.baselines names only baselines this task measures (zero-shot, the run's before, is always one)."""
+    known = (ZERO_SHOT, *task.baseline_names)
+    for name in config.eval.baselines or ():
+        if name not in known:
+            raise ConfigError(f'eval.baselines: "{name}" is not a baseline of task "{task.name}"; expected one of '
+                              f'{"|".join(known)}')
 
 
 def check_best_metric(config: Any, task: Task) -> None:
@@ -105,15 +114,23 @@ def baseline_entry(baseline: Baseline) -> dict[str, Any]:
     return {"label": baseline.label, "metrics": baseline.scores.metrics, **baseline.details}
 
 
+def costs(zero_shot: Scores, before: Before, after: Scores) -> dict[str, dict[str, Any]]:
+    """What an answer cost in each column that generated its answers: zero_shot, each baseline, tuned."""
+    columns = {ZERO_SHOT: zero_shot, **{name: b.scores for name, b in before.baselines.items()}, "tuned": after}
+    return {name: scores.cost for name, scores in columns.items() if scores.cost is not None}
+
+
 def after_training(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Prepared, before: Before,
                    zero_shot: Scores, after: Scores, config: Any, run_dir: Path, best: BestWeights | None,
                    final_step: int, events: Any) -> dict[str, Any]:
     """summary.json entries: zero_shot, baselines, comparisons (the tuned model against zero-shot and each
-    baseline, with intervals), forgetting, train_sample, diagnosis, early_stopping."""
+    baseline, with intervals), cost (per answer, each column), forgetting, train_sample, diagnosis,
+    early_stopping."""
     others = {"zero_shot": zero_shot, **{name: b.scores for name, b in before.baselines.items()}}
     entries: dict[str, Any] = {"zero_shot": zero_shot.metrics, "forgetting": None,
                                "baselines": {name: baseline_entry(b) for name, b in before.baselines.items()},
                                "comparisons": intervals.comparisons(after, others),
+                               "cost": costs(zero_shot, before, after),
                                "early_stopping": best.summary(final_step) if best else None}
     if before.probe is not None:
         events.emit("evaluating", which="probe", what="general ability after training (forgetting probe)")

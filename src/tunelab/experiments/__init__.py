@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.config import dump_config
 from tunelab.errors import RunInterrupted
-from tunelab.eval.report import fmt, md_table
+from tunelab.eval.report import fmt, headline_metric, md_table
+from tunelab.eval.worth import weigh
 from tunelab.events import Events, Listener
 from tunelab.rundir import FAILED, INTERRUPTED, RUNNING, SUCCEEDED, RunDir, Status, write_atomic
 from tunelab.scoring.metrics import describe
@@ -151,6 +152,7 @@ def summary_over_seeds(summaries: list[dict[str, Any]], seeds: list[int], runs: 
                    repeat={"seeds": seeds, "runs": runs, "intervals": stats,
                            "diagnoses": [s["diagnosis"]["verdict"] for s in summaries]})
     summary["zero_shot"] = summary["before"]
+    summary["prompting"] = weigh(summary, headline_metric(summary))  # from the means and the seeds' intervals
     return summary
 
 

@@ -24,7 +24,9 @@ import torch
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import ConfigError, RunInterrupted, TunelabError
 from tunelab.eval import evidence
+from tunelab.eval.report import headline_metric
 from tunelab.eval.report_html import write_report
+from tunelab.eval.worth import weigh
 from tunelab.events import Events, Listener
 from tunelab.inputs import RunData, auto_budget, check_machine, load_data, resolve
 from tunelab.methods import count_params, get_method
@@ -239,6 +241,7 @@ def train_and_measure(config: RunConfig, data: RunData, opened: Opened, budget: 
                "model": config.model, "method": config.method, "task": config.task,
                "method_info": method.info(model),
                "metrics": prepared.metrics, **prepared.info, **found}
+    summary["prompting"] = weigh(summary, headline_metric(summary))  # what the verdict's prompting line says
     finish(run_dir, summary, zero_shot, after, before, config, opened.status, events)
     return summary
 
