@@ -19,10 +19,12 @@ from tunelab.errors import ConfigError
 from tunelab.eval import forgetting, intervals
 from tunelab.eval.diagnosis import Evidence, diagnose, read_curves
 from tunelab.eval.early_stopping import BestWeights
+from tunelab.models.registry import BUNDLED
 from tunelab.precision import autocast
 from tunelab.rundir import RunDir
 from tunelab.scoring import rows
-from tunelab.tasks.base import FORGETTING, ZERO_SHOT, Baseline, Prepared, Scores, Task
+from tunelab.scoring.similar import TFIDF
+from tunelab.tasks.base import FORGETTING, ZERO_SHOT, Baseline, Prepared, Scores, Task, wants
 
 
 @dataclass
@@ -87,6 +89,15 @@ def check_baselines(config: Any, task: Task) -> None:
         if name not in known:
             raise ConfigError(f'eval.baselines: "{name}" is not a baseline of task "{task.name}"; expected one of '
                               f'{"|".join(known)}')
+    ranker = config.eval.retrieval_ranker
+    if "retrieval" in task.baseline_names and wants(config, "retrieval") and not known_ranker(ranker):
+        raise ConfigError(f'eval.retrieval_ranker: "{ranker}" is neither {TFIDF}, a bundled encoder '
+                          f'({"|".join(n for n, m in BUNDLED.items() if m.kind == "encoder")}) nor a directory')
+
+
+def known_ranker(ranker: str) -> bool:
+    """tfidf, a bundled alias (its package may still be missing: then TF-IDF ranks, with a warning) or a directory."""
+    return ranker == TFIDF or ranker in BUNDLED or Path(ranker).expanduser().is_dir()
 
 
 def check_best_metric(config: Any, task: Task) -> None:
