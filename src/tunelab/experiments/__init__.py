@@ -244,7 +244,7 @@ SPREAD_NOTE = ("The intervals in this table are the spread between seeds only (S
 
 
 def repeat_markdown(parent: Path, summary: dict[str, Any]) -> str:
-    from tunelab.eval.report import verdict
+    from tunelab.eval.report import cost_table, verdict
 
     seeds = summary["repeat"]["seeds"]
     lines = [f"# tunelab repeated run: {parent.name}", "",
@@ -252,5 +252,7 @@ def repeat_markdown(parent: Path, summary: dict[str, Any]) -> str:
              "figure here is a mean over the seeds.", "", "## Verdict", "", *(f"- {s}" for s in verdict(summary)),
              "", "## Over seeds", "", SPREAD_NOTE, ""]
     lines += md_table([("", "metric", "mean", "95% interval over seeds"), *interval_rows(summary)])
+    if cost_table(summary):
+        lines += ["", "## Cost per answer (means over seeds)", ""] + md_table(cost_table(summary))
     lines += ["", "Fit per seed: " + ", ".join(f"{s}: {d}" for s, d in zip(seeds, summary["repeat"]["diagnoses"]))]
     return "\n".join(lines) + "\n"
