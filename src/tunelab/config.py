@@ -126,7 +126,7 @@ class EvalConfig(Section):
                                   description="What ranks training rows for the retrieval baseline: an encoder "
                                               "(bundled alias or local dir; its sentence embeddings) or tfidf "
                                               "(lexical, scikit-learn); an encoder not installed gives way to tfidf.")
-    cost_rows: int = Field(8, ge=0, description="Held-out prompts answered one at a time, per column, to time the "
+    cost_rows: int = Field(4, ge=0, description="Held-out prompts answered one at a time, per column, to time the "
                                                 "cost of an answer unbatched; 0 skips it (batched time is always "
                                                 "taken).")
     train_sample: int = Field(32, ge=0, description="Train rows scored beside held-out ones to diagnose fit; 0 skips.")
