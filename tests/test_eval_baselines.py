@@ -85,7 +85,8 @@ def test_run_puts_zero_shot_both_few_shots_and_tuned_side_by_side_with_their_cos
     assert few["k"] == 2 and few["mean_shots"] == pytest.approx(2.0) and few["label"] == "2-shot"
     assert near["label"] == "2-shot retrieved" and near["mean_shots"] == pytest.approx(2.0)
     assert few["fewer_shots"] == 0 and few["prompt_budget"] == 1024 - 8  # the tiny model's context less the answer
-    assert set(s["comparisons"]) == set(s["cost"]) - {"tuned"} == {"zero_shot", "few_shot", "retrieval"}
+    assert set(s["comparisons"]) == set(s["cost"]) - {"tuned", "tuned_merged"} == {"zero_shot", "few_shot", "retrieval"}
+    assert "tuned_merged" in s["cost"] and s["prompting"]["tuned_as"] == "tuned_merged"  # LoRA merges: as served
     for column in s["cost"].values():  # timings are reported, never asserted
         assert column["answers"] == 4 and column["timed_one_at_a_time"] == 2
         assert 0 <= column["generated_tokens"] <= 8 and column["peak_memory_bytes"] > 0
@@ -99,8 +100,8 @@ def test_run_puts_zero_shot_both_few_shots_and_tuned_side_by_side_with_their_cos
     assert re.split(r"\s{2,}", out[0]) == ["metric", "zero-shot", "2-shot", "2-shot retrieved", "tuned",
                                           "change [95% CI]"]
     cost_at = out.index("cost per answer (means):") + 1
-    assert [re.split(r"\s{2,}", line)[0] for line in out[cost_at + 2:cost_at + 6]] == \
-        ["zero-shot", "2-shot", "2-shot retrieved", "tuned"]
+    assert [re.split(r"\s{2,}", line)[0] for line in out[cost_at + 2:cost_at + 7]] == \
+        ["zero-shot", "2-shot", "2-shot retrieved", "tuned", "tuned, merged"]
     verdict = [line[2:] for line in out if line.startswith("- ")]
     assert "95% CI" in verdict[0]
     assert verdict[1].startswith(("Prompting may be enough: ", "Tuning beats the best prompting baseline"))

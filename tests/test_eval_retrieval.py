@@ -245,3 +245,18 @@ def test_the_verdict_says_prompting_may_be_enough_when_retrieval_equals_tuned():
                     "+0.0 to +0.0 pts for tuning); 3-shot retrieved costs 230 prompt tokens and 0.840 s per answer "
                     "(one at a time), tuned 40 tokens and 0.210 s.")
     assert weigh(summary, "exact_match")["prompting_may_be_enough"] is True
+
+
+def test_the_tuned_model_is_timed_as_served_merged_where_its_method_merges():
+    """A LoRA adapter left unmerged adds its own multiplications to every decoding step; merged it costs what the
+    base costs. The verdict weighs the merged timing: 0.84 - 0.19 = 0.65 s saved, 120 / 0.65 = 185 answers."""
+    merged = {**COSTS, "tuned_merged": cost(40, 0.19, 0.04)}
+    summary = summary_for([0] * 60, [1] * 20 + [0] * 40, [1] * 30 + [0] * 30, [1] * 54 + [0] * 6, merged)
+    w = weigh(summary, "exact_match")
+    assert w["tuned_as"] == "tuned_merged" and w["seconds_saved"] == pytest.approx(0.65)
+    assert w["break_even_answers"] == pytest.approx(120 / 0.65)
+    assert "0.840 s - 0.190 s = 0.650 s and 190 prompt tokens saved per answer (one at a time, tuned model " \
+           "merged); the 120 s of tuning are repaid after 120 / 0.650 = 185 answers." in verdict(summary)[1]
+    from tunelab.eval.worth import cost_rows
+
+    assert [r[0] for r in cost_rows(summary)] == ["zero-shot", "3-shot", "3-shot retrieved", "tuned", "tuned, merged"]

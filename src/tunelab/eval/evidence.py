@@ -131,6 +131,24 @@ def costs(zero_shot: Scores, before: Before, after: Scores) -> dict[str, dict[st
     return {name: scores.cost for name, scores in columns.items() if scores.cost is not None}
 
 
+def merged_cost(method: Any, model: torch.nn.Module, tokenizer: Any, held_out: Any, config: Any) -> dict | None:
+    """What an answer costs from the tuned model merged into its base weights, as `tunelab export` serves it (an
+    unmerged adapter adds its own small multiplications to every decoding step); None when the method cannot
+    merge or no answer is generated. Merges in place: call it once nothing else needs the adapter."""
+    from tunelab.tasks.lm import answer_all
+
+    if not getattr(held_out, "cases", None) or not config.eval.generate:
+        return None
+    try:
+        merged = method.merge(model)
+    except ConfigError:  # prompt learning and other methods that cannot merge: served as trained
+        return None
+    if merged is model:  # nothing to merge (full fine-tuning): the tuned column's timing is the served one
+        return None
+    with autocast(config.train.precision):
+        return answer_all(merged, tokenizer, held_out, config.eval)[1]
+
+
 def after_training(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Prepared, before: Before,
                    zero_shot: Scores, after: Scores, config: Any, run_dir: Path, best: BestWeights | None,
                    final_step: int, events: Any) -> dict[str, Any]:

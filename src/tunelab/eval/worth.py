@@ -11,7 +11,8 @@ weighed against the tuned model:
   per answer add up to it: break-even answers = tuning seconds / (baseline's seconds per answer - tuned's).
 
 Seconds per answer are the one-at-a-time timing (a service answering lone requests) where measured, else the
-batched one.
+batched one; the tuned model's are those of its adapter merged into the base weights (`tuned_merged`, as
+`tunelab export` serves it) where the method merges.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from tunelab.scoring.metrics import describe
 
-TUNED = "tuned"
+TUNED, MERGED = "tuned", "tuned_merged"
 
 
 def prompting_columns(summary: dict[str, Any]) -> list[tuple[str, str, float]]:
@@ -47,15 +48,16 @@ def weigh(summary: dict[str, Any], metric: str) -> dict[str, Any] | None:
     tuned = summary["after"][metric]
     c = ((summary.get("comparisons") or {}).get(key) or {}).get(metric)
     tuned_better = c["direction"] == "better" if c else (tuned > value if higher else tuned < value)
-    timing = seconds_key(cost[key], cost[TUNED])
-    saving = cost[key][timing] - cost[TUNED][timing]
+    served = MERGED if MERGED in cost else TUNED
+    timing = seconds_key(cost[key], cost[served])
+    saving = cost[key][timing] - cost[served][timing]
     train_seconds = float((summary.get("train") or {}).get("seconds") or 0.0)
     return {"metric": metric, "best": key, "label": label, "best_value": value, "tuned_value": tuned,
-            "comparison": c, "prompting_may_be_enough": not tuned_better,
+            "comparison": c, "prompting_may_be_enough": not tuned_better, "tuned_as": served,
             "timing": "one at a time" if timing == "seconds_one" else "batched",
-            "best_seconds": cost[key][timing], "tuned_seconds": cost[TUNED][timing], "seconds_saved": saving,
-            "best_prompt_tokens": cost[key]["prompt_tokens"], "tuned_prompt_tokens": cost[TUNED]["prompt_tokens"],
-            "prompt_tokens_saved": cost[key]["prompt_tokens"] - cost[TUNED]["prompt_tokens"],
+            "best_seconds": cost[key][timing], "tuned_seconds": cost[served][timing], "seconds_saved": saving,
+            "best_prompt_tokens": cost[key]["prompt_tokens"], "tuned_prompt_tokens": cost[served]["prompt_tokens"],
+            "prompt_tokens_saved": cost[key]["prompt_tokens"] - cost[served]["prompt_tokens"],
             "train_seconds": train_seconds, "break_even_answers": break_even(train_seconds, saving)}
 
 
@@ -72,7 +74,7 @@ def worth_sentence(w: dict[str, Any] | None, fmt: Any, interval_words: Any) -> s
     name, c = w["metric"], w["comparison"]
     scores = f"{describe(name).label} {fmt(name, w['best_value'])} {w['label']}, {fmt(name, w['tuned_value'])} tuned"
     versus = f"{interval_words(name, c)} for tuning" if c else "no interval"
-    per = f"({w['timing']})"
+    per = f"({w['timing']}{', tuned model merged' if w.get('tuned_as') == MERGED else ''})"
     if w["prompting_may_be_enough"]:
         return (f"Prompting may be enough: {scores} ({versus}); {w['label']} costs {w['best_prompt_tokens']:.0f} "
                 f"prompt tokens and {w['best_seconds']:.3f} s per answer {per}, tuned "
@@ -91,9 +93,11 @@ COST_HEADER = ("column", "prompt tokens", "generated tokens", "s/answer one at a
 
 
 def cost_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
-    """Each column's cost per answer (means over its answers), prompting columns first, tuned last."""
+    """Each column's cost per answer (means over its answers), prompting columns first, then tuned (as trained,
+    and merged where the method merges)."""
     cost = summary.get("cost") or {}
-    named = [(key, label) for key, label, _ in prompting_columns(summary)] + ([(TUNED, "tuned")] if TUNED in cost else [])
+    named = [(key, label) for key, label, _ in prompting_columns(summary)] + \
+        [(key, label) for key, label in ((TUNED, "tuned"), (MERGED, "tuned, merged")) if key in cost]
     return [(label, f"{cost[key]['prompt_tokens']:.1f}", f"{cost[key]['generated_tokens']:.1f}",
              f"{cost[key]['seconds_one']:.3f}" if "seconds_one" in cost[key] else "-",
              f"{cost[key]['seconds_batched']:.3f}", f"{cost[key]['peak_memory_bytes'] / 2**20:,.0f}")

@@ -261,18 +261,23 @@ def score(model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, eval_cfg: A
     samples: list[dict[str, Any]] = []
     cost = None
     if held_out.cases and eval_cfg.generate:
-        prompts = [c.prompt_ids for c in held_out.cases]
-        with PeakMemory() as peak, stopwatch() as took:
-            answers, decoded = generate_counted(model, tokenizer, prompts, eval_cfg.max_new_tokens,
-                                                batch_size=eval_cfg.generation_batch, stop=held_out.stop)
-        cost = answer_cost([len(p) for p in prompts], decoded, took[0], peak.bytes,
-                           one_at_a_time(model, tokenizer, prompts[:held_out.cost_rows], eval_cfg, held_out.stop))
+        answers, cost = answer_all(model, tokenizer, held_out, eval_cfg)
         refs, lines = [c.reference for c in held_out.cases], [c.line for c in held_out.cases]
         metrics.update(generation_scores(held_out.metrics, answers, refs))
         rows.update(generation_rows(held_out.metrics, answers, refs, lines))
         samples = [{"line": c.line, "prompt": c.prompt_text, "reference": c.reference, "output": a}
                    for c, a in zip(held_out.cases, answers)]
     return Scores(metrics, samples, rows, cost)
+
+
+def answer_all(model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, eval_cfg: Any) -> tuple[list[str], dict]:
+    """The answers to every held-out case, generated in batches, and what an answer cost (`scoring.cost`)."""
+    prompts = [c.prompt_ids for c in held_out.cases]
+    with PeakMemory() as peak, stopwatch() as took:
+        answers, decoded = generate_counted(model, tokenizer, prompts, eval_cfg.max_new_tokens,
+                                            batch_size=eval_cfg.generation_batch, stop=held_out.stop)
+    return answers, answer_cost([len(p) for p in prompts], decoded, took[0], peak.bytes,
+                                one_at_a_time(model, tokenizer, prompts[:held_out.cost_rows], eval_cfg, held_out.stop))
 
 
 def one_at_a_time(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], eval_cfg: Any,
