@@ -145,6 +145,10 @@ def merged_cost(method: Any, model: torch.nn.Module, tokenizer: Any, held_out: A
         return None
     if merged is model:  # nothing to merge (full fine-tuning): the tuned column's timing is the served one
         return None
+    # As a model loaded to serve it: CPU autocast keeps one low-precision copy of a weight only where the weight
+    # requires grad, and recasts a frozen one at every decoding step (2.4x the seconds per answer on the bundled
+    # model, measured interleaved against the base; equal in fp32).
+    merged.requires_grad_(True)
     with autocast(config.train.precision):
         return answer_all(merged, tokenizer, held_out, config.eval)[1]
 
