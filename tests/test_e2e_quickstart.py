@@ -36,11 +36,12 @@ def test_the_retrieval_baseline_and_every_columns_cost_on_the_bundled_model(resu
     s = result.summary
     assert s["baselines"]["retrieval"]["ranked_by"] == "minilm-l6 embeddings"
     assert s["baselines"]["retrieval"]["mean_shots"] == 3  # three short rows fit SmolLM2's context easily
-    assert set(s["cost"]) == {"zero_shot", "few_shot", "retrieval", "tuned"}
+    assert set(s["cost"]) == {"zero_shot", "few_shot", "retrieval", "tuned", "tuned_merged"}
     assert all(c["timed_one_at_a_time"] == 2 and c["answers"] == 16 for c in s["cost"].values())
     # demos are paid for on every request; the tune answers the bare prompt (timings reported, never asserted)
     assert s["cost"]["retrieval"]["prompt_tokens"] > 3 * s["cost"]["tuned"]["prompt_tokens"]
     assert s["prompting"]["metric"] == "exact_match" and s["prompting"]["train_seconds"] > 0
+    assert s["prompting"]["tuned_as"] == "tuned_merged"  # LoRA merges: timed as served
 
 
 @pytest.mark.e2e
