@@ -51,7 +51,8 @@ def chat_rows() -> list[dict]:
 
 @pytest.fixture
 def tiny_config(tmp_path, chat_rows):
-    """A validated config for a seconds-long run of the tiny model on chat data."""
+    """A validated config for a seconds-long run of the tiny model on chat data (answers are timed one at a time
+    only where a test asks, with eval.cost_rows: 16 lone calls to generate add seconds to every run)."""
     from tunelab.config import load_config
 
     train = write_jsonl(tmp_path / "train.jsonl", chat_rows[:20])
@@ -60,6 +61,6 @@ def tiny_config(tmp_path, chat_rows):
     def make(*overrides: str):
         return load_config(None, [f"data.train={train}", f"data.eval={held}", "model=tiny-random-llama",
                                   f"output_dir={tmp_path / 'run'}", "train.batch_size=4", "train.max_steps=4",
-                                  "train.max_length=64", "eval.max_new_tokens=8", *overrides])
+                                  "train.max_length=64", "eval.max_new_tokens=8", "eval.cost_rows=0", *overrides])
 
     return make

@@ -17,7 +17,7 @@ from tunelab.train.run import run
 def result(tmp_path_factory):
     config = load_config(EXAMPLES / "quickstart.yaml",
                          [f"output_dir={tmp_path_factory.mktemp('quickstart') / 'run'}", "train.max_steps=10",
-                          "eval.max_examples=16", "eval.max_new_tokens=40"])
+                          "eval.max_examples=16", "eval.max_new_tokens=40", "eval.cost_rows=2"])
     return run(config)
 
 
@@ -29,6 +29,19 @@ def test_quickstart_gain_on_the_bundled_model(result):
     assert after["eval_loss"] < 0.5 * before["eval_loss"]
     samples = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 16 and all(s["after"].startswith("{") for s in samples)
+
+
+@pytest.mark.e2e
+def test_the_retrieval_baseline_and_every_columns_cost_on_the_bundled_model(result):
+    s = result.summary
+    assert s["baselines"]["retrieval"]["ranked_by"] == "minilm-l6 embeddings"
+    assert s["baselines"]["retrieval"]["mean_shots"] == 3  # three short rows fit SmolLM2's context easily
+    assert set(s["cost"]) == {"zero_shot", "few_shot", "retrieval", "tuned", "tuned_merged"}
+    assert all(c["timed_one_at_a_time"] == 2 and c["answers"] == 16 for c in s["cost"].values())
+    # demos are paid for on every request; the tune answers the bare prompt (timings reported, never asserted)
+    assert s["cost"]["retrieval"]["prompt_tokens"] > 3 * s["cost"]["tuned"]["prompt_tokens"]
+    assert s["prompting"]["metric"] == "exact_match" and s["prompting"]["train_seconds"] > 0
+    assert s["prompting"]["tuned_as"] == "tuned_merged"  # LoRA merges: timed as served
 
 
 @pytest.mark.e2e

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunelab.tasks.few_shot import draw_demos, few_shot_case
+from tunelab.tasks.few_shot import PICKERS, draw_demos, few_shot_case
 from tunelab.tasks.lm import HeldOut
 from tunelab.tasks import get_task
 
 SFT = get_task("sft")
+RANDOM = PICKERS["few_shot"]
 PC_ROWS = [{"prompt": f"Q{i}:", "completion": f" A{i}"} for i in range(10)]
 
 
@@ -63,28 +64,50 @@ def test_a_prompt_too_long_even_alone_is_scored_with_no_demos_not_dropped(tokeni
     held = Dataset(Path("eval.jsonl"), "prompt_completion", rows, [1, 2, 3])
     base = HeldOut([], SFT.generation_cases(held, tokenizer, 0), 0)
     config = load_config(None, ["data.train=x.jsonl", "eval.few_shot_k=2", "eval.max_new_tokens=16"])
-    shots = few_shot_held_out(SFT, PC_ROWS[:5], held, tokenizer, base, config, context_tokens=100)
+    shots, _ = few_shot_held_out(SFT, RANDOM, PC_ROWS[:5], held, tokenizer, base, config, context_tokens=100)
     assert [c.line for c in shots.cases] == [1, 2, 3]
     assert [c.meta["shots"] for c in shots.cases] == [2, 0, 2] and shots.cases[1].prompt_ids == base.cases[1].prompt_ids
     assert shots_shown(shots, 2) == {"k": 2, "mean_shots": pytest.approx(4 / 3), "fewer_shots": 1}
 
 
-def test_run_puts_zero_shot_few_shot_and_tuned_side_by_side(tiny_config, capsys):
+def test_run_puts_zero_shot_both_few_shots_and_tuned_side_by_side_with_their_costs(tiny_config, capsys):
     from tunelab.cli_output import print_summary
     from tunelab.train.run import run
 
-    result = run(tiny_config("eval.few_shot_k=2", "eval.forgetting_probe=false", "eval.train_sample=0"))
+    result = run(tiny_config("eval.few_shot_k=2", "eval.forgetting_probe=false", "eval.train_sample=0",
+                             "eval.cost_rows=2"))
     s = result.summary
     assert s["zero_shot"] == s["before"]
-    few = s["baselines"]["few_shot"]
-    assert set(few) == {"label", "metrics", "k", "mean_shots", "fewer_shots"}
-    assert set(few["metrics"]) == {"exact_match", "token_f1"}
+    few, near = s["baselines"]["few_shot"], s["baselines"]["retrieval"]
+    assert set(few) == {"label", "metrics", "k", "mean_shots", "fewer_shots", "prompt_budget"}
+    assert set(near) == set(few) | {"ranked_by"} and near["ranked_by"] == "minilm-l6 embeddings"
+    assert set(few["metrics"]) == set(near["metrics"]) == {"exact_match", "token_f1"}
     assert few["k"] == 2 and few["mean_shots"] == pytest.approx(2.0) and few["label"] == "2-shot"
-    assert few["fewer_shots"] == 0
+    assert near["label"] == "2-shot retrieved" and near["mean_shots"] == pytest.approx(2.0)
+    assert few["fewer_shots"] == 0 and few["prompt_budget"] == 1024 - 8  # the tiny model's context less the answer
+    assert set(s["comparisons"]) == set(s["cost"]) - {"tuned", "tuned_merged"} == {"zero_shot", "few_shot", "retrieval"}
+    assert "tuned_merged" in s["cost"] and s["prompting"]["tuned_as"] == "tuned_merged"  # LoRA merges: as served
+    for column in s["cost"].values():  # timings are reported, never asserted
+        assert column["answers"] == 4 and column["timed_one_at_a_time"] == 2
+        assert 0 <= column["generated_tokens"] <= 8 and column["peak_memory_bytes"] > 0
+        assert {"seconds_one", "seconds_batched"} <= set(column)
+    # The same prompt tokens for zero-shot and tuned; each demo adds its own.
+    assert s["cost"]["zero_shot"]["prompt_tokens"] == s["cost"]["tuned"]["prompt_tokens"]
+    assert s["cost"]["few_shot"]["prompt_tokens"] > s["cost"]["zero_shot"]["prompt_tokens"]
+    assert s["prompting"]["metric"] == "exact_match" and s["prompting"]["train_seconds"] == s["train"]["seconds"]
     print_summary(result.run_dir, s)
     out = capsys.readouterr().out.strip().splitlines()
-    assert re.split(r"\s{2,}", out[0]) == ["metric", "zero-shot", "2-shot", "tuned", "change [95% CI]"]
-    assert "95% CI" in next(line for line in out if line.startswith("- "))  # the verdict's first line
+    assert re.split(r"\s{2,}", out[0]) == ["metric", "zero-shot", "2-shot", "2-shot retrieved", "tuned",
+                                          "change [95% CI]"]
+    cost_at = out.index("cost per answer (means):") + 1
+    assert [re.split(r"\s{2,}", line)[0] for line in out[cost_at + 2:cost_at + 7]] == \
+        ["zero-shot", "2-shot", "2-shot retrieved", "tuned", "tuned, merged"]
+    verdict = [line[2:] for line in out if line.startswith("- ")]
+    assert "95% CI" in verdict[0]
+    assert verdict[1].startswith(("Prompting may be enough: ", "Tuning beats the best prompting baseline"))
+    report = (result.run_dir / "report.md").read_text()
+    assert "## Cost per answer" in report and verdict[1] in report
+    assert "<h2>Cost per answer</h2>" in (result.run_dir / "report.html").read_text()
 
 
 def test_few_shot_is_skipped_when_k_is_zero(tiny_config):
@@ -120,7 +143,7 @@ def test_held_out_row_order_is_kept(tokenizer):
     config = load_config(None, ["data.train=x.jsonl", "eval.few_shot_k=1"])
     held = Dataset(Path("eval.jsonl"), "prompt_completion", PC_ROWS[5:], [6, 7, 8, 9, 10])
     base = HeldOut([], SFT.generation_cases(held, tokenizer, 0), 0)
-    shots = few_shot_held_out(SFT, PC_ROWS[:5], held, tokenizer, base, config, 512)
+    shots, _ = few_shot_held_out(SFT, RANDOM, PC_ROWS[:5], held, tokenizer, base, config, 512)
     assert [c.reference for c in shots.cases] == [c.reference for c in base.cases]
     assert [c.line for c in shots.cases] == [6, 7, 8, 9, 10]
 
@@ -133,7 +156,7 @@ def test_few_shot_cases_come_from_the_rows_that_have_cases(tokenizer, skips_21):
     rows = [{"prompt": f"Q{i}:", "completion": f" A{i}"} for i in (20, 21, 22, 23)]
     held = Dataset(Path("eval.jsonl"), "prompt_completion", rows, [1, 2, 3, 4])
     base = HeldOut([], skips_21.generation_cases(held, tokenizer, 0), 0)
-    shots = few_shot_held_out(skips_21, PC_ROWS, held, tokenizer, base,
+    shots, _ = few_shot_held_out(skips_21, RANDOM, PC_ROWS, held, tokenizer, base,
                               load_config(None, ["data.train=x.jsonl", "eval.few_shot_k=2"]), 512)
     assert [c.line for c in base.cases] == [c.line for c in shots.cases] == [1, 3, 4]
     assert [c.reference for c in shots.cases] == [" A20", " A22", " A23"]
@@ -190,7 +213,7 @@ def test_few_shot_answers_are_cut_before_the_next_demo(tokenizer):
     from tunelab.tasks.lm import score
 
     config, held, bare = held_out_of([PC_ROWS[9]], tokenizer)
-    shots = few_shot_held_out(SFT, PC_ROWS[:5], held, tokenizer, bare, config, 512)
+    shots, _ = few_shot_held_out(SFT, RANDOM, PC_ROWS[:5], held, tokenizer, bare, config, 512)
     model = RunsOn(tokenizer, " A9\n\nQ0: A0\n\nQ")
     scores = score(model, tokenizer, shots, config.eval)
     assert [s["output"] for s in scores.samples] == ["A9"]
@@ -218,7 +241,7 @@ def test_answers_with_blank_lines_are_not_cut_at_the_demo_separator(tokenizer):
     rows = [{"prompt": f"Q{i}:", "completion": f" line {i}\n\nline {i + 1}"} for i in range(6)]
     config, held, bare = held_out_of(rows[5:], tokenizer)
     assert bare.stop == ("\n\n###\n\n",)
-    shots = few_shot_held_out(SFT, rows[:2], held, tokenizer, bare, config, 512)
+    shots, _ = few_shot_held_out(SFT, RANDOM, rows[:2], held, tokenizer, bare, config, 512)
     prompt = tokenizer.decode(shots.cases[0].prompt_ids, skip_special_tokens=True)
     assert prompt == "Q0: line 0\n\nline 1\n\n###\n\nQ1: line 1\n\nline 2\n\n###\n\nQ5:"
     model = RunsOn(tokenizer, " line 5\n\nline 6\n\n###\n\nQ0: line")

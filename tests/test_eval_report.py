@@ -33,11 +33,14 @@ def test_markdown_opens_with_the_verdict_and_shows_ten_examples(finished_run):
     text = (finished_run.run_dir / "report.md").read_text()
     sections = re.findall(r"^## (.+)$", text, flags=re.M)
     assert sections[0] == "Verdict"
-    assert sections[1:3] == ["Held-out results", "General ability (forgetting probe)"]
+    assert sections[1:4] == ["Held-out results", "Cost per answer", "General ability (forgetting probe)"]
     verdict = text.split("## Verdict")[1].split("##")[0]
     assert "zero-shot" in verdict and "2-shot" in verdict and "forgetting" in verdict and "Fit:" in verdict
     assert text.count("**Prompt:**") == 10 and text.count("- base (2-shot):") == 10
-    assert "| metric | zero-shot | 2-shot | tuned | change [95% CI] |" in text
+    assert text.count("- base (2-shot retrieved):") == 10
+    assert "| metric | zero-shot | 2-shot | 2-shot retrieved | tuned | change [95% CI] |" in text
+    assert "| column | prompt tokens | generated tokens | s/answer one at a time | s/answer batched | peak memory MiB |" \
+        in text
 
 
 def test_summary_has_the_evidence_entries(finished_run):
@@ -59,9 +62,10 @@ def test_summary_has_the_evidence_entries(finished_run):
 def test_every_compared_metric_has_its_interval_against_zero_shot_and_the_baseline(finished_run):
     s = json.loads((finished_run.run_dir / "summary.json").read_text())
     compared = {k for k in s["before"] if k != "eval_loss_se"}
-    assert set(s["comparisons"]) == {"zero_shot", "few_shot"}
+    assert set(s["comparisons"]) == {"zero_shot", "few_shot", "retrieval"}
     assert set(s["comparisons"]["zero_shot"]) == compared  # eval loss, perplexity, exact match, token F1
     assert set(s["comparisons"]["few_shot"]) == set(s["baselines"]["few_shot"]["metrics"])
+    assert set(s["comparisons"]["retrieval"]) == set(s["baselines"]["retrieval"]["metrics"])
     for name, c in s["comparisons"]["zero_shot"].items():
         assert c["difference"] == pytest.approx(s["after"][name] - s["before"][name])
         assert c["low"] <= c["difference"] <= c["high"] and c["rows"] == 12

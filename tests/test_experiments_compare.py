@@ -55,3 +55,26 @@ def test_every_method_gets_the_same_token_budget(tiny_config, tmp_path):
     html = (tmp_path / "cmp" / "leaderboard.html").read_text()
     assert "data:image/png;base64," in html and "qlora" in html
     assert (tmp_path / "cmp" / "pareto.png").stat().st_size > 1000
+
+
+def test_the_leaderboard_carries_the_best_prompting_baseline_and_its_break_even():
+    from tunelab.experiments.compare import board_row, board_table
+
+    summary = {"method": "lora", "model": "m", "after": {"exact_match": 0.9}, "trainable_params": 10,
+               "resources": {"artifact_bytes": 2**20, "peak_rss_bytes": 2**30},
+               "train": {"seconds": 120.0, "steps": 30, "tokens": 1000},
+               "prompting": {"metric": "exact_match", "best": "retrieval", "label": "3-shot retrieved",
+                             "best_value": 0.5, "tuned_value": 0.9, "prompting_may_be_enough": False,
+                             "timing": "one at a time", "best_seconds": 0.84, "tuned_seconds": 0.21,
+                             "best_prompt_tokens": 230.0, "tuned_prompt_tokens": 40.0, "seconds_saved": 0.63,
+                             "break_even_answers": 120 / 0.63, "comparison": None, "train_seconds": 120.0}}
+    row = board_row({"label": "lora", "run_dir": "r", "wall_seconds": 200.0, "summary": summary}, "exact_match")
+    assert row["prompting"]["break_even_answers"] == pytest.approx(190.476, abs=1e-3)
+    table = board_table({"metric": "exact_match", "entries": [{**row, "pareto": True}]})
+    cells = dict(zip(table[0], table[1]))
+    assert cells["best prompting"] == "3-shot retrieved 50.0%"
+    assert cells["s/answer prompted → tuned"] == "0.840 → 0.210" and cells["break-even answers"] == "190"
+    summary["prompting"].update(prompting_may_be_enough=True, break_even_answers=None)
+    row = board_row({"label": "lora", "run_dir": "r", "wall_seconds": 200.0, "summary": summary}, "exact_match")
+    cells = dict(zip(table[0], board_table({"metric": "exact_match", "entries": [{**row, "pareto": True}]})[1]))
+    assert cells["best prompting"] == "3-shot retrieved 50.0% (may be enough)" and cells["break-even answers"] == "-"

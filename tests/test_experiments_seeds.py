@@ -68,6 +68,13 @@ def test_seeds_run_once_each_and_report_intervals(tiny_config, capsys):
     per_seed = [r["comparisons"]["zero_shot"]["eval_loss"] for r in runs]
     assert c["seeds"] == 2 and c["difference"] == pytest.approx(sum(p["difference"] for p in per_seed) / 2)
     assert c["high"] - c["low"] >= min(p["high"] - p["low"] for p in per_seed)  # the held-out noise stays in
+    # the cost of an answer is the seeds' mean, and the prompting line is weighed again from the means
+    assert saved["cost"]["tuned"]["prompt_tokens"] == runs[0]["cost"]["tuned"]["prompt_tokens"]
+    assert saved["cost"]["tuned"]["seconds_batched"] == pytest.approx(
+        sum(r["cost"]["tuned"]["seconds_batched"] for r in runs) / 2)
+    assert saved["prompting"]["train_seconds"] == pytest.approx(saved["train"]["seconds"])
+    assert saved["prompting"]["comparison"] == saved["comparisons"]["zero_shot"]["exact_match"]
+    assert "## Cost per answer (means over seeds)" in report
 
 
 def test_an_interval_over_seeds_holds_both_noises():

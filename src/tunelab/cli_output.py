@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tunelab.eval.report import comparison_header, comparison_rows, flops_words, verdict
+from tunelab.eval.report import comparison_header, comparison_rows, cost_table, flops_words, verdict
 from tunelab.events import INFO, PROGRESS, Event
 
 SHOWN_ELSEWHERE = {"run_failed", "run_interrupted", "run_finished"}  # the CLI prints the error or the summary
@@ -137,6 +137,9 @@ class ConsoleProgress:
 def print_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     print()
     print_table([comparison_header(summary), *comparison_rows(summary)])
+    if cost_table(summary):
+        print("\ncost per answer (means):")
+        print_table(cost_table(summary))
     for line in verdict(summary):
         print(f"- {line}")
     if "repeat" in summary:

@@ -116,8 +116,22 @@ class EvalConfig(Section):
     metrics: list[str] | None = Field(
         None, description="Metrics to report: exact_match, token_f1, rouge_l, accuracy, macro_f1, json_valid, "
                           "json_fields, perplexity or module:function; default: the task's own.")
-    few_shot_k: int = Field(3, ge=0, description="Examples from train shown in context for the few-shot baseline; "
-                                                 "0 skips it.")
+    baselines: list[str] | None = Field(
+        None, description="Cheap alternatives measured beside zero-shot (always measured: it is the run's before): "
+                          "few_shot (k random training rows in context), retrieval (the k training rows most like "
+                          "each prompt), a task's own (linear_probe, dictionary); default: every one the task has.")
+    few_shot_k: int = Field(3, ge=0, description="Training rows shown in context for the few-shot baselines (random "
+                                                 "and retrieval); 0 skips both.")
+    few_shot_tokens: int = Field(0, ge=0, description="Prompt tokens a few-shot prompt may span, demos and question "
+                                                      "together (demos that do not fit are left out, the least "
+                                                      "relevant first); 0: the model's context less max_new_tokens.")
+    retrieval_ranker: str = Field("minilm-l6", min_length=1,
+                                  description="What ranks training rows for the retrieval baseline: an encoder "
+                                              "(bundled alias or local dir; its sentence embeddings) or tfidf "
+                                              "(lexical, scikit-learn); an encoder not installed gives way to tfidf.")
+    cost_rows: int = Field(4, ge=0, description="Held-out prompts answered one at a time, per column, to time the "
+                                                "cost of an answer unbatched; 0 skips it (batched time is always "
+                                                "taken).")
     train_sample: int = Field(32, ge=0, description="Train rows scored beside held-out ones to diagnose fit; 0 skips.")
     forgetting_probe: bool = Field(True, description="Measure general ability (shipped text and questions) "
                                                      "before and after.")

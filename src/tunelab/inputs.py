@@ -162,12 +162,13 @@ def check_machine(config: RunConfig) -> None:
 def check_before_loading(config: RunConfig, task: Task, datasets: tuple[Dataset, ...]) -> None:
     """Refusals that need no model: the model's place, this machine's means, the watched metric, the task's
     own checks of its settings and of the rows."""
-    from tunelab.eval.evidence import check_best_metric
+    from tunelab.eval.evidence import check_baselines, check_best_metric
 
     resolve_model(config.model)  # a bundled alias or an existing directory (building a bundled one once)
     check_machine(config)
     if config.train.early_stopping_patience:
         check_best_metric(config, task)
+    check_baselines(config, task)
     task.check(config, datasets)
     for path in task.runs_read(config):
         open_run(path, what=f"task {task.name}")

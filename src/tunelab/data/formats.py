@@ -92,6 +92,11 @@ class Format:
         answers end (`answer_end`), so each shown answer ends there too."""
         raise NotImplementedError
 
+    def query(self, fields: Fields) -> str:
+        """The row's input without its answer: what the retrieval baseline matches a held-out prompt against
+        (when `demos`)."""
+        raise NotImplementedError
+
     def seed_input(self, fields: Fields) -> str:
         """What synth shows the teacher of a seed row, to write a new one like it."""
         raise NotImplementedError
@@ -246,6 +251,9 @@ class PromptCompletion(Format):
         shown = "".join(d["prompt"] + d["completion"] + separator for d in demos)
         return {**fields, "prompt": shown + fields["prompt"]}
 
+    def query(self, fields: Fields) -> str:
+        return fields["prompt"]
+
     def seed_input(self, fields: Fields) -> str:
         return fields["prompt"]
 
@@ -303,6 +311,10 @@ class Messages(Format):
                  if m["role"] != "system"]
         rest = [m for m in fields["messages"] if m["role"] != "system"]
         return {**fields, "messages": system + shown + rest}
+
+    def query(self, fields: Fields) -> str:
+        """The user turns: the system message is often shared by every row, and the answers are not asked."""
+        return "\n".join(m["content"] for m in fields["messages"] if m["role"] == "user")
 
     def seed_input(self, fields: Fields) -> str:
         return next(m["content"] for m in fields["messages"] if m["role"] == "user")

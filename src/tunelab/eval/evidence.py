@@ -19,10 +19,12 @@ from tunelab.errors import ConfigError
 from tunelab.eval import forgetting, intervals
 from tunelab.eval.diagnosis import Evidence, diagnose, read_curves
 from tunelab.eval.early_stopping import BestWeights
+from tunelab.models.registry import BUNDLED
 from tunelab.precision import autocast
 from tunelab.rundir import RunDir
 from tunelab.scoring import rows
-from tunelab.tasks.base import FORGETTING, Baseline, Prepared, Scores, Task
+from tunelab.scoring.similar import TFIDF
+from tunelab.tasks.base import FORGETTING, ZERO_SHOT, Baseline, Prepared, Scores, Task, wants
 
 
 @dataclass
@@ -59,7 +61,7 @@ def before_record(zero_shot: Scores, before: Before) -> dict[str, Any]:
 
 
 def scores_record(scores: Scores) -> dict[str, Any]:
-    return {"metrics": scores.metrics, "samples": scores.samples, "rows": scores.rows}
+    return {"metrics": scores.metrics, "samples": scores.samples, "rows": scores.rows, "cost": scores.cost}
 
 
 def before_from_record(record: dict[str, Any]) -> tuple[Scores, Before]:
@@ -78,6 +80,24 @@ def early_stopping(config: Any, task: Task) -> BestWeights | None:
         return None
     check_best_metric(config, task)
     return BestWeights(t.best_metric, t.early_stopping_patience)
+
+
+def check_baselines(config: Any, task: Task) -> None:
+    """eval.baselines names only baselines this task measures (zero-shot, the run's before, is always one)."""
+    known = (ZERO_SHOT, *task.baseline_names)
+    for name in config.eval.baselines or ():
+        if name not in known:
+            raise ConfigError(f'eval.baselines: "{name}" is not a baseline of task "{task.name}"; expected one of '
+                              f'{"|".join(known)}')
+    ranker = config.eval.retrieval_ranker
+    if "retrieval" in task.baseline_names and wants(config, "retrieval") and not known_ranker(ranker):
+        raise ConfigError(f'eval.retrieval_ranker: "{ranker}" is neither {TFIDF}, a bundled encoder '
+                          f'({"|".join(n for n, m in BUNDLED.items() if m.kind == "encoder")}) nor a directory')
+
+
+def known_ranker(ranker: str) -> bool:
+    """tfidf, a bundled alias (its package may still be missing: then TF-IDF ranks, with a warning) or a directory."""
+    return ranker == TFIDF or ranker in BUNDLED or Path(ranker).expanduser().is_dir()
 
 
 def check_best_metric(config: Any, task: Task) -> None:
@@ -105,15 +125,45 @@ def baseline_entry(baseline: Baseline) -> dict[str, Any]:
     return {"label": baseline.label, "metrics": baseline.scores.metrics, **baseline.details}
 
 
+def costs(zero_shot: Scores, before: Before, after: Scores) -> dict[str, dict[str, Any]]:
+    """What an answer cost in each column that generated its answers: zero_shot, each baseline, tuned."""
+    columns = {ZERO_SHOT: zero_shot, **{name: b.scores for name, b in before.baselines.items()}, "tuned": after}
+    return {name: scores.cost for name, scores in columns.items() if scores.cost is not None}
+
+
+def merged_cost(method: Any, model: torch.nn.Module, tokenizer: Any, held_out: Any, config: Any) -> dict | None:
+    """What an answer costs from the tuned model merged into its base weights, as `tunelab export` serves it (an
+    unmerged adapter adds its own small multiplications to every decoding step); None when the method cannot
+    merge or no answer is generated. Merges in place: call it once nothing else needs the adapter."""
+    from tunelab.tasks.lm import answer_all
+
+    if not getattr(held_out, "cases", None) or not config.eval.generate:
+        return None
+    try:
+        merged = method.merge(model)
+    except ConfigError:  # prompt learning and other methods that cannot merge: served as trained
+        return None
+    if merged is model:  # nothing to merge (full fine-tuning): the tuned column's timing is the served one
+        return None
+    # As a model loaded to serve it: CPU autocast keeps one low-precision copy of a weight only where the weight
+    # requires grad, and recasts a frozen one at every decoding step (2.4x the seconds per answer on the bundled
+    # model, measured interleaved against the base; equal in fp32).
+    merged.requires_grad_(True)
+    with autocast(config.train.precision):
+        return answer_all(merged, tokenizer, held_out, config.eval)[1]
+
+
 def after_training(model: torch.nn.Module, tokenizer: Any, task: Task, prepared: Prepared, before: Before,
                    zero_shot: Scores, after: Scores, config: Any, run_dir: Path, best: BestWeights | None,
                    final_step: int, events: Any) -> dict[str, Any]:
     """summary.json entries: zero_shot, baselines, comparisons (the tuned model against zero-shot and each
-    baseline, with intervals), forgetting, train_sample, diagnosis, early_stopping."""
+    baseline, with intervals), cost (per answer, each column), forgetting, train_sample, diagnosis,
+    early_stopping."""
     others = {"zero_shot": zero_shot, **{name: b.scores for name, b in before.baselines.items()}}
     entries: dict[str, Any] = {"zero_shot": zero_shot.metrics, "forgetting": None,
                                "baselines": {name: baseline_entry(b) for name, b in before.baselines.items()},
                                "comparisons": intervals.comparisons(after, others),
+                               "cost": costs(zero_shot, before, after),
                                "early_stopping": best.summary(final_step) if best else None}
     if before.probe is not None:
         events.emit("evaluating", which="probe", what="general ability after training (forgetting probe)")

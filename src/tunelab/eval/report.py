@@ -1,7 +1,8 @@
 """The run's report: report.md and one self-contained report.html (plots inline, no network).
 
-Both open with the verdict (gain over zero-shot and few-shot, forgetting, fit), then the curves, the
-metrics table, the forgetting probe, a confusion matrix for classification and held-out examples. Every
+Both open with the verdict (gain over zero-shot and the few-shot baselines, whether prompting may be enough
+and what an answer costs, forgetting, fit), then the curves, the metrics table, the cost per answer of each
+column, the forgetting probe, a confusion matrix for classification and held-out examples. Every
 comparison in the verdict is read from summary.json's `comparisons` (eval/intervals.py): a change is
 called a gain or a loss only when its 95% interval excludes no change. A summary written before intervals
 existed is still read; its sentences then say they carry none.
@@ -16,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tunelab.eval.worth import COST_HEADER, cost_rows, weigh, worth_sentence
 from tunelab.rundir import RunDir
 from tunelab.scoring.metrics import confusion, describe
 
@@ -226,9 +228,19 @@ def fit_sentences(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def worth_line(summary: dict[str, Any]) -> str | None:
+    """Prompting against tuning, on quality and cost per answer (eval/worth.py)."""
+    return worth_sentence(weigh(summary, headline_metric(summary)), fmt, interval_words)
+
+
+def cost_table(summary: dict[str, Any]) -> list[Row]:
+    rows = cost_rows(summary)
+    return [COST_HEADER, *rows] if rows else []
+
+
 def verdict(summary: dict[str, Any]) -> list[str]:
-    return [s for s in (gain_sentence(summary), regression_sentence(summary), forgetting_sentence(summary),
-                        *fit_sentences(summary)) if s]
+    return [s for s in (gain_sentence(summary), worth_line(summary), regression_sentence(summary),
+                        forgetting_sentence(summary), *fit_sentences(summary)) if s]
 
 
 def read_samples(run_dir: Path, n: int) -> list[dict[str, Any]]:
@@ -285,6 +297,8 @@ def render_markdown(run_dir: Path, summary: dict[str, Any], samples: list[dict[s
     lines = [f"# tunelab run: {run_dir.name}", "", "## Verdict", ""] + [f"- {s}" for s in verdict(summary)]
     lines += ["", training_line(summary), "", "## Held-out results", ""]
     lines += md_table([comparison_header(summary), *comparison_rows(summary)])
+    if cost_table(summary):
+        lines += ["", "## Cost per answer", ""] + md_table(cost_table(summary))
     if forgetting_rows(summary):
         lines += ["", "## General ability (forgetting probe)", ""]
         lines += md_table([FORGETTING_HEADER, *forgetting_rows(summary)])

@@ -10,7 +10,7 @@ from typing import Any
 
 from tunelab.eval.diagnosis import read_curves
 from tunelab.scoring.metrics import METRICS, describe, exact_match, label_accuracy
-from tunelab.eval.report import (FORGETTING_HEADER, Row, baselines, comparison_header, comparison_rows,
+from tunelab.eval.report import (FORGETTING_HEADER, Row, baselines, comparison_header, comparison_rows, cost_table,
                                  confusion_rows, escape, forgetting_rows, leakage, png_base64, read_samples,
                                  render_markdown, training_line, verdict)
 from tunelab.rundir import RunDir, write_atomic
@@ -173,6 +173,7 @@ def render_html(run_dir: Path, summary: dict[str, Any], samples: list[dict[str, 
         f'<p class="muted">{inline_markdown(training_line(summary))}</p>',
         _section("Curves and scores", f'<div class="plots">{plots}</div>' if plots else ""),
         _section("Held-out results", html_table([comparison_header(summary), *comparison_rows(summary)])),
+        _section("Cost per answer", html_table(cost_table(summary))),
         _section("General ability (forgetting probe)",
                  html_table([FORGETTING_HEADER, *forgetting_rows(summary)])
                  if forgetting_rows(summary) else ""),

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from tunelab.config import dump_config
 from tunelab.errors import RunInterrupted
-from tunelab.eval.report import fmt, md_table
+from tunelab.eval.report import fmt, headline_metric, md_table
+from tunelab.eval.worth import weigh
 from tunelab.events import Events, Listener
 from tunelab.rundir import FAILED, INTERRUPTED, RUNNING, SUCCEEDED, RunDir, Status, write_atomic
 from tunelab.scoring.metrics import describe
@@ -151,6 +152,7 @@ def summary_over_seeds(summaries: list[dict[str, Any]], seeds: list[int], runs: 
                    repeat={"seeds": seeds, "runs": runs, "intervals": stats,
                            "diagnoses": [s["diagnosis"]["verdict"] for s in summaries]})
     summary["zero_shot"] = summary["before"]
+    summary["prompting"] = weigh(summary, headline_metric(summary))  # from the means and the seeds' intervals
     return summary
 
 
@@ -242,7 +244,7 @@ SPREAD_NOTE = ("The intervals in this table are the spread between seeds only (S
 
 
 def repeat_markdown(parent: Path, summary: dict[str, Any]) -> str:
-    from tunelab.eval.report import verdict
+    from tunelab.eval.report import cost_table, verdict
 
     seeds = summary["repeat"]["seeds"]
     lines = [f"# tunelab repeated run: {parent.name}", "",
@@ -250,5 +252,7 @@ def repeat_markdown(parent: Path, summary: dict[str, Any]) -> str:
              "figure here is a mean over the seeds.", "", "## Verdict", "", *(f"- {s}" for s in verdict(summary)),
              "", "## Over seeds", "", SPREAD_NOTE, ""]
     lines += md_table([("", "metric", "mean", "95% interval over seeds"), *interval_rows(summary)])
+    if cost_table(summary):
+        lines += ["", "## Cost per answer (means over seeds)", ""] + md_table(cost_table(summary))
     lines += ["", "Fit per seed: " + ", ".join(f"{s}: {d}" for s, d in zip(seeds, summary["repeat"]["diagnoses"]))]
     return "\n".join(lines) + "\n"

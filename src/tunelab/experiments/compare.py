@@ -135,7 +135,17 @@ def board_row(row: dict[str, Any], metric: str) -> dict[str, Any]:
             "forgetting_perplexity_interval": forgetting.get("perplexity_interval"),
             "trainable_params": s["trainable_params"], "artifact_bytes": s["resources"]["artifact_bytes"],
             "peak_rss_bytes": s["resources"]["peak_rss_bytes"], "train_seconds": s["train"]["seconds"],
-            "wall_seconds": row["wall_seconds"], "steps": s["train"]["steps"], "train_tokens": s["train"]["tokens"]}
+            "wall_seconds": row["wall_seconds"], "steps": s["train"]["steps"], "train_tokens": s["train"]["tokens"],
+            "prompting": prompting_entry(s.get("prompting"))}
+
+
+def prompting_entry(w: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run's best prompting baseline and what a tuned answer saves over it (eval/worth.py), for the board."""
+    if not w:
+        return None
+    keep = ("best", "label", "best_value", "prompting_may_be_enough", "timing", "best_seconds", "tuned_seconds",
+            "best_prompt_tokens", "tuned_prompt_tokens", "break_even_answers")
+    return {k: w[k] for k in keep}
 
 
 def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[bool]:
@@ -150,19 +160,30 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> l
 
 def board_table(board: dict[str, Any]) -> list[tuple[str, ...]]:
     metric = board["metric"]
-    rows = [("entry", f"{describe(metric).label} (95% CI over seeds)", "forgetting: ppl [95% CI]", "trainable",
-             "artifact MiB", "peak MiB", "train s", "wall s", "tokens", "Pareto")]
+    rows = [("entry", f"{describe(metric).label} (95% CI over seeds)", "best prompting", "s/answer prompted → tuned",
+             "break-even answers", "forgetting: ppl [95% CI]", "trainable", "artifact MiB", "peak MiB", "train s",
+             "wall s", "tokens", "Pareto")]
     for e in board["entries"]:
         m = e["metric"]
         shown = fmt(metric, m["mean"]) + (f" [{fmt(metric, m['low'])}, {fmt(metric, m['high'])}]" if m["n"] > 1 else "")
         ppl, span = e["forgetting_perplexity_change"], e.get("forgetting_perplexity_interval")
         forgot = "-" if ppl is None else f"{100 * ppl:+.1f}%" + \
             (f" [{100 * span[0]:+.1f}, {100 * span[1]:+.1f}]" if span else "")
-        rows.append((e["label"], shown, forgot, f"{e['trainable_params']:,}",
+        rows.append((e["label"], shown, *prompting_cells(e.get("prompting"), metric), forgot, f"{e['trainable_params']:,}",
                      f"{e['artifact_bytes'] / 2**20:,.1f}", f"{e['peak_rss_bytes'] / 2**20:,.0f}",
                      f"{e['train_seconds']:.0f}", f"{e['wall_seconds']:.0f}", f"{e['train_tokens']:,}",
                      "yes" if e["pareto"] else ""))
     return rows
+
+
+def prompting_cells(p: dict[str, Any] | None, metric: str) -> tuple[str, str, str]:
+    """The best prompting baseline and its value ("may be enough" when tuning did not clearly beat it), its
+    seconds per answer against the tuned model's, and the answers that repay the tuning time."""
+    if not p:
+        return "-", "-", "-"
+    best = f"{p['label']} {fmt(metric, p['best_value'])}" + (" (may be enough)" if p["prompting_may_be_enough"] else "")
+    seconds = f"{p['best_seconds']:.3f} → {p['tuned_seconds']:.3f}"
+    return best, seconds, "-" if p["break_even_answers"] is None else f"{p['break_even_answers']:,.0f}"
 
 
 def pareto_png(board: dict[str, Any], out: Path) -> str:

@@ -100,27 +100,24 @@ PAIRWISE: dict[str, Callable[[str, str], float]] = {
 
 
 @functools.cache
-def embedder() -> Any:
-    """all-MiniLM-L6-v2 as its sentence-transformers pipeline (mean pooling, unit length), loaded once through
-    tunelab's loader."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
-
+def encoder() -> tuple[Any, Any]:
+    """The bundled all-MiniLM-L6-v2 (tokenizer, model), loaded once through tunelab's loader."""
     from tunelab.models.loading import LoadRules, ModelSpec, load_pair
     from tunelab.models.registry import resolve_model
-    from tunelab.models.sentence import LoadedEncoder
 
     tokenizer, model = load_pair(resolve_model(EMBEDDER), ModelSpec("embedding"), LoadRules())
-    return SentenceTransformer(modules=[LoadedEncoder(model.eval(), tokenizer, 256),
-                                        Pooling(model.config.hidden_size, "mean"), Normalize()],
-                               device=str(next(model.parameters()).device))
+    return tokenizer, model.eval()
 
 
 def cosine(pairs: list[tuple[str, str]]) -> list[float]:
+    """Each pair's cosine of sentence embeddings (mean pooled, unit length: scoring.similar.embed, as retrieval
+    ranks training rows)."""
+    from tunelab.scoring.similar import EMBED_MAX_LENGTH, embed
+
     if not pairs:
         return []
-    vectors = embedder().encode([t for pair in pairs for t in pair], convert_to_tensor=True,
-                                show_progress_bar=False).float()
+    tokenizer, model = encoder()
+    vectors = embed(model, tokenizer, [t for pair in pairs for t in pair], EMBED_MAX_LENGTH, 32)
     return (vectors[0::2] * vectors[1::2]).sum(-1).clamp(-1.0, 1.0).tolist()
 
 

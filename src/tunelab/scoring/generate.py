@@ -24,7 +24,6 @@ from tunelab.scoring.lm_loss import prompt_learning, virtual_inputs, worth_shari
 BATCH_TOKENS = 16384  # prompt and answer tokens per batch: bounds the cache (0.75 GiB on SmolLM2-135M)
 
 
-@torch.no_grad()
 def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
              batch_size: int = 64, max_prompt_tokens: int = 2048, temperature: float = 0.0,
              stop: Sequence[str] = (), min_new_tokens: int = 0, top_p: float = 0.95) -> list[str]:
@@ -33,6 +32,16 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], m
     An answer also ends at any of the `stop` strings once it has begun (`AnswerStops`), and is cut before it;
     `min_new_tokens` holds off the end-of-sequence token until that many (to time generation per token).
     """
+    return generate_counted(model, tokenizer, prompts, max_new_tokens, batch_size, max_prompt_tokens, temperature,
+                            stop, min_new_tokens, top_p)[0]
+
+
+@torch.no_grad()
+def generate_counted(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
+                     batch_size: int = 64, max_prompt_tokens: int = 2048, temperature: float = 0.0,
+                     stop: Sequence[str] = (), min_new_tokens: int = 0,
+                     top_p: float = 0.95) -> tuple[list[str], list[int]]:
+    """`generate`'s answers and the tokens each one decoded (up to its end token or stop, what it cost)."""
     from transformers import StoppingCriteriaList
 
     was_training = model.training
@@ -44,6 +53,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], m
                **({"min_new_tokens": min_new_tokens} if min_new_tokens else {})}
     prompts = [p[-max_prompt_tokens:] for p in prompts]
     answers: list[str] = [""] * len(prompts)
+    decoded = [0] * len(prompts)
     try:
         with counting("generating answers", len(prompts)) as counter:
             for chunk in batches(prompts, batch_size, max_new_tokens, same_length=virtual_inputs(model)):
@@ -54,10 +64,16 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], m
                 for i, ids in zip(chunk, generate_rows(model, rows, pad_id, {**options, "stopping_criteria":
                                                                                StoppingCriteriaList(criteria)})):
                     answers[i] = cut_at(tokenizer.decode(ids[width:], skip_special_tokens=True), stop).strip()
+                    decoded[i] = answer_length(ids[width:].tolist(), {pad_id, tokenizer.eos_token_id})
                 counter.set(steps.start + len(chunk))
     finally:
         model.train(was_training)
-    return answers
+    return answers, decoded
+
+
+def answer_length(ids: list[int], ends: set[int]) -> int:
+    """Tokens decoded before the first end-of-sequence or padding token (a row done before its batch is padded)."""
+    return next((i for i, token in enumerate(ids) if token in ends), len(ids))
 
 
 class DecodeSteps(StoppingCriteria):

@@ -26,12 +26,14 @@ FORGETTING = "forgetting"   # the general-ability probe (needs a causal LM head)
 
 @dataclass
 class Scores:
-    """A model's numbers on a held-out set, per-row samples keyed by the row's line in its file, and each
-    metric row by row (`scoring.rows`), from which its comparison with another model gets an interval."""
+    """A model's numbers on a held-out set, per-row samples keyed by the row's line in its file, each metric row
+    by row (`scoring.rows`), from which its comparison with another model gets an interval, and what an answer
+    cost."""
 
     metrics: dict[str, float]
     samples: list[dict[str, Any]] = field(default_factory=list)
     rows: dict[str, RowValues] = field(default_factory=dict)
+    cost: dict[str, Any] | None = None  # what an answer cost (scoring.cost), where answers were generated
 
 
 @dataclass
@@ -145,6 +147,14 @@ class Task:
     def batch_multiple(self, config: Any) -> int:
         """Micro-batches must be a multiple of this (e.g. generations per prompt); the OOM back-off keeps it."""
         return 1
+
+
+ZERO_SHOT = "zero_shot"  # the untuned model on the bare prompt: the run's before, always measured
+
+
+def wants(config: Any, baseline: str) -> bool:
+    """Whether eval.baselines asks for this baseline (unset: every one the task has)."""
+    return config.eval.baselines is None or baseline in config.eval.baselines
 
 
 TASKS: dict[str, Task] = {}

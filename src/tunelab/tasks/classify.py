@@ -22,7 +22,7 @@ from tunelab.models.loading import ModelSpec
 from tunelab.scoring.metrics import generation_rows, generation_scores
 from tunelab.scoring.rows import RowValues
 from tunelab.settings import Section, register_section
-from tunelab.tasks.base import Baseline, Prepared, Scores, Task, register_task
+from tunelab.tasks.base import Baseline, Prepared, Scores, Task, register_task, wants
 
 HEADS = ("score", "classifier")  # the new head's module name on Llama-style and BERT-style models
 
@@ -200,7 +200,7 @@ class Classify(Task):
 
     def baselines(self, model: torch.nn.Module, tokenizer: Any, train: Any, held: Any, prepared: Prepared,
                   config: Any, events: Any) -> dict[str, Baseline]:
-        if not config.classify.linear_probe:
+        if not config.classify.linear_probe or not wants(config, "linear_probe"):
             return {}
         from sklearn.linear_model import LogisticRegression
 

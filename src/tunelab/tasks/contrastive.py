@@ -23,8 +23,8 @@ import torch
 from pydantic import Field
 
 from tunelab.data.formats import get_format
-from tunelab.events import batch_starts
 from tunelab.scoring.rows import RowValues
+from tunelab.scoring.similar import embed
 from tunelab.settings import Section, register_section
 from tunelab.tasks.base import Prepared, Scores, Task, register_task
 
@@ -63,25 +63,6 @@ def retrieval_set(dataset: Any, max_length: int) -> Retrieval:
                      [corpus[row["positive"]] for row in dataset.rows], list(dataset.lines), max_length,
                      [corpus[row["negative"]] if "negative" in row else None for row in dataset.rows],
                      min(LOSS_WINDOW, len(dataset.rows)))
-
-
-@torch.no_grad()
-def embed(model: torch.nn.Module, tokenizer: Any, texts: list[str], max_length: int, batch_size: int) -> torch.Tensor:
-    """Unit-length mean-pooled last hidden states, the sentence embedding the wrapped model trains."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    try:
-        for start in batch_starts("embedding texts", len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt").to(device)
-            hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            mask = batch["attention_mask"][..., None].float()
-            out.append(torch.nn.functional.normalize((hidden.float() * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1))
-    finally:
-        model.train(was_training)
-    return torch.cat(out).float().cpu()
 
 
 def retrieval_rows(similarity: np.ndarray, held: Retrieval, scale: float) -> dict[str, RowValues]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,8 @@ from tunelab.data.token_table import token_rows
 from tunelab.data.tokens import IGNORE, encode_text
 from tunelab.errors import DataError
 from tunelab.events import counting
-from tunelab.scoring.generate import generate
+from tunelab.scoring.cost import PeakMemory, answer_cost, stopwatch
+from tunelab.scoring.generate import generate, generate_counted
 from tunelab.scoring.lm_loss import forward_nll, lm_parts, supervised_nll, takes_logits_mask
 from tunelab.scoring.metrics import describe, fit_metrics, generation_rows, generation_scores
 from tunelab.scoring.rows import RowValues, exp_ratio
@@ -91,6 +92,7 @@ class HeldOut:
     pad_id: int
     metrics: list[str] = field(default_factory=lambda: ["exact_match", "token_f1"])
     stop: tuple[str, ...] = ()  # an answer ends at these strings (Format.answer_end), for every model scored
+    cost_rows: int = 0  # the first cases also answered one at a time, to time an answer unbatched (scoring.cost)
 
 
 def truncate(ids: list[int], labels: list[int], max_length: int) -> Encoded:
@@ -264,15 +266,34 @@ def score(model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, eval_cfg: A
         rows = loss_rows([e.line for e in held_out.encoded], metrics)
         metrics = {k: v for k, v in metrics.items() if not isinstance(v, list)}
     samples: list[dict[str, Any]] = []
+    cost = None
     if held_out.cases and eval_cfg.generate:
-        answers = generate(model, tokenizer, [c.prompt_ids for c in held_out.cases], eval_cfg.max_new_tokens,
-                           batch_size=eval_cfg.generation_batch, stop=held_out.stop)
+        answers, cost = answer_all(model, tokenizer, held_out, eval_cfg)
         refs, lines = [c.reference for c in held_out.cases], [c.line for c in held_out.cases]
         metrics.update(generation_scores(held_out.metrics, answers, refs))
         rows.update(generation_rows(held_out.metrics, answers, refs, lines))
         samples = [{"line": c.line, "prompt": c.prompt_text, "reference": c.reference, "output": a}
                    for c, a in zip(held_out.cases, answers)]
-    return Scores(metrics, samples, rows)
+    return Scores(metrics, samples, rows, cost)
+
+
+def answer_all(model: torch.nn.Module, tokenizer: Any, held_out: HeldOut, eval_cfg: Any) -> tuple[list[str], dict]:
+    """The answers to every held-out case, generated in batches, and what an answer cost (`scoring.cost`)."""
+    prompts = [c.prompt_ids for c in held_out.cases]
+    with PeakMemory() as peak, stopwatch() as took:
+        answers, decoded = generate_counted(model, tokenizer, prompts, eval_cfg.max_new_tokens,
+                                            batch_size=eval_cfg.generation_batch, stop=held_out.stop)
+    return answers, answer_cost([len(p) for p in prompts], decoded, took[0], peak.bytes,
+                                one_at_a_time(model, tokenizer, prompts[:held_out.cost_rows], eval_cfg, held_out.stop))
+
+
+def one_at_a_time(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], eval_cfg: Any,
+                  stop: tuple[str, ...]) -> tuple[int, float]:
+    """(answers, seconds) for these prompts answered one per call, as a service answers lone requests."""
+    with stopwatch() as took:
+        for prompt in prompts:
+            generate(model, tokenizer, [prompt], eval_cfg.max_new_tokens, batch_size=1, stop=stop)
+    return len(prompts), took[0]
 
 
 class LmTask(Task):
@@ -310,7 +331,8 @@ class LmTask(Task):
             return (e.as_row() for e in examples)
 
         sample = train.sample(config.eval.train_sample, t.seed)
-        held_out = self.held_out(config, tokenizer, held, events)
+        # Only the held-out set every column answers is timed one answer at a time (the train sample is not).
+        held_out = replace(self.held_out(config, tokenizer, held, events), cost_rows=config.eval.cost_rows)
         return LmPrepared(token_rows(encode), held_out, held_out.metrics,
                           self.held_out(config, tokenizer, sample, None, held_out.metrics) if sample.rows else None,
                           speed=config.speed or SpeedSettings())

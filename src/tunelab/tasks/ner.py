@@ -24,7 +24,7 @@ from tunelab.models.loading import ModelSpec
 from tunelab.scoring.metrics import generation_rows, generation_scores
 from tunelab.scoring.rows import RowValues
 from tunelab.settings import Section, register_section
-from tunelab.tasks.base import Baseline, Prepared, Scores, Task, register_task
+from tunelab.tasks.base import Baseline, Prepared, Scores, Task, register_task, wants
 
 HEADS = ("classifier", "score")  # the new head's module name on BERT-style and Llama-style models
 IGNORE = -100                    # transformers' ignore index: no loss, no prediction read
@@ -221,7 +221,7 @@ class Ner(Task):
 
     def baselines(self, model: torch.nn.Module, tokenizer: Any, train: Any, held: Any, prepared: Prepared,
                   config: Any, events: Any) -> dict[str, Baseline]:
-        if not config.ner.dictionary_baseline:
+        if not config.ner.dictionary_baseline or not wants(config, "dictionary"):
             return {}
         tagged = encode_rows(train, tokenizer, tag_names(config, train), config.train.max_length)
         found = scores(list(self.default_metrics), prepared.held_out, dictionary_tags(tagged, prepared.held_out))

@@ -18,15 +18,14 @@ class Sft(LmTask):
     description = "Supervised fine-tuning on prompt/completion rows or chat messages (loss on answers only)."
     formats = ("prompt_completion", "messages")
     evidence = frozenset({GENERATION, FORGETTING})
-    baseline_names = ("few_shot",)
+    baseline_names = ("few_shot", "retrieval")
     default_metrics = ("exact_match", "token_f1")
 
     def baselines(self, model: Any, tokenizer: Any, train: Any, held: Any, prepared: Prepared, config: Any,
                   events: Any) -> dict[str, Baseline]:
-        from tunelab.tasks.few_shot import few_shot_baseline
+        from tunelab.tasks.few_shot import few_shot_baselines
 
-        found = few_shot_baseline(self, model, tokenizer, train, held, prepared.held_out, config, events)
-        return {"few_shot": found} if found is not None else {}
+        return few_shot_baselines(self, model, tokenizer, train, held, prepared.held_out, config, events)
 
 
 register_task(Sft())

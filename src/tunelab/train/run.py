@@ -26,7 +26,9 @@ from tunelab.config import RunConfig, dump_config
 from tunelab.data.token_table import scratch
 from tunelab.errors import ConfigError, RunInterrupted, TunelabError
 from tunelab.eval import evidence
+from tunelab.eval.report import headline_metric
 from tunelab.eval.report_html import write_report
+from tunelab.eval.worth import weigh
 from tunelab.events import Events, Listener
 from tunelab.inputs import RunData, auto_budget, check_machine, load_data, resolve
 from tunelab.methods import count_params, get_method
@@ -267,6 +269,11 @@ def train_and_measure(config: RunConfig, data: RunData, opened: Opened, budget: 
                "method_info": method.info(model),
                "metrics": prepared.metrics, **prepared.info, **found}
     if is_main_process():
+        if "tuned" in found["cost"]:  # saved and described: the adapter may now be merged, to time it as served
+            events.emit("evaluating", which="merged", what="the cost of an answer from the merged tuned model")
+            merged = evidence.merged_cost(method, model, tokenizer, prepared.held_out, config)
+            summary["cost"].update({"tuned_merged": merged} if merged else {})
+        summary["prompting"] = weigh(summary, headline_metric(summary))  # what the verdict's prompting line says
         finish(run_dir, summary, zero_shot, after, before, config, opened.status, events)
     return summary
 
