@@ -281,3 +281,21 @@ def test_run_with_improve_hands_its_run_directory_and_budget_to_improve(tmp_path
     assert main(["run", f"data.train={train}", f"output_dir={tmp_path / 'run'}", "train.max_steps=1", *BASE,
                  "eval.train_sample=0", "--improve", "--improve-budget", "3"]) == 0
     assert asked == [(tmp_path / "run", 3, None)]
+
+
+def test_the_improve_report_carries_each_runs_line_against_prompting(tmp_path):
+    """#36's verdict travels through improve: the original and the improved run each against their best prompting
+    baseline, with the cost per answer, in the report's opening lines."""
+    from tunelab.experiments.improve_report import intro
+
+    said = "Prompting may be enough: exact match 95.0% 3-shot retrieved, 91.7% tuned (...)."
+    summary = {"original_run": "runs/a", "findings": [{"kind": UNDERFITTING, "evidence": "loss falling"}],
+               "metric": "exact_match", "direction": "maximize", "trials": 1, "seconds": 10.0,
+               "decision": {"kept_original": False, "trial": 1, "remedy": "more steps", "values": {},
+                            "validation": 0.9, "original_validation": 0.5, "note": "beyond noise"},
+               "held_out": {"original": 0.5, "improved": 0.9, "original_prompting": said,
+                            "improved_prompting": "Tuning beats the best prompting baseline, 3-shot retrieved: ..."},
+               "improved_run": "runs/b"}
+    lines = intro(summary, tmp_path)
+    assert f"Against prompting, the original run: {said}" in lines
+    assert any(line.startswith("Against prompting, the improved run: Tuning beats") for line in lines)

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from tunelab.config import validate_config
 from tunelab.errors import ConfigError, RunAborted, TunelabError
+from tunelab.eval.report import worth_line
 from tunelab.events import Events, Listener
 from tunelab.experiments import run_experiment
 from tunelab.experiments.improve_report import write_improve_files
@@ -306,7 +307,7 @@ def held_out(original: Original, choice: Choice, metric: str, out: Path, events:
     names = [m for m in best["after"] if describe(m).compared and m in original.summary.get("after", {})]
     versus = {m: compare_runs(m, original.run_dir.path, best["run_dir"]) for m in names}
     return {**best, "versus": versus, "forgetting": (improved.get("forgetting") or {}).get("perplexity_change"),
-            "seconds": (improved.get("train") or {}).get("seconds")}
+            "seconds": (improved.get("train") or {}).get("seconds"), "summary": improved}
 
 
 def trial_seconds(trial: optuna.trial.FrozenTrial) -> float:
@@ -353,6 +354,9 @@ def improve_summary(original: Original, remedies: list[tuple[Remedy, list[Dimens
                          "original_validation": choice.reference.value,
                          "validation_versus_original": choice.validation, "seeds": choice.seeds},
             "held_out": {"original": before, "improved": held.get("held_out"), "versus": held.get("versus") or {},
-                         "original_forgetting": forgetting, "improved_forgetting": held.get("forgetting")},
+                         "original_forgetting": forgetting, "improved_forgetting": held.get("forgetting"),
+                         # the best prompting baseline against each tune, with the cost per answer (eval/worth.py)
+                         "original_prompting": worth_line(original.summary),
+                         "improved_prompting": worth_line(held["summary"]) if held.get("summary") else None},
             "improved_run": held.get("run_dir") or str(original.run_dir),
             "seconds": round(seconds, 1), "out_dir": str(out)}

@@ -73,6 +73,9 @@ def intro(summary: dict[str, Any], out: Path) -> list[str]:
         lines.append(f"Held-out, scored once: {metric} {fmt(metric, held['original'])} (original run) → "
                      f"{fmt(metric, held['improved'])} (improved run, retrained on every training row: "
                      f"{summary['improved_run']}).")
+    for who in ("original", "improved"):
+        said = held.get(f"{who}_prompting")
+        lines += [f"Against prompting, the {who} run: {said}"] if said else []
     lines += [f"Note: {note}." for note in summary.get("notes", [])]
     lines.append(f"Config to reuse: {out / 'best.yaml'} (tunelab run {out / 'best.yaml'}).")
     return lines
