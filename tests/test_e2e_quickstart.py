@@ -17,7 +17,10 @@ from tunelab.train.run import run
 def result(tmp_path_factory):
     config = load_config(EXAMPLES / "quickstart.yaml",
                          [f"output_dir={tmp_path_factory.mktemp('quickstart') / 'run'}", "train.max_steps=10",
-                          "eval.max_examples=16", "eval.max_new_tokens=40", "eval.cost_rows=2"])
+                          "eval.max_examples=16", "eval.max_new_tokens=40", "eval.cost_rows=2",
+                          # the probe runs end to end on the real model, with 20 of its questions (the whole probe:
+                          # tests/test_eval_forgetting_e2e.py); 200 cost two generation passes of over a minute
+                          "eval.forgetting_questions=20"])
     return run(config)
 
 
