@@ -43,6 +43,12 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def status_of_a_killed_run(run_dir: Path) -> None:
+    """status.json as a killed process leaves it: still "running", with a heartbeat nobody renews (readers: dead)."""
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps({**status, "state": "running", "heartbeat_at": 0}))
+
+
 @pytest.fixture
 def chat_rows() -> list[dict]:
     return [{"messages": [{"role": "user", "content": f"Say the number {i}."},

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
+from tests.conftest import status_of_a_killed_run
 import tunelab.train.run as run_module
 from tunelab.errors import ConfigError, RunAborted, RunInterrupted, TunelabError
 from tunelab.train.checkpoint import problem
@@ -56,8 +57,7 @@ def adapter(path: Path) -> dict[str, torch.Tensor]:
 def died_in_final_evaluation(run_dir: Path) -> None:
     """As if the process had been killed before writing its summary: no summary, a status nobody updates."""
     (run_dir / "summary.json").unlink()
-    status = json.loads((run_dir / "status.json").read_text())
-    (run_dir / "status.json").write_text(json.dumps({**status, "state": "running", "heartbeat_at": 0}))
+    status_of_a_killed_run(run_dir)
 
 
 def train_losses(run_dir: Path) -> list[float]:

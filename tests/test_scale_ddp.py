@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, write_jsonl
+from tests.conftest import REPO, status_of_a_killed_run, write_jsonl
 
 U = 2.0 ** -24  # fp32 unit roundoff
 STEPS = 4
@@ -137,8 +137,7 @@ def cut_back(run_dir: Path, to: Path, step: int) -> Path:
     shutil.copytree(run_dir, to)
     for name in ("summary.json", "samples.jsonl", "report.md", "report.html"):
         (to / name).unlink()
-    status = json.loads((to / "status.json").read_text())  # a status nobody updates: the process is gone
-    (to / "status.json").write_text(json.dumps({**status, "state": "running", "heartbeat_at": 0}))
+    status_of_a_killed_run(to)
     shutil.rmtree(to / "model")
     for path in (to / "checkpoints").iterdir():
         if int(path.name.split("-")[1]) > step:

@@ -9,7 +9,6 @@ guidance; fewer than MIN_EXAMPLES rows is `invalid_n_examples`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path

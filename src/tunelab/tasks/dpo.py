@@ -25,7 +25,6 @@ from pydantic import Field
 
 from tunelab.data.tokens import IGNORE
 from tunelab.errors import ConfigError
-from tunelab.models.loading import ModelSpec
 from tunelab.scoring.metrics import fit_metrics, pairwise_rows
 from tunelab.scoring.rows import RowValues
 from tunelab.settings import Section, register_section

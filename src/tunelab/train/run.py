@@ -272,7 +272,8 @@ def train_and_measure(config: RunConfig, data: RunData, opened: Opened, budget: 
         if "tuned" in found["cost"]:  # saved and described: the adapter may now be merged, to time it as served
             events.emit("evaluating", which="merged", what="the cost of an answer from the merged tuned model")
             merged = evidence.merged_cost(method, model, tokenizer, prepared.held_out, config)
-            summary["cost"].update({"tuned_merged": merged} if merged else {})
+            if merged:
+                summary["cost"]["tuned_merged"] = merged
         summary["prompting"] = weigh(summary, headline_metric(summary))  # what the verdict's prompting line says
         finish(run_dir, summary, zero_shot, after, before, config, opened.status, events)
     return summary
